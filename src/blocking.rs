@@ -1,0 +1,81 @@
+//! The only caller of `spawn_blocking`: the Tokio [`Pool`], one-hop jobs,
+//! and cleanup from `Drop`.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::task::{JoinError, JoinHandle};
+
+use crate::pipeline::Pool;
+
+thread_local! {
+    /// Jobs this thread has sent to the blocking pool.
+    static HOPS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many jobs the calling thread has sent to the blocking pool. For the
+/// crate's own tests (each async operation is one hop); not an API.
+pub(crate) fn hops_from_this_thread() -> u64 {
+    HOPS.with(Cell::get)
+}
+
+/// Tokio's blocking pool.
+pub(crate) struct TokioPool;
+
+/// A blocking job's [`JoinHandle`], failing with an `io::Error` when the job
+/// panicked or the runtime shut down before running it.
+pub(crate) struct Handle<T>(JoinHandle<T>);
+
+impl<T> Future for Handle<T> {
+    type Output = io::Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        Pin::new(&mut self.0).poll(cx).map_err(join_error)
+    }
+}
+
+fn join_error(e: JoinError) -> io::Error {
+    if e.is_panic() {
+        io::Error::other("the blocking task panicked")
+    } else {
+        io::Error::other("the blocking task did not run: the runtime is shutting down")
+    }
+}
+
+impl Pool for TokioPool {
+    type Handle<T: Send + 'static> = Handle<T>;
+
+    fn spawn<T, F>(job: F) -> Handle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        HOPS.with(|h| h.set(h.get() + 1));
+        Handle(tokio::task::spawn_blocking(job))
+    }
+}
+
+/// Runs `job` on the blocking pool: one hop. If the awaiting future is
+/// dropped, the job still runs to the end, and whatever it returns is
+/// dropped on the pool (a `Staged` removing its temp file).
+pub(crate) fn run<T, F>(job: F) -> Handle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    TokioPool::spawn(job)
+}
+
+/// Drops `value` (a cleanup guard) off the caller's thread when called
+/// inside a runtime, synchronously outside one; never `block_on`. If the
+/// runtime is shutting down and drops the job unrun, dropping the job drops
+/// `value`, so the cleanup still happens.
+pub(crate) fn drop_in_background<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(move || drop(value))),
+        Err(_) => drop(value),
+    }
+}

@@ -1,0 +1,453 @@
+//! The synchronous engine: resolve the target, create the temp file, and run
+//! the commit sequence or the rollback. Uses `std` and `sys` only, knows
+//! nothing of Tokio, and is where every error gets its [`Op`] and path.
+//!
+//! A [`Staged`] is the cleanup guard: until it has published its temp file,
+//! dropping it removes the temp file, whichever thread drops it.
+
+pub(crate) mod name;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+
+use crate::sys::{self, Dir, Kind};
+use crate::{Durability, Error, Op, OpenOptions};
+
+/// How many links a symlink chain may have, as Linux's own limit.
+const MAX_SYMLINKS: usize = 40;
+/// How many random names to try before giving up on `EEXIST`.
+const TEMP_NAME_ATTEMPTS: usize = 64;
+
+/// The temp file's name, which is also what its cleanup must undo.
+#[derive(Debug)]
+enum TempName {
+    /// `O_TMPFILE`: no name; closing the file frees it.
+    Unnamed,
+    /// A hidden name in `temp_dir`, to remove unless published.
+    Named(OsString),
+    /// Published: the name is the target's now; nothing to remove, ever.
+    Published,
+}
+
+/// Where the commit publishes, and how.
+#[derive(Debug)]
+struct Plan {
+    /// The path as the caller gave it: what errors name.
+    target: PathBuf,
+    /// The directory of the file finally replaced (symlinks followed).
+    dir: Dir,
+    /// The final file name in `dir`.
+    name: OsString,
+    /// Mode to apply at commit: the setuid/setgid/sticky bits, which a
+    /// write by an unprivileged process would clear if set earlier.
+    mode_at_commit: Option<u32>,
+    durability: Durability,
+    overwrite: bool,
+}
+
+/// An open temp file and everything its commit needs: the cleanup guard.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    file: File,
+    temp: TempName,
+    /// Where the temp file lives, when not in `plan.dir`.
+    temp_dir: Option<Dir>,
+    /// `temp_dir`'s path, or the target's directory path: for error messages.
+    temp_dir_path: PathBuf,
+    plan: Plan,
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Follows the symlink chain at `path` to the file it finally names, each
+/// relative link against its own directory. Returns the last path reached:
+/// an existing non-link, or a missing one (a new file, or a dangling link's
+/// target, which then gets created).
+fn resolve_symlinks(path: &Path) -> Result<PathBuf, Error> {
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_SYMLINKS {
+        match std::fs::symlink_metadata(&current) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link =
+                    std::fs::read_link(&current).map_err(|e| Error::new(Op::Open, path, e))?;
+                // An absolute `link` replaces the base in `join`.
+                current = match current.parent() {
+                    Some(parent) => parent.join(link),
+                    None => link,
+                };
+            }
+            Ok(_) => return Ok(current),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(current),
+            Err(e) => return Err(Error::new(Op::Open, path, e)),
+        }
+    }
+    Err(Error::new(Op::Open, path, too_many_links()))
+}
+
+#[cfg(unix)]
+fn too_many_links() -> io::Error {
+    rustix::io::Errno::LOOP.into()
+}
+
+#[cfg(not(unix))]
+fn too_many_links() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "too many levels of symbolic links",
+    )
+}
+
+/// Splits a target path into its directory and file name, rejecting paths
+/// that name no file: empty, ending in `..`, `.`, a root or a separator.
+fn split(path: &Path) -> Result<(&Path, &OsStr), io::Error> {
+    if path.as_os_str().is_empty() {
+        return Err(invalid("empty path"));
+    }
+    let ends_with_separator = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .last()
+        .is_some_and(|b| *b == b'/')
+        || (cfg!(windows) && path.as_os_str().as_encoded_bytes().last() == Some(&b'\\'));
+    let last_is_name = matches!(path.components().next_back(), Some(Component::Normal(_)));
+    let raw_last_is_dot = path.as_os_str().as_encoded_bytes().ends_with(b"/.");
+    match path.file_name() {
+        Some(name) if last_is_name && !ends_with_separator && !raw_last_is_dot => {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            Ok((parent, name))
+        }
+        _ => Err(invalid("path does not name a file")),
+    }
+}
+
+impl Staged {
+    /// Resolves and checks the target, then creates the temp file: the whole
+    /// of `open`, run on the blocking pool. Nothing on disk changes on error.
+    pub(crate) fn open(opts: &OpenOptions, target: PathBuf) -> Result<Staged, Error> {
+        let resolved = if opts.follow_symlinks && !target.as_os_str().is_empty() {
+            resolve_symlinks(&target)?
+        } else {
+            target.clone()
+        };
+        let (parent, name) = split(&resolved).map_err(|e| Error::new(Op::Open, &target, e))?;
+        let dir = Dir::open(parent).map_err(|e| Error::new(Op::OpenDir, parent, e))?;
+        let existing = dir
+            .stat(name)
+            .map_err(|e| Error::new(Op::Open, &target, e))?;
+        let existing = match existing {
+            Some(m) if m.kind == Kind::Dir => {
+                return Err(Error::new(
+                    Op::Open,
+                    &target,
+                    io::ErrorKind::IsADirectory.into(),
+                ));
+            }
+            Some(m) if m.kind == Kind::Other => {
+                return Err(Error::new(Op::Open, &target, invalid("not a regular file")));
+            }
+            // A symlink here is one not followed: it is replaced like a new file.
+            Some(m) if m.kind == Kind::File => Some(m),
+            _ => None,
+        };
+
+        let temp_dir = match &opts.temp_dir {
+            Some(path) => {
+                let td = Dir::open(path).map_err(|e| Error::new(Op::OpenDir, path, e))?;
+                if td.device() != dir.device() {
+                    let msg = format!("not on the filesystem of `{}`", parent.display());
+                    let err = io::Error::new(io::ErrorKind::CrossesDevices, msg);
+                    return Err(Error::new(Op::CreateTemp, path, err));
+                }
+                Some(td)
+            }
+            None => None,
+        };
+        let temp_dir_path = opts
+            .temp_dir
+            .clone()
+            .unwrap_or_else(|| parent.to_path_buf());
+
+        // The temp file is created with at most the final permission bits
+        // (less the umask), so it is never readable wider than the file it
+        // replaces, from its first byte.
+        let final_mode = match (opts.mode, existing) {
+            (Some(mode), _) => Some(mode & 0o7777),
+            (None, Some(meta)) if opts.preserve_permissions => Some(meta.mode),
+            _ => None,
+        };
+        let create_mode = final_mode.map_or(0o666, |m| m & 0o777);
+
+        let (file, temp) = create_temp(
+            temp_dir.as_ref().unwrap_or(&dir),
+            name,
+            create_mode,
+            opts.unnamed_temp,
+        )
+        .map_err(|e| Error::new(Op::CreateTemp, &temp_dir_path, e))?;
+        let mut staged = Staged {
+            file,
+            temp,
+            temp_dir,
+            temp_dir_path,
+            plan: Plan {
+                target: target.clone(),
+                dir,
+                name: name.to_owned(),
+                mode_at_commit: None,
+                durability: opts.durability,
+                overwrite: opts.overwrite,
+            },
+        };
+
+        if sys::HAS_MODES {
+            if let (true, Some(meta)) = (opts.preserve_owner, existing) {
+                staged.copy_owner(meta.uid, meta.gid);
+            }
+            if let Some(mode) = final_mode {
+                // The file is empty: setting the exact permission bits now
+                // (undoing the umask) exposes nothing. Special bits wait for
+                // commit, since writes and chown clear them.
+                sys::set_mode(&staged.file, mode & 0o777)
+                    .map_err(|e| Error::new(Op::SetPermissions, &target, e))?;
+                if mode & 0o7000 != 0 {
+                    staged.plan.mode_at_commit = Some(mode);
+                }
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Gives the temp file the target's owner and group, best effort: the
+    /// group alone when the owner cannot be given away (not root), nothing
+    /// when neither works (filesystems without owners). Never an error.
+    fn copy_owner(&self, uid: u32, gid: u32) {
+        let Ok(now) = sys::file_meta(&self.file) else {
+            return;
+        };
+        if (now.uid, now.gid) == (uid, gid) {
+            return;
+        }
+        if sys::set_owner(&self.file, Some(uid), Some(gid)).is_err() && now.gid != gid {
+            let _ = sys::set_owner(&self.file, None, Some(gid));
+        }
+    }
+
+    fn temp_dir(&self) -> &Dir {
+        self.temp_dir.as_ref().unwrap_or(&self.plan.dir)
+    }
+
+    /// Writes the last buffered bytes and publishes the temp file at the
+    /// target, durably unless [`Durability::None`]. The whole commit, run in
+    /// one blocking-pool hop.
+    ///
+    /// Until the publishing step the target is untouched and an error
+    /// removes the temp file (by dropping `self`). After it, nothing is
+    /// removed and errors say the content is published.
+    pub(crate) fn commit(mut self, rest: &[u8]) -> Result<(), Error> {
+        let target = self.plan.target.clone();
+        let target = &target;
+        let err = |op| move |e| Error::new(op, target, e);
+        if !rest.is_empty() {
+            self.file.write_all(rest).map_err(err(Op::Write))?;
+        }
+        if let Some(mode) = self.plan.mode_at_commit {
+            sys::set_mode(&self.file, mode).map_err(err(Op::SetPermissions))?;
+        }
+        let durable = self.plan.durability == Durability::Full;
+        if durable {
+            // Data and inode reach the disk before any name points at them:
+            // otherwise a power cut after the rename can leave the target
+            // empty or torn (ext4 without auto_da_alloc, xfs, btrfs).
+            sys::sync_file(&self.file).map_err(err(Op::SyncTemp))?;
+        }
+        self.publish()?;
+        if durable {
+            // The rename lives in the directory: until it is synced a power
+            // cut can bring the old content back.
+            self.plan
+                .dir
+                .sync()
+                .map_err(|e| Error::after_publish(Op::SyncDir, &self.plan.target, e))?;
+        }
+        Ok(())
+    }
+
+    /// The publishing step. Sets `temp` to `Published` the moment the target
+    /// name refers to the new file, so the guard never removes it.
+    fn publish(&mut self) -> Result<(), Error> {
+        let target = &self.plan.target;
+        let durable = self.plan.durability == Durability::Full;
+        match (&self.temp, self.plan.overwrite) {
+            (TempName::Unnamed, false) => {
+                // linkat to the final name: atomic no-clobber, and at no
+                // moment a second name.
+                sys::link_unnamed(&self.file, &self.plan.dir, &self.plan.name)
+                    .map_err(|e| Error::new(Op::Link, target, e))?;
+                self.temp = TempName::Published;
+                if durable {
+                    // btrfs can lose the data of an O_TMPFILE file fsynced
+                    // before its linkat (atomic-write-file #6).
+                    sys::sync_file_data(&self.file)
+                        .map_err(|e| Error::after_publish(Op::SyncTemp, target, e))?;
+                }
+            }
+            (TempName::Unnamed, true) => {
+                // linkat cannot replace: link under a temp name, then rename.
+                let name = link_temp_name(&self.file, self.temp_dir(), &self.plan.name)
+                    .map_err(|e| Error::new(Op::Link, target, e))?;
+                self.temp = TempName::Named(name);
+                if durable {
+                    // See above: btrfs wants the data synced after linkat.
+                    sys::sync_file_data(&self.file)
+                        .map_err(|e| Error::new(Op::SyncTemp, target, e))?;
+                }
+                self.rename()?;
+            }
+            (TempName::Named(_), _) => self.rename()?,
+            (TempName::Published, _) => unreachable!("a Staged is committed once"),
+        }
+        Ok(())
+    }
+
+    fn rename(&mut self) -> Result<(), Error> {
+        let TempName::Named(from) = &self.temp else {
+            unreachable!("rename needs a named temp file")
+        };
+        let (from_dir, to_dir, to) = (self.temp_dir(), &self.plan.dir, &self.plan.name);
+        let result = if self.plan.overwrite {
+            sys::rename(from_dir, from, to_dir, to)
+        } else {
+            sys::rename_noreplace(from_dir, from, to_dir, to)
+        };
+        result.map_err(|e| Error::new(Op::Rename, &self.plan.target, describe_rename_error(e)))?;
+        self.temp = TempName::Published;
+        Ok(())
+    }
+
+    /// Removes the temp file, reporting what dropping would swallow.
+    pub(crate) fn rollback(mut self) -> Result<(), Error> {
+        if let TempName::Named(name) = std::mem::replace(&mut self.temp, TempName::Unnamed) {
+            self.temp_dir()
+                .remove(&name)
+                .map_err(|e| Error::new(Op::RemoveTemp, self.temp_dir_path.join(&name), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds what the bare errno leaves out where users keep tripping over it.
+fn describe_rename_error(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::ResourceBusy {
+        let msg = format!("{e} (is the target a mount point, such as a bind-mounted file?)");
+        return io::Error::new(e.kind(), msg);
+    }
+    e
+}
+
+impl Write for Staged {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let TempName::Named(name) = &self.temp {
+            // Cleanup must not fail a drop; `rollback` reports this error.
+            let _ = self.temp_dir().remove(name);
+        }
+    }
+}
+
+/// Creates the temp file in `dir`: unnamed where the platform and the
+/// filesystem allow it and the caller does, otherwise under a fresh
+/// [`name::temp_name`], exclusively and without following links.
+fn create_temp(
+    dir: &Dir,
+    target_name: &OsStr,
+    mode: u32,
+    unnamed: bool,
+) -> io::Result<(File, TempName)> {
+    if unnamed {
+        if let Some(file) = sys::create_unnamed(dir, mode)? {
+            return Ok((file, TempName::Unnamed));
+        }
+    }
+    for _ in 0..TEMP_NAME_ATTEMPTS {
+        let name = name::temp_name(target_name);
+        match dir.create_new(&name, mode) {
+            Ok(file) => return Ok((file, TempName::Named(name))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temp file name",
+    ))
+}
+
+/// Links an unnamed file into `dir` under a fresh temp name.
+fn link_temp_name(file: &File, dir: &Dir, target_name: &OsStr) -> io::Result<OsString> {
+    for _ in 0..TEMP_NAME_ATTEMPTS {
+        let name = name::temp_name(target_name);
+        match sys::link_unnamed(file, dir, &name) {
+            Ok(()) => return Ok(name),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temp file name",
+    ))
+}
+
+/// `tokio_atomic_write::write`, whole: open, write, commit.
+pub(crate) fn write(opts: &OpenOptions, target: PathBuf, contents: &[u8]) -> Result<(), Error> {
+    Staged::open(opts, target)?.commit(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rejects_paths_without_a_file_name() {
+        for bad in ["", "..", "a/..", "/", "a/", "a/.", "."] {
+            let err = split(Path::new(bad)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn split_gives_dot_for_a_bare_name() {
+        assert_eq!(
+            split(Path::new("x")).unwrap(),
+            (Path::new("."), OsStr::new("x"))
+        );
+        assert_eq!(
+            split(Path::new("a/b")).unwrap(),
+            (Path::new("a"), OsStr::new("b"))
+        );
+        assert_eq!(
+            split(Path::new("/b")).unwrap(),
+            (Path::new("/"), OsStr::new("b"))
+        );
+    }
+}

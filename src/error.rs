@@ -1,0 +1,205 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The step of an atomic write that failed.
+///
+/// Every [`Error`] names one. The variants follow the order in which the steps
+/// run; the list may grow, so match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Op {
+    /// Checking the target path: empty, without a file name, a directory,
+    /// something other than a regular file, or a symlink chain that loops.
+    Open,
+    /// Opening the directory that holds the target (or the `temp_dir`).
+    OpenDir,
+    /// Creating the temp file, or checking that `temp_dir` shares the
+    /// target's filesystem.
+    CreateTemp,
+    /// Writing buffered bytes to the temp file (including disk full).
+    Write,
+    /// Applying the final mode to the temp file.
+    SetPermissions,
+    /// Flushing the temp file's data to the disk (`fsync`, `F_FULLFSYNC`).
+    SyncTemp,
+    /// Linking an unnamed (`O_TMPFILE`) temp file into the directory.
+    Link,
+    /// Renaming the temp file over (or, without overwrite, onto) the target.
+    Rename,
+    /// Flushing the directory after the rename. When this fails the new
+    /// content **is visible** at the target; only its durability is unknown.
+    SyncDir,
+    /// Removing the temp file on rollback.
+    RemoveTemp,
+}
+
+impl Op {
+    /// The message of an error at this step, the path in backticks.
+    fn describe(self, path: &Path, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = path.display();
+        match self {
+            Op::Open => write!(f, "failed to open `{p}` for atomic replacement"),
+            Op::OpenDir => write!(f, "failed to open directory `{p}`"),
+            Op::CreateTemp => write!(f, "failed to create temp file in `{p}`"),
+            Op::Write => write!(f, "failed to write temp file for `{p}`"),
+            Op::SetPermissions => write!(f, "failed to set permissions of temp file for `{p}`"),
+            Op::SyncTemp => write!(f, "failed to sync temp file for `{p}`"),
+            Op::Link => write!(f, "failed to link temp file to `{p}`"),
+            Op::Rename => write!(f, "failed to rename temp file to `{p}`"),
+            Op::SyncDir => write!(
+                f,
+                "failed to sync directory after publishing `{p}` (new content visible, durability unknown)"
+            ),
+            Op::RemoveTemp => write!(f, "failed to remove temp file `{p}`"),
+        }
+    }
+}
+
+/// An error from an atomic write: which step failed, on which path, and why.
+///
+/// `Display` prints the step and the path (`failed to rename temp file to
+/// `state.json``); the underlying [`io::Error`] is the
+/// [`source`](std::error::Error::source), so a report chain prints it exactly
+/// once. [`kind`](Error::kind) is the source's kind, and converting into an
+/// [`io::Error`] keeps it.
+///
+/// Errors before the publishing step ([`Op::Rename`] or [`Op::Link`]) leave the
+/// target untouched. An [`Op::SyncDir`] error comes after it: the new content
+/// is already visible, so do not retry the write as if it had failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", Display(self))]
+pub struct Error {
+    op: Op,
+    path: PathBuf,
+    published: bool,
+    #[source]
+    source: io::Error,
+}
+
+struct Display<'a>(&'a Error);
+
+impl fmt::Display for Display<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.op.describe(&self.0.path, f)
+    }
+}
+
+impl Error {
+    pub(crate) fn new(op: Op, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error {
+            op,
+            path: path.into(),
+            published: false,
+            source,
+        }
+    }
+
+    /// An error in a step after the new content was published.
+    pub(crate) fn after_publish(op: Op, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error {
+            published: true,
+            ..Error::new(op, path, source)
+        }
+    }
+
+    /// The step that failed.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// The path the step worked on: the target for most steps, the directory
+    /// for [`Op::OpenDir`] and [`Op::CreateTemp`], the temp file for
+    /// [`Op::RemoveTemp`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The kind of the underlying I/O error.
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+
+    /// The underlying I/O error.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
+    }
+
+    /// Whether the new content was already published at the target when
+    /// the error happened: the content is visible, its durability unknown.
+    /// True for [`Op::SyncDir`] errors (and a sync right after an
+    /// `O_TMPFILE` link); retrying would write the content a second time.
+    pub fn is_published(&self) -> bool {
+        self.published
+    }
+}
+
+impl From<Error> for io::Error {
+    /// Wraps the error, keeping its [`kind`](Error::kind).
+    fn from(err: Error) -> io::Error {
+        io::Error::new(err.kind(), err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn message_names_op_and_path_and_source_prints_once() {
+        let err = Error::new(
+            Op::Rename,
+            "state.json",
+            io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        );
+        assert_eq!(
+            err.to_string(),
+            "failed to rename temp file to `state.json`"
+        );
+        assert_eq!(err.source().unwrap().to_string(), "denied");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        let io: io::Error = err.into();
+        assert_eq!(io.kind(), io::ErrorKind::PermissionDenied);
+        let inner = io.get_ref().unwrap().downcast_ref::<Error>().unwrap();
+        assert_eq!(inner.op(), Op::Rename);
+    }
+
+    #[test]
+    fn every_message_is_lowercase_without_period() {
+        let ops = [
+            Op::Open,
+            Op::OpenDir,
+            Op::CreateTemp,
+            Op::Write,
+            Op::SetPermissions,
+            Op::SyncTemp,
+            Op::Link,
+            Op::Rename,
+            Op::SyncDir,
+            Op::RemoveTemp,
+        ];
+        for op in ops {
+            let msg = Error::new(op, "p", io::Error::other("x")).to_string();
+            assert!(msg.starts_with("failed to "), "{msg}");
+            assert!(msg.contains("`p`"), "{msg}");
+            assert!(!msg.ends_with('.'), "{msg}");
+            assert!(!Error::new(op, "p", io::Error::other("x")).is_published());
+        }
+    }
+
+    #[test]
+    fn after_publish_is_published() {
+        let err = Error::after_publish(Op::SyncDir, "p", io::Error::other("x"));
+        assert!(err.is_published());
+        assert_eq!(err.op(), Op::SyncDir);
+    }
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+}

@@ -1,0 +1,203 @@
+//! [`AsyncAtomicFile`]: the async shell over the pipeline and the engine.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+
+use crate::blocking::{self, TokioPool};
+use crate::core::Staged;
+use crate::pipeline::Pipeline;
+use crate::{Error, Op, OpenOptions};
+
+/// A file that replaces its target atomically when committed.
+///
+/// Bytes written go to a temp file in the target's directory, through a
+/// buffer, on Tokio's blocking pool. [`commit`](Self::commit) publishes them
+/// at the target in one step, so readers and crashes see the whole old
+/// content or the whole new one. Dropping the file without committing
+/// discards the temp file and leaves the target as it was.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("state.json");
+/// use tokio::io::AsyncWriteExt;
+/// use tokio_atomic_write::AsyncAtomicFile;
+///
+/// let mut file = AsyncAtomicFile::create(&path).await?;
+/// file.write_all(br#"{"n":1}"#).await?;
+/// file.commit().await?;
+/// assert_eq!(std::fs::read(&path)?, br#"{"n":1}"#);
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncAtomicFile {
+    pipeline: Pipeline<Staged, TokioPool>,
+    target: PathBuf,
+}
+
+impl fmt::Debug for AsyncAtomicFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncAtomicFile")
+            .field("target", &self.target)
+            .field("state", &self.pipeline.describe())
+            .field("buffered", &self.pipeline.buffered())
+            .finish()
+    }
+}
+
+impl AsyncAtomicFile {
+    /// Opens an atomic file for `path` with the default options: replace on
+    /// commit, [`Durability::Full`](crate::Durability::Full), keep the
+    /// target's permissions and owner, follow symlinks.
+    ///
+    /// # Errors
+    ///
+    /// As [`OpenOptions::open`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`OpenOptions::open`]: a dropped open leaves nothing behind.
+    pub async fn create(path: impl AsRef<Path>) -> Result<AsyncAtomicFile, Error> {
+        OpenOptions::new().open(path).await
+    }
+
+    /// New [`OpenOptions`], to set before [`open`](OpenOptions::open).
+    pub fn options() -> OpenOptions {
+        OpenOptions::new()
+    }
+
+    pub(crate) async fn open_with(
+        opts: OpenOptions,
+        target: PathBuf,
+    ) -> Result<AsyncAtomicFile, Error> {
+        let buffer_size = opts.buffer_size;
+        let path = target.clone();
+        let staged = blocking::run(move || Staged::open(&opts, path))
+            .await
+            .map_err(|e| Error::new(Op::Open, &target, e))??;
+        Ok(AsyncAtomicFile {
+            pipeline: Pipeline::new(staged, buffer_size),
+            target,
+        })
+    }
+
+    /// The target path, as given to `open`.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    fn write_error(&self, e: io::Error) -> Error {
+        Error::new(Op::Write, &self.target, e)
+    }
+
+    /// Publishes everything written at the target, atomically and, with
+    /// [`Durability::Full`](crate::Durability::Full), durably.
+    ///
+    /// Waits for the writes in flight, then in one blocking-pool hop: writes
+    /// the rest of the buffer, applies the final mode, `fsync`s the temp
+    /// file, renames it over the target (or links it in), and `fsync`s the
+    /// directory. On `Ok` the target holds exactly the bytes written, and
+    /// survives a power loss.
+    ///
+    /// # Errors
+    ///
+    /// The first failed write ([`Op::Write`], the original `io::Error` with
+    /// it), or the failed step: [`Op::SetPermissions`], [`Op::SyncTemp`],
+    /// [`Op::Link`], [`Op::Rename`] (with `overwrite(false)`, a kind of
+    /// [`AlreadyExists`](io::ErrorKind::AlreadyExists) when the target
+    /// exists). Until then the target is untouched and the temp file is
+    /// removed. [`Op::SyncDir`] comes after the rename: the new content is
+    /// visible, its durability unknown ([`Error::is_published`]); the file
+    /// is not removed, and `fsync` is not retried.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits for writes in flight is dropping
+    /// the file: the target is untouched and the temp file is removed. Once
+    /// the commit hop has started, dropping the future does not stop it: the
+    /// commit completes on the pool, or fails and removes its temp file.
+    /// Either way the target is whole, old or new, and no temp file is left.
+    pub async fn commit(mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.pipeline.poll_idle(cx)).await;
+        let (staged, rest) = self
+            .pipeline
+            .take_parts()
+            .map_err(|e| self.write_error(e))?;
+        blocking::run(move || staged.commit(&rest))
+            .await
+            .map_err(|e| Error::new(Op::Rename, &self.target, e))?
+    }
+
+    /// Discards everything written and removes the temp file, reporting the
+    /// errors that dropping the file would swallow.
+    ///
+    /// # Errors
+    ///
+    /// [`Op::RemoveTemp`] when the temp file cannot be removed. Errors of
+    /// earlier writes are not reported: they are discarded with the data.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the file, which removes the temp file all
+    /// the same, only without a report.
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.pipeline.poll_idle(cx)).await;
+        match self.pipeline.take_sink() {
+            Some(staged) => blocking::run(move || staged.rollback())
+                .await
+                .map_err(|e| Error::new(Op::RemoveTemp, &self.target, e))?,
+            // Lost with a failed job, whose drop on the pool removed it.
+            None => Ok(()),
+        }
+    }
+}
+
+impl AsyncWrite for AsyncAtomicFile {
+    /// Accepts bytes into the buffer. Errors of earlier writes surface here
+    /// (and at `commit`); after one, every write fails with the same kind.
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.pipeline
+            .poll_write(cx, buf)
+            .map_err(|e| this.write_error(e).into())
+    }
+
+    /// Hands everything buffered to the temp file and waits for it: not
+    /// durable, not published; only [`commit`](AsyncAtomicFile::commit) is.
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.pipeline
+            .poll_flush(cx)
+            .map_err(|e| this.write_error(e).into())
+    }
+
+    /// Same as `poll_flush`. Shutting down does **not** commit: only
+    /// [`commit`](AsyncAtomicFile::commit) publishes.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+impl Drop for AsyncAtomicFile {
+    /// Discards an uncommitted file: the temp file is removed on the
+    /// blocking pool inside a runtime, at once outside one. A write still in
+    /// flight keeps the temp file until it ends, then removes it.
+    fn drop(&mut self) {
+        if let Some(staged) = self.pipeline.take_sink() {
+            blocking::drop_in_background(staged);
+        }
+    }
+}

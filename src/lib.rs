@@ -1,0 +1,176 @@
+//! Atomic, durable file replacement for Tokio.
+//!
+//! [`AsyncAtomicFile`] is an [`AsyncWrite`](tokio::io::AsyncWrite) sink for
+//! a file that is replaced all at once: every reader, and every crash, sees
+//! either the whole old content or the whole new content, never a prefix, a
+//! mix or an empty file. It streams (`tokio::io::copy` works), buffers small
+//! writes so that they do not each cost a trip to the blocking pool, and
+//! cleans up after itself when dropped.
+//!
+//! # Examples
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("state.json");
+//! use tokio::io::AsyncWriteExt;
+//! use tokio_atomic_write::AsyncAtomicFile;
+//!
+//! // Stream into the file, then publish it.
+//! let mut file = AsyncAtomicFile::create(&path).await?;
+//! file.write_all(br#"{"visits":1}"#).await?;
+//! file.commit().await?;
+//!
+//! // Or in one call, like `tokio::fs::write`.
+//! tokio_atomic_write::write(&path, br#"{"visits":2}"#).await?;
+//! assert_eq!(std::fs::read(&path)?, br#"{"visits":2}"#);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! ```text
+//! open     resolve symlinks; open(dir, O_DIRECTORY)
+//!          openat(dir, ".", O_TMPFILE|O_WRONLY, mode)            Linux, when supported
+//!          or openat(dir, ".{name}.{random}.tmp",
+//!                    O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, mode)   elsewhere
+//!          fchown, fchmod                                         to the target's
+//! write    buffer in memory; each full buffer: write(temp) on the blocking pool
+//! commit   write(rest); fsync(temp)
+//!          replace:     [linkat(temp -> .{name}.{random}.tmp); fdatasync(temp)]
+//!                       renameat(temp name -> name)
+//!          no-clobber:  linkat(temp -> name)  or  renameat2(RENAME_NOREPLACE)
+//!          fsync(dir)
+//! drop     unlinkat(temp name) on the blocking pool (O_TMPFILE: close)
+//! ```
+//!
+//! The temp file lives in the target's directory, so the rename never
+//! crosses a filesystem. It is created with at most the target's permission
+//! bits and owner, so it is never readable wider than the file it replaces.
+//! On Linux it is unnamed (`O_TMPFILE`) where the filesystem allows it: a
+//! crash while writing leaves nothing behind.
+//!
+//! # Guarantees
+//!
+//! Promised, for a local filesystem (tested on ext4, tmpfs):
+//! - Readers of the target see the whole old or the whole new content at
+//!   every moment. A process killed at any point leaves one or the other.
+//! - With [`Durability::Full`] (the default), once `commit` returns `Ok` the
+//!   new content survives a power loss.
+//! - A failed or abandoned write leaves the target untouched and removes its
+//!   temp file.
+//! - With `overwrite(false)`, of writers racing for one path exactly one
+//!   wins; no check-then-rename window.
+//!
+//! Not promised:
+//! - Network filesystems (NFS, SMB) and FUSE shares: the rename is as
+//!   atomic, and the fsyncs as durable, as the server makes them.
+//! - Hard links: the target path gets a new inode, so other links to the old
+//!   file keep the old content.
+//! - Extended attributes, ACLs, SELinux labels and file flags are not copied.
+//! - A symlink swapped while a write is open: the file it pointed to at
+//!   `open` is the one replaced.
+//!
+//! # Cancel safety
+//!
+//! Dropping an [`AsyncAtomicFile`] without committing discards it: the temp
+//! file is removed on the blocking pool (synchronously when no runtime is
+//! running; never with `block_on`), after any write still in flight. The
+//! target is untouched. This holds when the task is aborted, panics, or the
+//! runtime shuts down.
+//!
+//! Dropping the future of [`commit`](AsyncAtomicFile::commit) before the
+//! commit hop starts is the same as dropping the file. Once it has started,
+//! the commit runs to its end on the pool: the target ends up whole, old or
+//! new, and no temp file remains. Each async method documents its own case.
+//!
+//! # Errors
+//!
+//! Every failure is an [`Error`] naming the step ([`Op`]) and the path, with
+//! the `io::Error` as its source; [`Error::kind`] is the source's kind and
+//! converting into `io::Error` keeps it. Bad input fails at `open`, before
+//! anything on disk changes. An [`Op::SyncDir`] error is the one that comes
+//! after publishing: the new content is visible but may not be durable.
+//!
+//! # Platform support
+//!
+//! Linux is built and tested here. macOS (`F_FULLFSYNC`, `renameatx_np`)
+//! and Windows (`MoveFileExW` with `MOVEFILE_WRITE_THROUGH`, no directory
+//! sync) are written to compile but are neither built nor tested by this
+//! project's CI.
+//!
+//! # Feature flags
+//!
+//! None yet.
+
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod blocking;
+mod core;
+mod error;
+mod file;
+mod options;
+mod pipeline;
+mod sys;
+
+use std::path::Path;
+
+pub use error::{Error, Op};
+pub use file::AsyncAtomicFile;
+pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
+
+/// Replaces the file at `path` with `contents`, atomically and durably: an
+/// atomic [`tokio::fs::write`].
+///
+/// The whole job (open, write, `fsync`, rename, directory `fsync`) runs in
+/// one trip to the blocking pool. `contents` is copied once, as
+/// `tokio::fs::write` does, so that it can move to that thread.
+///
+/// # Errors
+///
+/// As [`OpenOptions::open`] and [`AsyncAtomicFile::commit`].
+///
+/// # Cancel safety
+///
+/// Dropping the future before its first poll does nothing. After that the
+/// write runs to its end on the pool: the target ends up whole, old or new.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("state.toml");
+/// tokio_atomic_write::write(&path, "count = 1\n").await?;
+/// assert_eq!(std::fs::read_to_string(&path)?, "count = 1\n");
+/// # Ok(())
+/// # }
+/// ```
+pub async fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<(), Error> {
+    let target = path.as_ref().to_path_buf();
+    let contents = contents.as_ref().to_vec();
+    let path = target.clone();
+    blocking::run(move || core::write(&OpenOptions::new(), path, &contents))
+        .await
+        .map_err(|e| Error::new(Op::Rename, target, e))?
+}
+
+/// Not API: hooks for the crate's own tests. May change or vanish in any
+/// release.
+#[doc(hidden)]
+pub mod __private {
+    /// How many jobs the calling thread has sent to the blocking pool.
+    pub fn pool_hops_from_this_thread() -> u64 {
+        crate::blocking::hops_from_this_thread()
+    }
+
+    /// Whether `name` is shaped like one of this crate's temp file names.
+    pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
+        crate::core::name::is_temp_name(name)
+    }
+}

@@ -1,0 +1,208 @@
+//! [`OpenOptions`] and [`Durability`].
+
+use std::path::{Path, PathBuf};
+
+use crate::{AsyncAtomicFile, Error};
+
+/// The buffer size used when none is set: writes smaller than this are
+/// gathered in memory and handed to the blocking pool one buffer at a time.
+pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
+
+/// How hard [`commit`](AsyncAtomicFile::commit) works to make the new content
+/// survive a power loss or a kernel crash.
+///
+/// Atomicity does not depend on it: readers, and a killed process, see the
+/// whole old or the whole new content either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `fsync` the temp file before publishing it and the directory after:
+    /// once `commit` returns `Ok`, the new content survives a power loss
+    /// (`F_FULLFSYNC` on macOS).
+    #[default]
+    Full,
+    /// No `fsync` at all. Readers and a killed process still see old or new,
+    /// never a mix; after a power loss the target may hold the old content,
+    /// or, on filesystems that do not order data before renames, be empty
+    /// or torn.
+    None,
+}
+
+/// Options for opening an [`AsyncAtomicFile`], in the style of
+/// [`std::fs::OpenOptions`].
+///
+/// Every setter takes `&mut self` and returns it, so calls chain; the same
+/// options can open many files.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("item.bin");
+/// use tokio::io::AsyncWriteExt;
+/// use tokio_atomic_write::{AsyncAtomicFile, Durability};
+///
+/// let mut file = AsyncAtomicFile::options()
+///     .overwrite(false)
+///     .durability(Durability::None)
+///     .open(&path)
+///     .await?;
+/// file.write_all(b"cached").await?;
+/// file.commit().await?;
+/// assert_eq!(std::fs::read(&path)?, b"cached");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub(crate) overwrite: bool,
+    pub(crate) durability: Durability,
+    pub(crate) mode: Option<u32>,
+    pub(crate) preserve_permissions: bool,
+    pub(crate) preserve_owner: bool,
+    pub(crate) follow_symlinks: bool,
+    pub(crate) temp_dir: Option<PathBuf>,
+    pub(crate) buffer_size: usize,
+    pub(crate) unnamed_temp: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            overwrite: true,
+            durability: Durability::Full,
+            mode: None,
+            preserve_permissions: true,
+            preserve_owner: true,
+            follow_symlinks: true,
+            temp_dir: None,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            unnamed_temp: true,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Options with the defaults: overwrite, [`Durability::Full`], keep the
+    /// permissions and owner of an existing target, follow symlinks, temp
+    /// file beside the target, [`DEFAULT_BUFFER_SIZE`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `commit` may replace an existing target (default `true`).
+    ///
+    /// With `false`, `commit` publishes only if nothing exists at the target
+    /// path, and fails with [`ErrorKind::AlreadyExists`] otherwise. The check
+    /// and the publish are one atomic step (`renameat2(RENAME_NOREPLACE)`, or
+    /// `linkat` to the final name), so of many racing writers exactly one wins.
+    ///
+    /// [`ErrorKind::AlreadyExists`]: std::io::ErrorKind::AlreadyExists
+    pub fn overwrite(&mut self, overwrite: bool) -> &mut Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// How hard `commit` works to make the new content durable (default
+    /// [`Durability::Full`]).
+    pub fn durability(&mut self, durability: Durability) -> &mut Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The exact mode of the published file, umask not applied (unix only;
+    /// ignored elsewhere). Overrides [`preserve_permissions`](Self::preserve_permissions).
+    ///
+    /// Until `commit` the temp file has this mode with the umask applied, so it
+    /// is never readable wider than the final file.
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Whether a replaced target keeps its exact mode, setuid, setgid and
+    /// sticky bits included (default `true`). A new file, or any file with
+    /// `false`, gets `0o666` less the umask, as [`std::fs::File::create`] gives.
+    pub fn preserve_permissions(&mut self, preserve: bool) -> &mut Self {
+        self.preserve_permissions = preserve;
+        self
+    }
+
+    /// Whether a replaced target keeps its owner and group (default `true`,
+    /// unix only). Best effort: without the privilege to give the file away,
+    /// the group alone is tried, and then the file keeps the writer's
+    /// identity; the commit does not fail for it.
+    pub fn preserve_owner(&mut self, preserve: bool) -> &mut Self {
+        self.preserve_owner = preserve;
+        self
+    }
+
+    /// Whether a target that is a symlink is followed (default `true`).
+    ///
+    /// With `true` the link is kept and the file it finally points to is
+    /// replaced, its own directory holding the temp file; a dangling link
+    /// gets its target created. With `false` the link itself is replaced by a
+    /// regular file.
+    pub fn follow_symlinks(&mut self, follow: bool) -> &mut Self {
+        self.follow_symlinks = follow;
+        self
+    }
+
+    /// The directory for the temp file (default: the target's own).
+    ///
+    /// It must be on the target's filesystem, since a rename cannot cross
+    /// filesystems: `open` checks the device and fails with
+    /// [`ErrorKind::CrossesDevices`](std::io::ErrorKind::CrossesDevices)
+    /// rather than letting `commit` fail late. There is never a copy
+    /// fallback.
+    pub fn temp_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
+        self.temp_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// How many bytes are gathered in memory before a write goes to the
+    /// blocking pool (default [`DEFAULT_BUFFER_SIZE`]; 0 counts as 1).
+    /// Memory use is at most about two buffers per file.
+    pub fn buffer_size(&mut self, size: usize) -> &mut Self {
+        self.buffer_size = size.max(1);
+        self
+    }
+
+    /// Whether an unnamed temp file may be used (default `true`).
+    ///
+    /// On Linux, where the filesystem supports it, the temp file is created
+    /// with `O_TMPFILE`: it has no name until `commit`, so a crash or a kill
+    /// while writing leaves nothing behind. With `false`, or where
+    /// `O_TMPFILE` is unsupported, the temp file is a hidden named file
+    /// `.{name}.{random}.tmp` beside the target from the start.
+    pub fn unnamed_temp(&mut self, allow: bool) -> &mut Self {
+        self.unnamed_temp = allow;
+        self
+    }
+
+    /// Opens an atomic file for `path` with these options.
+    ///
+    /// Resolves the target, checks it, and creates the temp file, all in one
+    /// trip to the blocking pool. The target itself is not touched until
+    /// [`commit`](AsyncAtomicFile::commit).
+    ///
+    /// # Errors
+    ///
+    /// [`Op::Open`](crate::Op::Open) for an empty path, one without a file
+    /// name (ending in `..`), a directory or a special file at the target, or
+    /// a symlink loop; [`Op::OpenDir`](crate::Op::OpenDir) when the parent
+    /// directory is missing; [`Op::CreateTemp`](crate::Op::CreateTemp) when the
+    /// directory is not writable or `temp_dir` is on another filesystem.
+    /// Nothing on disk changes on error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before its first poll does nothing. Dropping it
+    /// later lets the open finish on the blocking pool and then removes the
+    /// temp file it created.
+    pub async fn open(&self, path: impl AsRef<Path>) -> Result<AsyncAtomicFile, Error> {
+        AsyncAtomicFile::open_with(self.clone(), path.as_ref().to_path_buf()).await
+    }
+}

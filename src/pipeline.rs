@@ -1,0 +1,452 @@
+//! The double-buffered write pipeline behind [`AsyncAtomicFile`]: small
+//! writes gather in memory; a full buffer goes to the pool as one job while
+//! the next one fills. Pure state machine: generic over the sink (any
+//! `io::Write`) and the pool, so the tests drive it with a fake pool that
+//! they step by hand.
+//!
+//! [`AsyncAtomicFile`]: crate::AsyncAtomicFile
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+/// Somewhere to run blocking jobs: the Tokio blocking pool, or a test fake.
+pub(crate) trait Pool {
+    /// Resolves to the job's result, or an error if the job panicked or
+    /// never ran.
+    type Handle<T: Send + 'static>: Future<Output = io::Result<T>> + Unpin + Send + Sync;
+
+    /// Starts `job`.
+    fn spawn<T, F>(job: F) -> Self::Handle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static;
+}
+
+/// What a write job hands back: the sink, the emptied buffer, the outcome.
+type Job<W> = (W, Vec<u8>, io::Result<()>);
+
+enum State<W: Send + 'static, P: Pool> {
+    /// No job in flight. `None` once the sink is gone: taken, or lost with a
+    /// job that panicked (its drop ran on the pool).
+    Idle(Option<W>),
+    /// A job owns the sink and a buffer.
+    Busy(P::Handle<Job<W>>),
+}
+
+/// The pipeline. Holds at most two buffers: the one filling and the one in
+/// flight (or kept as the spare).
+pub(crate) struct Pipeline<W: Send + 'static, P: Pool> {
+    state: State<W, P>,
+    /// The buffer being filled.
+    buf: Vec<u8>,
+    /// The buffer the last job returned, emptied, to fill next.
+    spare: Vec<u8>,
+    capacity: usize,
+    /// The first error, kept whole: every later call fails with its kind,
+    /// and `take_parts` returns it.
+    error: Option<io::Error>,
+}
+
+impl<W, P> Pipeline<W, P>
+where
+    W: Write + Send + 'static,
+    P: Pool,
+{
+    pub(crate) fn new(sink: W, capacity: usize) -> Self {
+        Pipeline {
+            state: State::Idle(Some(sink)),
+            buf: Vec::new(),
+            spare: Vec::new(),
+            capacity: capacity.max(1),
+            error: None,
+        }
+    }
+
+    fn sticky(&self) -> Option<io::Error> {
+        self.error
+            .as_ref()
+            .map(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Accepts bytes into the buffer; waits only when the buffer is full and
+    /// the previous job is still running.
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.sticky() {
+            return Poll::Ready(Err(e));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.buf.len() >= self.capacity {
+            ready!(self.poll_idle(cx));
+            if let Some(e) = self.sticky() {
+                return Poll::Ready(Err(e));
+            }
+            self.submit();
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.capacity);
+        }
+        let n = data.len().min(self.capacity - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.capacity {
+            // Hand the full buffer over now if the pool is free, so it is
+            // written while the caller produces the next one. Any error
+            // surfaces on the next call: these `n` bytes are accepted.
+            if self.poll_idle(cx).is_ready() && self.error.is_none() {
+                self.submit();
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes out everything buffered and waits for it.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_idle(cx));
+        if self.error.is_none() && !self.buf.is_empty() {
+            self.submit();
+            ready!(self.poll_idle(cx));
+        }
+        Poll::Ready(match self.sticky() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        })
+    }
+
+    /// Waits until no job is in flight, recording its outcome.
+    pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let State::Busy(handle) = &mut self.state {
+            let outcome = ready!(Pin::new(handle).poll(cx));
+            match outcome {
+                Ok((sink, mut buf, result)) => {
+                    buf.clear();
+                    self.spare = buf;
+                    self.state = State::Idle(Some(sink));
+                    if let Err(e) = result {
+                        self.fail(e);
+                    }
+                }
+                Err(e) => {
+                    self.state = State::Idle(None);
+                    self.fail(e);
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Sends the filled buffer to the pool. Only when idle and without error.
+    fn submit(&mut self) {
+        let State::Idle(sink) = &mut self.state else {
+            unreachable!("submit while busy")
+        };
+        let Some(mut sink) = sink.take() else {
+            // The sink was lost with a failed job, which set the error.
+            return;
+        };
+        let next = std::mem::take(&mut self.spare);
+        let buf = std::mem::replace(&mut self.buf, next);
+        self.state = State::Busy(P::spawn(move || {
+            let result = sink.write_all(&buf);
+            (sink, buf, result)
+        }));
+    }
+
+    /// Once idle: the sink and the bytes still buffered, or the first error
+    /// (the sink then stays, for [`take_sink`](Self::take_sink) to clean up).
+    pub(crate) fn take_parts(&mut self) -> io::Result<(W, Vec<u8>)> {
+        if let Some(e) = self.error.take() {
+            // Later calls still fail, with the same kind.
+            self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            return Err(e);
+        }
+        match &mut self.state {
+            State::Idle(sink) => match sink.take() {
+                Some(sink) => Ok((sink, std::mem::take(&mut self.buf))),
+                None => Err(io::Error::other(
+                    "the file was already committed or rolled back",
+                )),
+            },
+            State::Busy(_) => unreachable!("take_parts while busy"),
+        }
+    }
+
+    /// The sink if no job holds it. A job in flight keeps it, and drops it
+    /// when done if nobody waits for the result.
+    pub(crate) fn take_sink(&mut self) -> Option<W> {
+        match &mut self.state {
+            State::Idle(sink) => sink.take(),
+            State::Busy(_) => None,
+        }
+    }
+
+    /// `"idle"`, `"busy"` or `"failed"`, for `Debug`.
+    pub(crate) fn describe(&self) -> &'static str {
+        match (&self.state, &self.error) {
+            (_, Some(_)) => "failed",
+            (State::Busy(_), None) => "busy",
+            (State::Idle(Some(_)), None) => "idle",
+            (State::Idle(None), None) => "done",
+        }
+    }
+
+    /// Bytes accepted but not yet handed to the pool.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline against a fake pool whose jobs run when the test says.
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::task::Waker;
+
+    type Slot<T> = Arc<Mutex<Option<T>>>;
+
+    thread_local! {
+        /// Jobs spawned and not yet run, and how many Pending each handle
+        /// answers before it looks at its slot.
+        static QUEUE: RefCell<VecDeque<Box<dyn FnOnce()>>> = RefCell::new(VecDeque::new());
+        static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        static SPAWNED: RefCell<usize> = const { RefCell::new(0) };
+    }
+
+    struct FakePool;
+
+    struct FakeHandle<T> {
+        slot: Slot<T>,
+        pending: u8,
+    }
+
+    impl<T> Future for FakeHandle<T> {
+        type Output = io::Result<T>;
+        fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+            if self.pending > 0 {
+                self.pending -= 1;
+                return Poll::Pending;
+            }
+            match self.slot.lock().unwrap().take() {
+                Some(v) => Poll::Ready(Ok(v)),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl Pool for FakePool {
+        type Handle<T: Send + 'static> = FakeHandle<T>;
+        fn spawn<T, F>(job: F) -> FakeHandle<T>
+        where
+            F: FnOnce() -> T + Send + 'static,
+            T: Send + 'static,
+        {
+            let slot: Slot<T> = Arc::new(Mutex::new(None));
+            let out = slot.clone();
+            QUEUE.with(|q| {
+                q.borrow_mut()
+                    .push_back(Box::new(move || *out.lock().unwrap() = Some(job())))
+            });
+            SPAWNED.with(|s| *s.borrow_mut() += 1);
+            let pending = PENDING.with(|p| p.borrow_mut().pop().unwrap_or(0));
+            FakeHandle { slot, pending }
+        }
+    }
+
+    fn run_jobs() -> usize {
+        let mut n = 0;
+        while let Some(job) = QUEUE.with(|q| q.borrow_mut().pop_front()) {
+            job();
+            n += 1;
+        }
+        n
+    }
+
+    fn spawned() -> usize {
+        SPAWNED.with(|s| *s.borrow())
+    }
+
+    /// A sink that writes at most `max` bytes per call and fails once it
+    /// holds `fail_after` bytes.
+    #[derive(Clone)]
+    struct Sink {
+        data: Arc<Mutex<Vec<u8>>>,
+        max: usize,
+        fail_after: Option<usize>,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut data = self.data.lock().unwrap();
+            if self.fail_after.is_some_and(|limit| data.len() >= limit) {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
+            }
+            let n = buf.len().min(self.max);
+            data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn sink(max: usize, fail_after: Option<usize>) -> Sink {
+        Sink {
+            data: Arc::default(),
+            max,
+            fail_after,
+        }
+    }
+
+    /// Polls `f` to completion, running queued jobs whenever it is pending.
+    fn drive<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> T {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..10_000 {
+            if let Poll::Ready(v) = f(&mut cx) {
+                return v;
+            }
+            run_jobs();
+        }
+        panic!("never ready");
+    }
+
+    #[test]
+    fn small_writes_cost_no_hop_until_the_buffer_fills() {
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 16);
+        let before = spawned();
+        for _ in 0..3 {
+            assert_eq!(drive(|cx| p.poll_write(cx, b"abcde")).unwrap(), 5);
+        }
+        assert_eq!(spawned() - before, 0, "15 bytes fit in a 16-byte buffer");
+        assert_eq!(p.buffered(), 15);
+        assert_eq!(
+            drive(|cx| p.poll_write(cx, b"xy")).unwrap(),
+            1,
+            "fills the buffer"
+        );
+        assert_eq!(spawned() - before, 1, "a full buffer goes out at once");
+        assert_eq!(p.describe(), "busy");
+        // The next buffer fills while the first job has not run yet.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(p.poll_write(&mut cx, b"y"), Poll::Ready(Ok(1))));
+        assert_eq!(run_jobs(), 1);
+        drive(|cx| p.poll_flush(cx)).unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdeabcdeabcdexy");
+        assert_eq!(spawned() - before, 2);
+    }
+
+    #[test]
+    fn a_full_buffer_waits_for_the_job_in_flight() {
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
+        assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
+        // Two buffers are taken: the third write must wait.
+        assert!(p.poll_write(&mut cx, b"ijkl").is_pending());
+        assert!(p.poll_write(&mut cx, b"ijkl").is_pending());
+        run_jobs();
+        assert!(matches!(p.poll_write(&mut cx, b"ijkl"), Poll::Ready(Ok(4))));
+        drive(|cx| p.poll_flush(cx)).unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefghijkl");
+    }
+
+    #[test]
+    fn errors_are_sticky_and_kept_whole() {
+        let s = sink(usize::MAX, Some(0));
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s, 4);
+        assert_eq!(drive(|cx| p.poll_write(cx, b"abcd")).unwrap(), 4);
+        let err = drive(|cx| p.poll_flush(cx)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        let err = drive(|cx| p.poll_write(cx, b"more")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        let whole = p.take_parts().err().expect("the first error");
+        assert_eq!(whole.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(whole.to_string(), "disk full");
+        assert!(
+            whole.get_ref().is_some(),
+            "the original error, not a copy of its kind"
+        );
+        assert!(p.take_parts().is_err(), "still failed");
+        assert!(p.take_sink().is_some(), "the sink stays for cleanup");
+    }
+
+    #[test]
+    fn a_lost_job_fails_the_pipeline() {
+        struct LostPool;
+        struct Lost<T>(std::marker::PhantomData<fn() -> T>);
+        impl<T> Future for Lost<T> {
+            type Output = io::Result<T>;
+            fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+                Poll::Ready(Err(io::Error::other("job panicked")))
+            }
+        }
+        impl Pool for LostPool {
+            type Handle<T: Send + 'static> = Lost<T>;
+            fn spawn<T, F>(job: F) -> Lost<T>
+            where
+                F: FnOnce() -> T + Send + 'static,
+                T: Send + 'static,
+            {
+                drop(job);
+                Lost(std::marker::PhantomData)
+            }
+        }
+        let mut p: Pipeline<Sink, LostPool> = Pipeline::new(sink(usize::MAX, None), 2);
+        assert_eq!(drive(|cx| p.poll_write(cx, b"ab")).unwrap(), 2);
+        let err = drive(|cx| p.poll_flush(cx)).unwrap_err();
+        assert_eq!(err.to_string(), "job panicked");
+        assert!(p.take_sink().is_none(), "the sink went with the job");
+        assert_eq!(p.describe(), "failed");
+    }
+
+    proptest! {
+        /// Random chunk and buffer sizes, short writes, Pending from the pool:
+        /// the sink receives exactly the input, with at most two buffers.
+        #[test]
+        fn content_equals_input(
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+            chunks in proptest::collection::vec(1usize..700, 1..40),
+            capacity in 1usize..600,
+            max_write in 1usize..300,
+            pendings in proptest::collection::vec(0u8..4, 0..64),
+        ) {
+            PENDING.with(|p| *p.borrow_mut() = pendings);
+            let s = sink(max_write, None);
+            let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), capacity);
+            let mut rest = &data[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let len = chunks[i % chunks.len()].min(rest.len());
+                i += 1;
+                let mut chunk = &rest[..len];
+                while !chunk.is_empty() {
+                    let n = drive(|cx| p.poll_write(cx, chunk)).unwrap();
+                    prop_assert!(n > 0 && n <= chunk.len());
+                    chunk = &chunk[n..];
+                    prop_assert!(p.buf.capacity() <= capacity && p.spare.capacity() <= capacity);
+                }
+                rest = &rest[len..];
+            }
+            drive(|cx| p.poll_flush(cx)).unwrap();
+            prop_assert_eq!(&*s.data.lock().unwrap(), &data);
+            let (_, left) = p.take_parts().unwrap();
+            prop_assert!(left.is_empty());
+            run_jobs();
+        }
+    }
+}

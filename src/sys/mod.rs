@@ -1,0 +1,42 @@
+//! Synchronous, platform-specific primitives: create a temp file, sync it,
+//! publish it with or without replacing, sync a directory.
+//!
+//! Everything here returns `io::Result` and knows nothing of tasks or of the
+//! crate's `Error`: `core` attaches the step and the path. Each platform file
+//! exports the same names; the platform is chosen at compile time, kernel and
+//! filesystem features at run time by errno.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(unix)]
+mod unix;
+#[cfg(windows)]
+mod windows;
+
+#[cfg(unix)]
+pub(crate) use unix::*;
+#[cfg(windows)]
+pub(crate) use windows::*;
+
+/// Random bytes from std's randomly keyed SipHash over a counter and the
+/// clock: the source where the platform has no `getrandom` in rustix.
+#[allow(dead_code)]
+pub(crate) fn random_bytes_portable(buf: &mut [u8]) {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for chunk in buf.chunks_mut(8) {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let bytes = h.finish().to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}

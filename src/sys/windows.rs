@@ -1,0 +1,176 @@
+//! Windows: `MoveFileExW` with `MOVEFILE_WRITE_THROUGH`. Written to compile
+//! in principle; not built or tested by this project's CI (see the README).
+//!
+//! Windows has no directory handle to rename relative to and no directory
+//! fsync: `Dir` is a path, and `sync` is a no-op (NTFS journals the rename;
+//! `MOVEFILE_WRITE_THROUGH` makes `MoveFileExW` return only once it is on
+//! disk).
+#![allow(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::windows::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use windows_sys::Win32::Storage::FileSystem::{
+    MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
+};
+
+pub(crate) const HAS_MODES: bool = false;
+
+#[derive(Debug)]
+pub(crate) struct Dir {
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub(crate) kind: Kind,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+fn meta_of(m: &std::fs::Metadata) -> Meta {
+    let t = m.file_type();
+    let kind = if t.is_symlink() {
+        Kind::Symlink
+    } else if t.is_dir() {
+        Kind::Dir
+    } else if t.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    };
+    Meta {
+        kind,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+impl Dir {
+    pub(crate) fn open(path: &Path) -> io::Result<Dir> {
+        let path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
+        if !std::fs::metadata(path)?.is_dir() {
+            return Err(io::ErrorKind::NotADirectory.into());
+        }
+        Ok(Dir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Windows exposes no device id through std; 0 makes every directory
+    /// look alike, and a cross-volume rename then fails at commit instead.
+    pub(crate) fn device(&self) -> u64 {
+        0
+    }
+
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(crate) fn stat(&self, name: &OsStr) -> io::Result<Option<Meta>> {
+        match std::fs::symlink_metadata(self.path.join(name)) {
+            Ok(m) => Ok(Some(meta_of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn create_new(&self, name: &OsStr, _mode: u32) -> io::Result<File> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.path.join(name))
+    }
+
+    pub(crate) fn remove(&self, name: &OsStr) -> io::Result<()> {
+        std::fs::remove_file(self.path.join(name))
+    }
+}
+
+pub(crate) fn file_meta(file: &File) -> io::Result<Meta> {
+    Ok(meta_of(&file.metadata()?))
+}
+
+pub(crate) fn set_mode(_file: &File, _mode: u32) -> io::Result<()> {
+    Ok(())
+}
+
+pub(crate) fn set_owner(_file: &File, _uid: Option<u32>, _gid: Option<u32>) -> io::Result<()> {
+    Ok(())
+}
+
+pub(crate) fn sync_file(file: &File) -> io::Result<()> {
+    file.sync_all()
+}
+
+pub(crate) fn sync_file_data(file: &File) -> io::Result<()> {
+    file.sync_data()
+}
+
+pub(crate) fn create_unnamed(_dir: &Dir, _mode: u32) -> io::Result<Option<File>> {
+    Ok(None)
+}
+
+pub(crate) fn link_unnamed(_file: &File, _dir: &Dir, _name: &OsStr) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+fn wide(path: &Path) -> Vec<u16> {
+    path.as_os_str().encode_wide().chain(Some(0)).collect()
+}
+
+fn move_file(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    let (from, to) = (wide(from), wide(to));
+    // SAFETY: both pointers are to NUL-terminated UTF-16 buffers that live
+    // until the call returns; MoveFileExW only reads them.
+    let ok = unsafe { MoveFileExW(from.as_ptr(), to.as_ptr(), flags) };
+    if ok == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn rename(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr) -> io::Result<()> {
+    move_file(
+        &from_dir.path.join(from),
+        &to_dir.path.join(to),
+        MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
+    )
+}
+
+/// Without `MOVEFILE_REPLACE_EXISTING`, `MoveFileExW` fails with
+/// `ERROR_ALREADY_EXISTS` when the target exists, in one step.
+pub(crate) fn rename_noreplace(
+    from_dir: &Dir,
+    from: &OsStr,
+    to_dir: &Dir,
+    to: &OsStr,
+) -> io::Result<()> {
+    move_file(
+        &from_dir.path.join(from),
+        &to_dir.path.join(to),
+        MOVEFILE_WRITE_THROUGH,
+    )
+}
+
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    super::random_bytes_portable(buf)
+}
