@@ -243,3 +243,103 @@ mod os {
         super::super::random_bytes_portable(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Barrier};
+
+    fn scratch() -> (tempfile::TempDir, Dir) {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        (t, d)
+    }
+
+    #[test]
+    fn create_new_never_follows_a_planted_symlink() {
+        let (t, dir) = scratch();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("planted")).unwrap();
+        let err = dir.create_new(OsStr::new("planted"), 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // A dangling planted link is not followed either (no file created).
+        std::os::unix::fs::symlink(t.path().join("nowhere"), t.path().join("dangling")).unwrap();
+        let err = dir.create_new(OsStr::new("dangling"), 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(!t.path().join("nowhere").exists());
+    }
+
+    /// The fallback used where `RENAME_NOREPLACE` is unsupported is as
+    /// race-free: of many threads linking to one name, exactly one wins,
+    /// and every loser's temp name is still there for its guard to remove.
+    #[test]
+    fn link_then_unlink_has_exactly_one_winner() {
+        let (t, dir) = scratch();
+        let dir = Arc::new(dir);
+        const N: usize = 16;
+        for i in 0..N {
+            let mut f = dir
+                .create_new(OsStr::new(&format!("tmp{i}")), 0o644)
+                .unwrap();
+            f.write_all(format!("writer {i}").as_bytes()).unwrap();
+        }
+        let barrier = Arc::new(Barrier::new(N));
+        let threads: Vec<_> = (0..N)
+            .map(|i| {
+                let (dir, barrier) = (dir.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let from = format!("tmp{i}");
+                    link_then_unlink(&dir, OsStr::new(&from), &dir, OsStr::new("final")).map(|()| i)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for th in threads {
+            match th.join().unwrap() {
+                Ok(i) => winners.push(i),
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::AlreadyExists),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let content = std::fs::read_to_string(t.path().join("final")).unwrap();
+        assert_eq!(content, format!("writer {}", winners[0]));
+        assert!(
+            !t.path().join(format!("tmp{}", winners[0])).exists(),
+            "winner's temp name removed"
+        );
+        let left = std::fs::read_dir(t.path()).unwrap().count();
+        assert_eq!(left, N, "final + the {} losers' temp names", N - 1);
+    }
+
+    #[test]
+    fn rename_noreplace_refuses_an_existing_target() {
+        let (t, dir) = scratch();
+        std::fs::write(t.path().join("a"), b"a").unwrap();
+        std::fs::write(t.path().join("b"), b"b").unwrap();
+        let err = rename_noreplace(&dir, OsStr::new("a"), &dir, OsStr::new("b")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"b");
+        rename_noreplace(&dir, OsStr::new("a"), &dir, OsStr::new("c")).unwrap();
+        assert_eq!(std::fs::read(t.path().join("c")).unwrap(), b"a");
+        assert!(!t.path().join("a").exists());
+    }
+
+    #[test]
+    fn stat_tells_kinds_apart() {
+        let (t, dir) = scratch();
+        std::fs::write(t.path().join("f"), b"").unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
+        assert_eq!(dir.stat(OsStr::new("f")).unwrap().unwrap().kind, Kind::File);
+        assert_eq!(dir.stat(OsStr::new("d")).unwrap().unwrap().kind, Kind::Dir);
+        assert_eq!(
+            dir.stat(OsStr::new("l")).unwrap().unwrap().kind,
+            Kind::Symlink
+        );
+        assert!(dir.stat(OsStr::new("missing")).unwrap().is_none());
+    }
+}

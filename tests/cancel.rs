@@ -1,0 +1,227 @@
+//! Issue #2, point 5: dropping the file, or a future, at any point leaves
+//! the target whole and no temp file once the pool is idle.
+
+mod common;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::Poll;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio_atomic_write::{AsyncAtomicFile, OpenOptions};
+
+async fn open(target: &Path, unnamed: bool, buffer: usize) -> AsyncAtomicFile {
+    OpenOptions::new()
+        .unnamed_temp(unnamed)
+        .buffer_size(buffer)
+        .open(target)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_inside_a_runtime_removes_the_temp_file() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        let mut file = open(&target, unnamed, 1024).await;
+        file.write_all(&[1; 5000]).await.unwrap();
+        file.flush().await.unwrap();
+        let (names, fds) = leftovers(dir.path());
+        assert_eq!(
+            names.len() + fds.len(),
+            if unnamed { 1 } else { 2 },
+            "the temp file exists"
+        );
+        drop(file);
+        assert_no_leftovers_eventually(dir.path());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_with_a_write_in_flight_removes_the_temp_file_when_it_ends() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        let mut file = open(&target, unnamed, 1 << 20).await;
+        // Filling the buffer exactly hands it to the pool at once.
+        let n = file.write(&vec![3; 1 << 20]).await.unwrap();
+        assert_eq!(n, 1 << 20);
+        assert!(format!("{file:?}").contains("busy"), "{file:?}");
+        drop(file);
+        assert_no_leftovers_eventually(dir.path());
+        assert!(!target.exists());
+    }
+}
+
+/// Outside any runtime the drop cleans up synchronously: no waiting.
+#[test]
+fn drop_outside_a_runtime_removes_the_temp_file_at_once() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        let rt = runtime();
+        let file = rt.block_on(async {
+            let mut file = open(&target, unnamed, 16).await;
+            file.write_all(b"some bytes, flushed").await.unwrap();
+            file.flush().await.unwrap();
+            file
+        });
+        drop(rt);
+        assert!(!leftovers(dir.path()).0.is_empty() || !leftovers(dir.path()).1.is_empty());
+        drop(file);
+        assert_no_leftovers(dir.path());
+        assert!(!target.exists());
+    }
+}
+
+/// Shutting the runtime down with tasks holding files mid-write: once the
+/// runtime is gone, so are the temp files.
+#[test]
+fn runtime_shutdown_with_writes_in_flight_leaves_nothing() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        let rt = runtime();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        for _ in 0..4 {
+            let (target, tx) = (target.clone(), tx.clone());
+            rt.spawn(async move {
+                let mut file = open(&target, unnamed, 4096).await;
+                file.write_all(&[9; 3 * 4096 + 1]).await.unwrap();
+                tx.send(()).await.unwrap();
+                // Keep writing until the runtime goes away.
+                loop {
+                    file.write_all(&[9; 4096]).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+        rt.block_on(async {
+            for _ in 0..4 {
+                rx.recv().await.unwrap();
+            }
+        });
+        drop(rt);
+        assert_no_leftovers(dir.path());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    }
+}
+
+/// The commit future dropped after 0, 1, 2, ... polls, with and without a
+/// write in flight: the target ends old or new and whole, and no temp file
+/// remains once the pool is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_future_dropped_after_every_poll_count() {
+    let old = tagged_version(1, 100_000);
+    let new = tagged_version(2, 100_000);
+    let mut outcomes = [0usize; 3];
+    for unnamed in TEMP_KINDS {
+        for in_flight in [false, true] {
+            for polls in 0..6 {
+                let dir = scratch();
+                let target = dir.path().join("t");
+                std::fs::write(&target, &old).unwrap();
+                let buffer = if in_flight {
+                    new.len() / 2
+                } else {
+                    new.len() * 2
+                };
+                let mut file = open(&target, unnamed, buffer).await;
+                file.write_all(&new).await.unwrap();
+                let mut commit = tokio_test::task::spawn(file.commit());
+                let mut finished = false;
+                for _ in 0..polls {
+                    if let Poll::Ready(r) = commit.poll() {
+                        r.unwrap();
+                        finished = true;
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                drop(commit);
+                assert_no_leftovers_eventually(dir.path());
+                let content = std::fs::read(&target).unwrap();
+                let id = check_tagged(&content).expect("whole");
+                if finished {
+                    assert_eq!(id, 2);
+                }
+                outcomes[id as usize] += 1;
+            }
+        }
+    }
+    // Dropping before the first poll never commits; some later drops do.
+    assert!(outcomes[1] >= 4, "{outcomes:?}");
+    assert!(outcomes[2] >= 1, "{outcomes:?}");
+}
+
+/// The open future dropped after its first poll: the open finishes on the
+/// pool and its temp file is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_future_dropped_after_first_poll_leaves_nothing() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        let opts = OpenOptions::new().unnamed_temp(unnamed).clone();
+        let mut fut = Box::pin(opts.open(&target));
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx).is_pending())).await;
+        assert!(polled, "the open is on the pool");
+        drop(fut);
+        assert_no_leftovers_eventually(dir.path());
+        assert!(!target.exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_and_panicking_tasks_leave_nothing() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+
+        let t = target.clone();
+        let writer = tokio::spawn(async move {
+            let mut file = open(&t, unnamed, 4096).await;
+            loop {
+                file.write_all(&[5; 1000]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        writer.abort();
+        assert!(writer.await.unwrap_err().is_cancelled());
+
+        let t = target.clone();
+        let panicker = tokio::spawn(async move {
+            let mut file = open(&t, unnamed, 4096).await;
+            file.write_all(&[6; 10_000]).await.unwrap();
+            panic!("the writing task panics");
+        });
+        assert!(panicker.await.unwrap_err().is_panic());
+
+        let t = target.clone();
+        let committer = tokio::spawn(async move {
+            let mut file = open(&t, unnamed, 4096).await;
+            file.write_all(&tagged_version(3, 50_000)).await.unwrap();
+            file.commit().await
+        });
+        tokio::task::yield_now().await;
+        committer.abort();
+        let _ = committer.await;
+
+        assert_no_leftovers_eventually(dir.path());
+        let content = std::fs::read(&target).unwrap();
+        assert!(
+            content == b"old" || check_tagged(&content) == Some(3),
+            "whole, old or new"
+        );
+    }
+}

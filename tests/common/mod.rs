@@ -1,0 +1,276 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tokio_atomic_write::__private::is_temp_name;
+
+/// A fresh scratch directory on the same filesystem as the system temp dir.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("taw-test-")
+        .tempdir()
+        .expect("scratch dir")
+}
+
+/// Both temp file kinds: unnamed (`O_TMPFILE`) and named.
+pub const TEMP_KINDS: [bool; 2] = [true, false];
+
+/// Entries of `dir` shaped like the crate's temp names.
+pub fn temp_files(dir: &Path) -> Vec<OsString> {
+    let mut v: Vec<OsString> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| is_temp_name(n))
+        .collect();
+    v.sort();
+    v
+}
+
+/// All entries of `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<OsString> {
+    let mut v: Vec<OsString> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    v.sort();
+    v
+}
+
+/// File descriptors of this process open on files inside `dir`: an
+/// unnamed temp file shows in /proc as `{dir}/#{inode} (deleted)`.
+pub fn fds_into(dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).expect("canonicalize");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+        let Ok(entry) = entry else { continue };
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            if target.starts_with(&dir) && target != dir {
+                out.push(target);
+            }
+        }
+    }
+    out
+}
+
+/// Neither a named temp file in `dir` nor an open (unnamed) one.
+pub fn leftovers(dir: &Path) -> (Vec<OsString>, Vec<PathBuf>) {
+    (temp_files(dir), fds_into(dir))
+}
+
+#[track_caller]
+pub fn assert_no_leftovers(dir: &Path) {
+    let (names, fds) = leftovers(dir);
+    assert!(
+        names.is_empty(),
+        "temp files left in {}: {names:?}",
+        dir.display()
+    );
+    assert!(
+        fds.is_empty(),
+        "files still open in {}: {fds:?}",
+        dir.display()
+    );
+}
+
+/// Waits, a bounded number of times, for cleanup scheduled on the blocking
+/// pool to finish; then asserts there are no leftovers.
+#[track_caller]
+pub fn assert_no_leftovers_eventually(dir: &Path) {
+    for _ in 0..500 {
+        let (names, fds) = leftovers(dir);
+        if names.is_empty() && fds.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_no_leftovers(dir);
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Whether this run must not skip anything (CI=true).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Skips the calling test visibly when `ok` is false, and fails it in CI,
+/// where everything it needs is installed.
+#[track_caller]
+pub fn require(ok: bool, what: &str) -> bool {
+    if !ok {
+        if in_ci() {
+            panic!("CI=true but this test needs {what}");
+        }
+        eprintln!("SKIPPED: needs {what}");
+    }
+    ok
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The environment variable that tells a re-executed test binary it is the
+/// child half of a test.
+pub const CHILD_ENV: &str = "TAW_TEST_CHILD";
+
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Re-runs the single test `name` of the current test binary in a child
+/// process, through `wrap` (e.g. `["strace", "-f", ...]` or `["sh", "-c",
+/// "umask 022; exec \"$0\" \"$@\""]`). The child sees `CHILD_ENV` set.
+pub fn run_child(name: &str, wrap: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Output {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("spawn child");
+    assert!(
+        out.status.success(),
+        "child {name} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The mode bits of a path (not following a final symlink).
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).expect("lstat").mode() & 0o7777
+}
+
+/// The process umask, read without changing it.
+pub fn current_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Umask:"))
+        .expect("Umask line");
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).expect("octal umask")
+}
+
+/// A version of a file whose bytes check themselves: `len` bytes, all
+/// derived from `id`, so any prefix, mix or torn write is detectable.
+pub fn version(id: u32, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    let mut x = id.wrapping_mul(2654435761).wrapping_add(1);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A self-describing version: an 16-byte header (id, len) then a body.
+pub fn tagged_version(id: u32, body_len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + body_len);
+    v.extend_from_slice(b"TAWV");
+    v.extend_from_slice(&id.to_le_bytes());
+    v.extend_from_slice(&(body_len as u64).to_le_bytes());
+    v.extend_from_slice(&version(id, body_len));
+    v
+}
+
+/// The id of a complete tagged version, or `None` for anything torn.
+pub fn check_tagged(bytes: &[u8]) -> Option<u32> {
+    if bytes.len() < 16 || &bytes[..4] != b"TAWV" {
+        return None;
+    }
+    let id = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
+    let len = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
+    (bytes.len() == 16 + len && bytes[16..] == version(id, len)[..]).then_some(id)
+}
+
+/// A multi-thread runtime for tests that need real parallelism.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A directory on a different filesystem from `scratch()`: /dev/shm when it
+/// is one, else a tmpfs mounted for the test (root only).
+pub struct OtherFs {
+    pub dir: tempfile::TempDir,
+    mounted: Option<PathBuf>,
+}
+
+impl Drop for OtherFs {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mounted {
+            let _ = Command::new("umount").arg(m).status();
+        }
+    }
+}
+
+pub fn device_of(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat").dev()
+}
+
+pub fn other_fs(than: &Path) -> Option<OtherFs> {
+    if Path::new("/dev/shm").is_dir() && device_of(Path::new("/dev/shm")) != device_of(than) {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("taw-other-")
+            .tempdir_in("/dev/shm")
+        {
+            return Some(OtherFs { dir, mounted: None });
+        }
+    }
+    let fs = mount_tmpfs("8m")?;
+    Some(fs)
+}
+
+/// A small tmpfs mounted on a fresh directory (root only), unmounted on drop.
+pub fn mount_tmpfs(size: &str) -> Option<OtherFs> {
+    if !is_root() {
+        return None;
+    }
+    let dir = scratch();
+    let ok = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+        ])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| OtherFs {
+        mounted: Some(dir.path().to_path_buf()),
+        dir,
+    })
+}

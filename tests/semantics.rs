@@ -1,0 +1,283 @@
+//! What a reader and a caller observe: whole versions, exact bytes, sticky
+//! errors, one pool hop per operation.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio_atomic_write::__private::pool_hops_from_this_thread;
+use tokio_atomic_write::{AsyncAtomicFile, Durability, Op, OpenOptions};
+
+const MIB: usize = 1 << 20;
+
+/// Issue #2, point 1: while versions of 1 MiB are committed one after
+/// another, readers of the target only ever see a whole version.
+async fn readers_see_only_whole_versions(versions: u32, unnamed: bool) {
+    let dir = scratch();
+    let target = dir.path().join("state.bin");
+    let a = tagged_version(1, MIB - 16);
+    let b = tagged_version(2, MIB - 16);
+    std::fs::write(&target, &a).unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (target, done, reads) = (target.clone(), done.clone(), reads.clone());
+        readers.push(tokio::task::spawn_blocking(move || {
+            let mut seen = [0u64; 3];
+            while !done.load(Ordering::Relaxed) {
+                let bytes = std::fs::read(&target).expect("the target always exists");
+                match check_tagged(&bytes) {
+                    Some(id @ (1 | 2)) => seen[id as usize] += 1,
+                    other => panic!("torn read: {} bytes, id {other:?}", bytes.len()),
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            seen
+        }));
+    }
+    for i in 0..versions {
+        let content = if i % 2 == 0 { &b } else { &a };
+        let mut file = OpenOptions::new()
+            .unnamed_temp(unnamed)
+            .open(&target)
+            .await
+            .unwrap();
+        file.write_all(content).await.unwrap();
+        file.commit().await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut seen = [0u64; 3];
+    for r in readers {
+        let s = r.await.unwrap();
+        seen[1] += s[1];
+        seen[2] += s[2];
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0, "readers ran");
+    assert!(
+        seen[1] > 0 && seen[2] > 0,
+        "both versions were read: {seen:?}"
+    );
+    let last = if versions % 2 == 1 { &b } else { &a };
+    assert_eq!(&std::fs::read(&target).unwrap(), last);
+    assert_no_leftovers_eventually(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_only_whole_versions_500_commits_unnamed_temp() {
+    readers_see_only_whole_versions(500, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_only_whole_versions_100_commits_named_temp() {
+    readers_see_only_whole_versions(100, false).await;
+}
+
+/// Exact bytes for sizes around the buffer's edges, both temp kinds, both
+/// durabilities, writes of odd sizes.
+#[tokio::test]
+async fn commit_publishes_exactly_the_bytes_written() {
+    let dir = scratch();
+    let buffer = 4096;
+    for unnamed in TEMP_KINDS {
+        for durability in [Durability::Full, Durability::None] {
+            for len in [0, 1, buffer - 1, buffer, buffer + 1, 3 * buffer + 17] {
+                let target = dir.path().join(format!("f-{unnamed}-{durability:?}-{len}"));
+                let data = version(len as u32, len);
+                let mut file = OpenOptions::new()
+                    .unnamed_temp(unnamed)
+                    .durability(durability)
+                    .buffer_size(buffer)
+                    .open(&target)
+                    .await
+                    .unwrap();
+                for chunk in data.chunks(1000) {
+                    file.write_all(chunk).await.unwrap();
+                }
+                assert!(!target.exists(), "nothing is published before commit");
+                file.commit().await.unwrap();
+                assert_eq!(std::fs::read(&target).unwrap(), data, "{target:?}");
+            }
+        }
+    }
+    assert_no_leftovers_eventually(dir.path());
+}
+
+#[tokio::test]
+async fn write_replaces_and_creates() {
+    let dir = scratch();
+    let target = dir.path().join("state.json");
+    tokio_atomic_write::write(&target, b"{\"n\":1}")
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"{\"n\":1}");
+    tokio_atomic_write::write(&target, "{\"n\":2}")
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"{\"n\":2}");
+    assert_eq!(listing(dir.path()), vec!["state.json"]);
+    assert_no_leftovers(dir.path());
+}
+
+/// Issue #2, point 3: a failed write is sticky, keeps its `io::Error`, and
+/// the commit fails with it, leaving the target and no temp file.
+#[tokio::test]
+async fn a_failed_commit_leaves_the_target_and_no_temp_file() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        // Replace the target by a non-empty directory between open and commit:
+        // the rename fails.
+        let mut file = OpenOptions::new()
+            .unnamed_temp(unnamed)
+            .open(&target)
+            .await
+            .unwrap();
+        file.write_all(b"new").await.unwrap();
+        std::fs::remove_file(&target).unwrap();
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("inside"), b"keep").unwrap();
+        let err = file.commit().await.unwrap_err();
+        assert_eq!(err.op(), Op::Rename, "{err}");
+        assert_eq!(err.path(), target);
+        assert!(!err.is_published());
+        assert_eq!(std::fs::read(target.join("inside")).unwrap(), b"keep");
+        assert_no_leftovers_eventually(dir.path());
+    }
+}
+
+#[tokio::test]
+async fn rollback_removes_the_temp_file_and_keeps_the_target() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        let mut file = OpenOptions::new()
+            .unnamed_temp(unnamed)
+            .buffer_size(4)
+            .open(&target)
+            .await
+            .unwrap();
+        file.write_all(b"new content").await.unwrap();
+        file.flush().await.unwrap();
+        if !unnamed {
+            assert_eq!(
+                temp_files(dir.path()).len(),
+                1,
+                "a named temp file while writing"
+            );
+        } else {
+            assert!(
+                temp_files(dir.path()).is_empty(),
+                "an unnamed temp file has no name"
+            );
+            assert_eq!(fds_into(dir.path()).len(), 1, "but it is open");
+        }
+        file.rollback().await.unwrap();
+        assert_no_leftovers(dir.path());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_and_flush_do_not_publish() {
+    let dir = scratch();
+    let target = dir.path().join("t");
+    let mut file = AsyncAtomicFile::create(&target).await.unwrap();
+    file.write_all(b"data").await.unwrap();
+    file.flush().await.unwrap();
+    file.shutdown().await.unwrap();
+    assert!(!target.exists());
+    file.commit().await.unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"data");
+}
+
+/// Issue #2, points 3 and 9: open, commit and `write` are one pool hop
+/// each; small writes cost none; a stream costs one hop per full buffer.
+#[tokio::test(flavor = "current_thread")]
+async fn each_operation_is_one_pool_hop() {
+    let dir = scratch();
+    let target = dir.path().join("t");
+
+    let h0 = pool_hops_from_this_thread();
+    tokio_atomic_write::write(&target, vec![7u8; 3 * MIB])
+        .await
+        .unwrap();
+    assert_eq!(pool_hops_from_this_thread() - h0, 1, "write() is one hop");
+
+    let h0 = pool_hops_from_this_thread();
+    let mut file = AsyncAtomicFile::create(&target).await.unwrap();
+    assert_eq!(pool_hops_from_this_thread() - h0, 1, "open is one hop");
+    for _ in 0..100 {
+        file.write_all(&[1u8; 100]).await.unwrap();
+    }
+    assert_eq!(
+        pool_hops_from_this_thread() - h0,
+        1,
+        "small writes are buffered"
+    );
+    file.commit().await.unwrap();
+    assert_eq!(
+        pool_hops_from_this_thread() - h0,
+        2,
+        "commit is one hop, carrying the rest"
+    );
+
+    let h0 = pool_hops_from_this_thread();
+    let buffer = 64 * 1024;
+    let mut file = OpenOptions::new()
+        .buffer_size(buffer)
+        .open(&target)
+        .await
+        .unwrap();
+    let data = version(9, 10 * buffer + 5);
+    let mut reader = &data[..];
+    tokio::io::copy(&mut reader, &mut file).await.unwrap();
+    file.commit().await.unwrap();
+    // open + 10 full buffers + the flush that `copy` ends with (the last 5
+    // bytes) + commit.
+    assert_eq!(pool_hops_from_this_thread() - h0, 13);
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+}
+
+#[tokio::test]
+async fn no_clobber_commit_fails_with_already_exists_and_keeps_both() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"first").unwrap();
+        let mut file = OpenOptions::new()
+            .overwrite(false)
+            .unnamed_temp(unnamed)
+            .open(&target)
+            .await
+            .unwrap();
+        file.write_all(b"second").await.unwrap();
+        let err = file.commit().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(err.path(), target);
+        assert_eq!(std::fs::read(&target).unwrap(), b"first");
+        assert_no_leftovers_eventually(dir.path());
+    }
+}
+
+#[tokio::test]
+async fn debug_and_target_describe_the_file() {
+    let dir = scratch();
+    let target = dir.path().join("t");
+    let file = AsyncAtomicFile::create(&target).await.unwrap();
+    assert_eq!(file.target(), target);
+    let dbg = format!("{file:?}");
+    assert!(
+        dbg.contains("AsyncAtomicFile") && dbg.contains("idle"),
+        "{dbg}"
+    );
+    fn traits<T: tokio::io::AsyncWrite + Send + Sync + Unpin + std::fmt::Debug>() {}
+    traits::<AsyncAtomicFile>();
+}

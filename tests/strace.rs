@@ -1,0 +1,322 @@
+//! Issue #2, points 2 and 3, seen from the kernel's side: the temp file's
+//! flags, and the order of fsync, publish and directory fsync, traced with
+//! strace.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio_atomic_write::__private::is_temp_name;
+use tokio_atomic_write::{Durability, Op, OpenOptions};
+
+const TARGET: &str = "state.json";
+
+/// One traced system call on a path inside the test directory.
+#[derive(Debug)]
+struct Call {
+    name: String,
+    line: String,
+}
+
+/// The child half: one commit, as `TAW_CASE` says.
+fn child_commit() {
+    let dir = std::env::var("TAW_DIR").unwrap();
+    let case = std::env::var("TAW_CASE").unwrap();
+    let target = Path::new(&dir).join(TARGET);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut opts = OpenOptions::new();
+        opts.unnamed_temp(case.contains("unnamed"));
+        if case.contains("none") {
+            opts.durability(Durability::None);
+        }
+        if case.contains("noclobber") {
+            opts.overwrite(false);
+        }
+        let mut file = opts.open(&target).await.unwrap();
+        file.write_all(b"new content").await.unwrap();
+        let result = file.commit().await;
+        if case.contains("fail_sync_temp") {
+            let err = result.unwrap_err();
+            assert_eq!(err.op(), Op::SyncTemp, "{err}");
+            assert_eq!(err.io_error().raw_os_error(), Some(5), "EIO");
+            assert!(!err.is_published());
+        } else if case.contains("fail_sync_dir") {
+            let err = result.unwrap_err();
+            assert_eq!(err.op(), Op::SyncDir, "{err}");
+            assert!(err.is_published(), "the rename had happened");
+        } else {
+            result.unwrap();
+        }
+    });
+}
+
+/// Runs `test` again under strace for `case` and returns the calls that
+/// touched the test directory, in order.
+fn trace(test: &str, case: &str, existing: bool) -> Vec<Call> {
+    trace_with(test, case, existing, &[], b"new content")
+}
+
+/// `trace` with extra strace arguments (fault injection) and the content
+/// the target must hold afterwards.
+fn trace_with(test: &str, case: &str, existing: bool, extra: &[&str], expect: &[u8]) -> Vec<Call> {
+    let dir = scratch();
+    if existing {
+        std::fs::write(dir.path().join(TARGET), b"old").unwrap();
+    }
+    let out = dir.path().join("strace.out");
+    let calls = "trace=openat,write,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,fchmod,fchown";
+    let out_str = out.to_str().unwrap();
+    let dir_str = dir.path().to_str().unwrap();
+    let mut wrap = vec!["strace", "-f", "-y", "-qq", "-e", calls, "-o", out_str];
+    wrap.extend_from_slice(extra);
+    run_child(
+        test,
+        &wrap,
+        &[("TAW_DIR", dir_str), ("TAW_CASE", case)],
+        None,
+    );
+    assert_eq!(std::fs::read(dir.path().join(TARGET)).unwrap(), expect);
+    assert_no_leftovers(dir.path());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let calls: Vec<Call> = text
+        .lines()
+        .filter(|l| l.contains(dir_str) && !l.contains("strace.out"))
+        .filter_map(|l| {
+            let rest = l.split_once(' ').map_or(l, |(_, r)| r).trim_start();
+            let name = rest.split('(').next()?.to_string();
+            Some(Call {
+                name,
+                line: rest.to_string(),
+            })
+        })
+        .collect();
+    assert!(!calls.is_empty(), "strace saw the commit:\n{text}");
+    calls
+}
+
+fn position(calls: &[Call], what: &str, pred: impl Fn(&Call) -> bool) -> usize {
+    calls
+        .iter()
+        .position(pred)
+        .unwrap_or_else(|| panic!("no {what} in\n{}", dump(calls)))
+}
+
+fn dump(calls: &[Call]) -> String {
+    calls
+        .iter()
+        .map(|c| c.line.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_sync(c: &Call) -> bool {
+    c.name == "fsync" || c.name == "fdatasync"
+}
+
+/// The temp file's descriptor argument names the temp file, not the dir.
+fn on_temp(c: &Call) -> bool {
+    c.line.contains("(deleted)") || c.line.contains(".tmp>")
+}
+
+fn check_full_order(calls: &[Call], publish: &str) {
+    let sync_temp = position(calls, "fsync of the temp file", |c| {
+        c.name == "fsync" && on_temp(c)
+    });
+    let published = position(calls, "publish", |c| {
+        c.name.starts_with(publish) && c.line.contains(&format!("\"{TARGET}\""))
+    });
+    let sync_dir = position(calls, "fsync of the directory", |c| {
+        c.name == "fsync" && !on_temp(c)
+    });
+    assert!(
+        sync_temp < published,
+        "temp synced before publish:\n{}",
+        dump(calls)
+    );
+    assert!(
+        published < sync_dir,
+        "directory synced after publish:\n{}",
+        dump(calls)
+    );
+    let last_write = calls.iter().rposition(|c| c.name == "write").unwrap();
+    assert!(
+        last_write < sync_temp,
+        "all data written before the fsync:\n{}",
+        dump(calls)
+    );
+    let unlinks_target = calls
+        .iter()
+        .any(|c| c.name.starts_with("unlink") && c.line.contains(&format!("\"{TARGET}\"")));
+    assert!(
+        !unlinks_target,
+        "the target is never unlinked:\n{}",
+        dump(calls)
+    );
+}
+
+#[test]
+fn named_temp_is_exclusive_and_synced_before_rename() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let calls = trace(
+        "named_temp_is_exclusive_and_synced_before_rename",
+        "named",
+        true,
+    );
+    let create = position(&calls, "temp create", |c| {
+        c.name == "openat" && c.line.contains("O_CREAT")
+    });
+    let line = &calls[create].line;
+    for flag in ["O_CREAT", "O_EXCL", "O_NOFOLLOW", "O_CLOEXEC"] {
+        assert!(line.contains(flag), "{flag} in {line}");
+    }
+    let name = line.split('"').nth(1).unwrap();
+    assert!(is_temp_name(OsStr::new(name)), "{name}");
+    assert!(name.starts_with(".state.json."), "{name}");
+    check_full_order(&calls, "rename");
+    assert!(
+        !calls.iter().any(|c| c.name.starts_with("unlink")),
+        "{}",
+        dump(&calls)
+    );
+}
+
+#[test]
+fn unnamed_temp_is_linked_then_fdatasynced_then_renamed() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let calls = trace(
+        "unnamed_temp_is_linked_then_fdatasynced_then_renamed",
+        "unnamed",
+        true,
+    );
+    let create = position(&calls, "O_TMPFILE open", |c| c.line.contains("O_TMPFILE"));
+    assert!(
+        calls[create].line.contains("O_CLOEXEC"),
+        "{}",
+        calls[create].line
+    );
+    let link = position(&calls, "linkat", |c| c.name == "linkat");
+    let datasync = position(&calls, "fdatasync", |c| c.name == "fdatasync");
+    let rename = position(&calls, "rename", |c| c.name.starts_with("rename"));
+    assert!(
+        create < link && link < datasync && datasync < rename,
+        "{}",
+        dump(&calls)
+    );
+    check_full_order(&calls, "rename");
+}
+
+#[test]
+fn no_clobber_links_or_renames_without_replace() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let test = "no_clobber_links_or_renames_without_replace";
+    let calls = trace(test, "noclobber unnamed", false);
+    check_full_order(&calls, "linkat");
+    assert!(
+        !calls.iter().any(|c| c.name.starts_with("rename")),
+        "{}",
+        dump(&calls)
+    );
+
+    let calls = trace(test, "noclobber named", false);
+    check_full_order(&calls, "renameat2");
+    let rename = position(&calls, "renameat2", |c| c.name == "renameat2");
+    assert!(
+        calls[rename].line.contains("RENAME_NOREPLACE"),
+        "{}",
+        calls[rename].line
+    );
+}
+
+#[test]
+fn durability_none_never_syncs() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    for case in ["none named", "none unnamed"] {
+        let calls = trace("durability_none_never_syncs", case, true);
+        assert!(!calls.iter().any(is_sync), "{}", dump(&calls));
+        position(&calls, "rename", |c| c.name.starts_with("rename"));
+    }
+}
+
+/// A failed fsync of the temp file fails the commit with `SyncTemp`: never
+/// retried, the target keeps its old content, the temp file is removed.
+#[test]
+fn a_failed_temp_fsync_is_not_retried_and_changes_nothing() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let test = "a_failed_temp_fsync_is_not_retried_and_changes_nothing";
+    // strace counts per thread: the commit's first fsync is the temp file's.
+    let inject = ["-e", "inject=fsync:error=EIO:when=1"];
+    for case in ["named fail_sync_temp", "unnamed fail_sync_temp"] {
+        let calls = trace_with(test, case, true, &inject, b"old");
+        let syncs: Vec<_> = calls.iter().filter(|c| is_sync(c)).collect();
+        assert_eq!(
+            syncs.len(),
+            1,
+            "one fsync, failed, not retried:\n{}",
+            dump(&calls)
+        );
+        assert!(syncs[0].line.contains("EIO"), "{}", syncs[0].line);
+        assert!(!calls
+            .iter()
+            .any(|c| c.name.starts_with("rename") || c.name == "linkat"));
+    }
+}
+
+/// A failed directory fsync comes after the rename: its own error, the new
+/// content visible, nothing deleted.
+#[test]
+fn a_failed_directory_fsync_reports_published_and_deletes_nothing() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let test = "a_failed_directory_fsync_reports_published_and_deletes_nothing";
+    let inject = ["-e", "inject=fsync:error=EIO:when=2"];
+    let calls = trace_with(test, "named fail_sync_dir", true, &inject, b"new content");
+    let rename = position(&calls, "rename", |c| c.name.starts_with("rename"));
+    assert!(
+        !calls[rename..].iter().any(|c| c.name.starts_with("unlink")),
+        "{}",
+        dump(&calls)
+    );
+    let failed = position(&calls, "failed dir fsync", |c| {
+        c.name == "fsync" && c.line.contains("EIO")
+    });
+    assert!(
+        rename < failed && !on_temp(&calls[failed]),
+        "{}",
+        dump(&calls)
+    );
+}
