@@ -124,7 +124,7 @@ pub use file::AsyncAtomicFile;
 pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
 
 /// Replaces the file at `path` with `contents`, atomically and durably: an
-/// atomic [`tokio::fs::write`].
+/// atomic [`tokio::fs::write`](https://docs.rs/tokio/1/tokio/fs/fn.write.html).
 ///
 /// The whole job (open, write, `fsync`, rename, directory `fsync`) runs in
 /// one trip to the blocking pool. `contents` is copied once, as
@@ -159,6 +159,11 @@ pub async fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result
         .await
         .map_err(|e| Error::new(Op::Rename, target, e))?
 }
+
+/// The README's code, compiled as a doctest so that it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// Not API: hooks for the crate's own tests. May change or vanish in any
 /// release.
