@@ -131,9 +131,16 @@ pub(crate) fn file_meta(file: &File) -> io::Result<Meta> {
     Ok(meta_of(&rustix::fs::fstat(file)?))
 }
 
-/// `fchmod`: the exact mode, not masked by the umask.
+/// `fchmod`: the exact mode, not masked by the umask, where the filesystem
+/// has modes. Some (vfat, many FUSE and network shares) refuse it with
+/// `EPERM` or `EOPNOTSUPP` even for the file's owner: that is not an error,
+/// and the file keeps the mode it was created with, which the caller chose
+/// never wider than `mode`.
 pub(crate) fn set_mode(file: &File, mode: u32) -> io::Result<()> {
-    Ok(rustix::fs::fchmod(file, Mode::from_raw_mode(mode as _))?)
+    match rustix::fs::fchmod(file, Mode::from_raw_mode(mode as _)) {
+        Err(Errno::PERM) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// `fchown`; `None` leaves that id as it is.
