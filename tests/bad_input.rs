@@ -187,12 +187,7 @@ async fn disk_full_while_writing_is_storage_full() {
     let target = dir.join("t");
     std::fs::write(&target, b"old").unwrap();
     for unnamed in TEMP_KINDS {
-        let mut file = OpenOptions::new()
-            .unnamed_temp(unnamed)
-            .buffer_size(64 * 1024)
-            .open(&target)
-            .await
-            .unwrap();
+        let mut file = open_kind(&target, unnamed, 64 * 1024).await;
         let mut first = None;
         for _ in 0..64 {
             if let Err(e) = file.write_all(&[7; 64 * 1024]).await {

@@ -4,22 +4,12 @@
 mod common;
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::task::Poll;
 
 use common::*;
 use tokio::io::AsyncWriteExt;
-use tokio_atomic_write::{AsyncAtomicFile, OpenOptions};
-
-async fn open(target: &Path, unnamed: bool, buffer: usize) -> AsyncAtomicFile {
-    OpenOptions::new()
-        .unnamed_temp(unnamed)
-        .buffer_size(buffer)
-        .open(target)
-        .await
-        .unwrap()
-}
+use tokio_atomic_write::OpenOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_inside_a_runtime_removes_the_temp_file() {
@@ -27,7 +17,7 @@ async fn drop_inside_a_runtime_removes_the_temp_file() {
         let dir = scratch();
         let target = dir.path().join("t");
         std::fs::write(&target, b"old").unwrap();
-        let mut file = open(&target, unnamed, 1024).await;
+        let mut file = open_kind(&target, unnamed, 1024).await;
         file.write_all(&[1; 5000]).await.unwrap();
         file.flush().await.unwrap();
         let (names, fds) = leftovers(dir.path());
@@ -47,7 +37,7 @@ async fn drop_with_a_write_in_flight_removes_the_temp_file_when_it_ends() {
     for unnamed in TEMP_KINDS {
         let dir = scratch();
         let target = dir.path().join("t");
-        let mut file = open(&target, unnamed, 1 << 20).await;
+        let mut file = open_kind(&target, unnamed, 1 << 20).await;
         // Filling the buffer exactly hands it to the pool at once.
         let n = file.write(&vec![3; 1 << 20]).await.unwrap();
         assert_eq!(n, 1 << 20);
@@ -66,7 +56,7 @@ fn drop_outside_a_runtime_removes_the_temp_file_at_once() {
         let target = dir.path().join("t");
         let rt = runtime();
         let file = rt.block_on(async {
-            let mut file = open(&target, unnamed, 16).await;
+            let mut file = open_kind(&target, unnamed, 16).await;
             file.write_all(b"some bytes, flushed").await.unwrap();
             file.flush().await.unwrap();
             file
@@ -92,7 +82,7 @@ fn runtime_shutdown_with_writes_in_flight_leaves_nothing() {
         for _ in 0..4 {
             let (target, tx) = (target.clone(), tx.clone());
             rt.spawn(async move {
-                let mut file = open(&target, unnamed, 4096).await;
+                let mut file = open_kind(&target, unnamed, 4096).await;
                 file.write_all(&[9; 3 * 4096 + 1]).await.unwrap();
                 tx.send(()).await.unwrap();
                 // Keep writing until the runtime goes away.
@@ -132,7 +122,7 @@ async fn commit_future_dropped_after_every_poll_count() {
                 } else {
                     new.len() * 2
                 };
-                let mut file = open(&target, unnamed, buffer).await;
+                let mut file = open_kind(&target, unnamed, buffer).await;
                 file.write_all(&new).await.unwrap();
                 let mut commit = tokio_test::task::spawn(file.commit());
                 let mut finished = false;
@@ -193,7 +183,7 @@ async fn aborted_and_panicking_tasks_leave_nothing() {
 
         let t = target.clone();
         let writer = tokio::spawn(async move {
-            let mut file = open(&t, unnamed, 4096).await;
+            let mut file = open_kind(&t, unnamed, 4096).await;
             loop {
                 file.write_all(&[5; 1000]).await.unwrap();
                 tokio::task::yield_now().await;
@@ -207,7 +197,7 @@ async fn aborted_and_panicking_tasks_leave_nothing() {
 
         let t = target.clone();
         let panicker = tokio::spawn(async move {
-            let mut file = open(&t, unnamed, 4096).await;
+            let mut file = open_kind(&t, unnamed, 4096).await;
             file.write_all(&[6; 10_000]).await.unwrap();
             panic!("the writing task panics");
         });
@@ -215,7 +205,7 @@ async fn aborted_and_panicking_tasks_leave_nothing() {
 
         let t = target.clone();
         let committer = tokio::spawn(async move {
-            let mut file = open(&t, unnamed, 4096).await;
+            let mut file = open_kind(&t, unnamed, 4096).await;
             file.write_all(&tagged_version(3, 50_000)).await.unwrap();
             file.commit().await
         });

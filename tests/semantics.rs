@@ -43,11 +43,7 @@ async fn readers_see_only_whole_versions(versions: u32, unnamed: bool) {
     }
     for i in 0..versions {
         let content = if i % 2 == 0 { &b } else { &a };
-        let mut file = OpenOptions::new()
-            .unnamed_temp(unnamed)
-            .open(&target)
-            .await
-            .unwrap();
+        let mut file = open_kind(&target, unnamed, DEFAULT_BUFFER_SIZE).await;
         file.write_all(content).await.unwrap();
         file.commit().await.unwrap();
     }
@@ -134,11 +130,7 @@ async fn a_failed_commit_leaves_the_target_and_no_temp_file() {
         std::fs::write(&target, b"old").unwrap();
         // Replace the target by a non-empty directory between open and commit:
         // the rename fails.
-        let mut file = OpenOptions::new()
-            .unnamed_temp(unnamed)
-            .open(&target)
-            .await
-            .unwrap();
+        let mut file = open_kind(&target, unnamed, DEFAULT_BUFFER_SIZE).await;
         file.write_all(b"new").await.unwrap();
         std::fs::remove_file(&target).unwrap();
         std::fs::create_dir(&target).unwrap();
@@ -158,12 +150,7 @@ async fn rollback_removes_the_temp_file_and_keeps_the_target() {
         let dir = scratch();
         let target = dir.path().join("t");
         std::fs::write(&target, b"old").unwrap();
-        let mut file = OpenOptions::new()
-            .unnamed_temp(unnamed)
-            .buffer_size(4)
-            .open(&target)
-            .await
-            .unwrap();
+        let mut file = open_kind(&target, unnamed, 4).await;
         file.write_all(b"new content").await.unwrap();
         file.flush().await.unwrap();
         if !unnamed {

@@ -29,12 +29,7 @@ async fn a_symlink_chain_is_followed_and_kept() {
         let link1 = links.path().join("link1");
         symlink(data.path().join("hop"), &link1).unwrap();
 
-        let mut file = OpenOptions::new()
-            .unnamed_temp(unnamed)
-            .buffer_size(2)
-            .open(&link1)
-            .await
-            .unwrap();
+        let mut file = open_kind(&link1, unnamed, 2).await;
         file.write_all(b"new").await.unwrap();
         file.flush().await.unwrap();
         if !unnamed {

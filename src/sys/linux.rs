@@ -1,13 +1,13 @@
-//! Linux: `O_TMPFILE`, `renameat2(RENAME_NOREPLACE)`, `getrandom`.
+//! Linux: `O_TMPFILE` and `getrandom`.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use super::unix::Dir;
@@ -60,23 +60,6 @@ pub(crate) fn link_unnamed(file: &File, dir: &Dir, name: &OsStr) -> io::Result<(
         name,
         AtFlags::SYMLINK_FOLLOW,
     )?)
-}
-
-/// `renameat2(RENAME_NOREPLACE)`; errors stay `Errno` so the caller can
-/// pick its fallback by number.
-#[doc(alias = "renameat2")]
-pub(crate) fn renameat_noreplace(
-    from_dir: &OwnedFd,
-    from: &OsStr,
-    to_dir: &OwnedFd,
-    to: &OsStr,
-) -> Result<(), Errno> {
-    rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE)
-}
-
-/// `fsync`.
-pub(crate) fn sync_file(file: &File) -> io::Result<()> {
-    Ok(rustix::fs::fsync(file)?)
 }
 
 /// Random bytes from the kernel (`getrandom`).

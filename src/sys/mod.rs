@@ -17,6 +17,26 @@ mod windows;
 
 #[cfg(unix)]
 pub(crate) use unix::*;
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// The metadata of an entry that the crate acts on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub(crate) kind: Kind,
+    /// Permission bits, setuid/setgid/sticky included (0 where the platform
+    /// has no modes).
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
 #[cfg(windows)]
 pub(crate) use windows::*;
 

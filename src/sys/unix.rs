@@ -1,6 +1,6 @@
 //! The primitives every unix shares. `linux.rs` and `macos.rs` supply the
-//! few that differ (`os::*`); other unixes get the portable versions in
-//! `mod os` below.
+//! few that differ, under the same names; the portable versions here are
+//! compiled only where no platform file replaces them.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -13,12 +13,12 @@ use std::sync::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-#[cfg(target_os = "linux")]
-use super::linux as os;
-#[cfg(target_os = "macos")]
-use super::macos as os;
+use super::{Kind, Meta};
 
-pub(crate) use os::{create_unnamed, link_unnamed, random_bytes, sync_file};
+#[cfg(target_os = "linux")]
+pub(crate) use super::linux::{create_unnamed, link_unnamed, random_bytes};
+#[cfg(target_os = "macos")]
+pub(crate) use super::macos::sync_file;
 
 /// Whether this platform applies unix modes and owners.
 pub(crate) const HAS_MODES: bool = true;
@@ -30,25 +30,6 @@ pub(crate) const HAS_MODES: bool = true;
 pub(crate) struct Dir {
     fd: OwnedFd,
     dev: u64,
-}
-
-/// What a directory entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
-
-/// The metadata of an entry that the crate acts on.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Meta {
-    pub(crate) kind: Kind,
-    /// Permission bits, setuid/setgid/sticky included.
-    pub(crate) mode: u32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
 }
 
 impl Dir {
@@ -104,6 +85,7 @@ impl Dir {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
     }
@@ -185,7 +167,7 @@ pub(crate) fn rename_noreplace(
     let known_unsupported = NO_RENAME_NOREPLACE_SYSCALL.load(Ordering::Relaxed)
         || lock(&NO_RENAME_NOREPLACE_DEVICES).contains(&dev);
     if !known_unsupported {
-        match os::renameat_noreplace(&from_dir.fd, from, &to_dir.fd, to) {
+        match renameat_noreplace(&from_dir.fd, from, &to_dir.fd, to) {
             Err(Errno::NOSYS) => NO_RENAME_NOREPLACE_SYSCALL.store(true, Ordering::Relaxed),
             Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => {
                 let mut devices = lock(&NO_RENAME_NOREPLACE_DEVICES);
@@ -197,6 +179,31 @@ pub(crate) fn rename_noreplace(
         }
     }
     link_then_unlink(from_dir, from, to_dir, to)
+}
+
+/// `renameat2(RENAME_NOREPLACE)` on Linux, `renameatx_np(RENAME_EXCL)` on
+/// macOS; errors stay `Errno` so the caller picks its fallback by number.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+#[doc(alias = "renameat2", alias = "renameatx_np")]
+fn renameat_noreplace(
+    from_dir: &OwnedFd,
+    from: &OsStr,
+    to_dir: &OwnedFd,
+    to: &OsStr,
+) -> Result<(), Errno> {
+    rustix::fs::renameat_with(
+        from_dir,
+        from,
+        to_dir,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+}
+
+/// No flagged rename on other unixes: always the link fallback.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn renameat_noreplace(_: &OwnedFd, _: &OsStr, _: &OwnedFd, _: &OsStr) -> Result<(), Errno> {
+    Err(Errno::NOSYS)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -220,35 +227,28 @@ pub(crate) fn link_then_unlink(
     Ok(())
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-mod os {
-    //! Other unixes: no unnamed temp files, no flagged rename.
-    use super::*;
+/// No unnamed temp files outside Linux: always a named one.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn create_unnamed(_dir: &Dir, _mode: u32) -> io::Result<Option<File>> {
+    Ok(None)
+}
 
-    pub(crate) fn create_unnamed(_dir: &Dir, _mode: u32) -> io::Result<Option<File>> {
-        Ok(None)
-    }
+/// Never reached outside Linux: `create_unnamed` returns no file there.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn link_unnamed(_file: &File, _dir: &Dir, _name: &OsStr) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
 
-    pub(crate) fn link_unnamed(_file: &File, _dir: &Dir, _name: &OsStr) -> io::Result<()> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
+/// Without `getrandom` in rustix: the portable source.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    super::random_bytes_portable(buf)
+}
 
-    pub(crate) fn renameat_noreplace(
-        _from_dir: &OwnedFd,
-        _from: &OsStr,
-        _to_dir: &OwnedFd,
-        _to: &OsStr,
-    ) -> Result<(), Errno> {
-        Err(Errno::NOSYS)
-    }
-
-    pub(crate) fn sync_file(file: &File) -> io::Result<()> {
-        Ok(rustix::fs::fsync(file)?)
-    }
-
-    pub(crate) fn random_bytes(buf: &mut [u8]) {
-        super::super::random_bytes_portable(buf)
-    }
+/// `fsync`: data and metadata on the disk.
+#[cfg(not(target_os = "macos"))]
+pub(crate) fn sync_file(file: &File) -> io::Result<()> {
+    Ok(rustix::fs::fsync(file)?)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::io;
 use std::os::windows::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::{Kind, Meta};
 use windows_sys::Win32::Storage::FileSystem::{
     MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
 };
@@ -22,22 +23,6 @@ pub(crate) const HAS_MODES: bool = false;
 #[derive(Debug)]
 pub(crate) struct Dir {
     path: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Meta {
-    pub(crate) kind: Kind,
-    pub(crate) mode: u32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
 }
 
 fn meta_of(m: &std::fs::Metadata) -> Meta {

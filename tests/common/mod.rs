@@ -29,6 +29,23 @@ pub fn temp_files(dir: &Path) -> Vec<OsString> {
     v
 }
 
+/// Opens `target` with the given temp kind and buffer size.
+pub async fn open_kind(
+    target: &Path,
+    unnamed: bool,
+    buffer: usize,
+) -> tokio_atomic_write::AsyncAtomicFile {
+    tokio_atomic_write::OpenOptions::new()
+        .unnamed_temp(unnamed)
+        .buffer_size(buffer)
+        .open(target)
+        .await
+        .expect("open")
+}
+
+#[allow(unused_imports)]
+pub use tokio_atomic_write::DEFAULT_BUFFER_SIZE;
+
 /// All entries of `dir`, sorted.
 pub fn listing(dir: &Path) -> Vec<OsString> {
     let mut v: Vec<OsString> = std::fs::read_dir(dir)
