@@ -27,13 +27,28 @@ pub(crate) struct TokioPool;
 
 /// A blocking job's [`JoinHandle`], failing with an `io::Error` when the job
 /// panicked or the runtime shut down before running it.
-pub(crate) struct Handle<T>(JoinHandle<T>);
+///
+/// Dropped before its result was taken, it hands the `JoinHandle` to the
+/// pool: a result already there (a `Staged` whose drop removes a temp file)
+/// is then dropped on a pool thread, never on the async caller's.
+pub(crate) struct Handle<T: Send + 'static>(Option<JoinHandle<T>>);
 
-impl<T> Future for Handle<T> {
+impl<T: Send + 'static> Future for Handle<T> {
     type Output = io::Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        Pin::new(&mut self.0).poll(cx).map_err(join_error)
+        let handle = self.0.as_mut().expect("polled after completion");
+        let out = std::task::ready!(Pin::new(handle).poll(cx));
+        self.0 = None;
+        Poll::Ready(out.map_err(join_error))
+    }
+}
+
+impl<T: Send + 'static> Drop for Handle<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            drop_in_background(handle);
+        }
     }
 }
 
@@ -54,7 +69,7 @@ impl Pool for TokioPool {
         T: Send + 'static,
     {
         HOPS.with(|h| h.set(h.get() + 1));
-        Handle(tokio::task::spawn_blocking(job))
+        Handle(Some(tokio::task::spawn_blocking(job)))
     }
 }
 

@@ -132,9 +132,11 @@ impl AsyncAtomicFile {
             .pipeline
             .take_parts()
             .map_err(|e| self.write_error(e))?;
+        // A job that panicked or never ran failed at its first step, the
+        // write of the rest; its guard removed the temp file either way.
         blocking::run(move || staged.commit(&rest))
             .await
-            .map_err(|e| Error::new(Op::Rename, &self.target, e))?
+            .map_err(|e| Error::new(Op::Write, &self.target, e))?
     }
 
     /// Discards everything written and removes the temp file, reporting the

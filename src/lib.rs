@@ -157,7 +157,7 @@ pub async fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result
     let path = target.clone();
     blocking::run(move || core::write(&OpenOptions::new(), path, &contents))
         .await
-        .map_err(|e| Error::new(Op::Rename, target, e))?
+        .map_err(|e| Error::new(Op::Open, target, e))?
 }
 
 /// The README's code, compiled as a doctest so that it cannot rot.

@@ -94,10 +94,15 @@ where
             }
             self.submit();
         }
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(self.capacity);
-        }
         let n = data.len().min(self.capacity - self.buf.len());
+        if self.buf.capacity() - self.buf.len() < n {
+            // Grow geometrically up to the capacity, never past it: a huge
+            // `buffer_size` costs only what is written.
+            let want = (self.buf.len() + n)
+                .max(self.buf.capacity() * 2)
+                .min(self.capacity);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == self.capacity {
             // Hand the full buffer over now if the pool is free, so it is
@@ -347,6 +352,16 @@ mod tests {
         drive(|cx| p.poll_flush(cx)).unwrap();
         assert_eq!(&*s.data.lock().unwrap(), b"abcdeabcdeabcdexy");
         assert_eq!(spawned() - before, 2);
+    }
+
+    #[test]
+    fn a_huge_capacity_allocates_only_what_is_written() {
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), usize::MAX);
+        assert_eq!(drive(|cx| p.poll_write(cx, b"abc")).unwrap(), 3);
+        assert!(p.buf.capacity() < 1024, "{}", p.buf.capacity());
+        drive(|cx| p.poll_flush(cx)).unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abc");
     }
 
     #[test]

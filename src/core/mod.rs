@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
-use crate::sys::{self, Dir, Kind};
+use crate::sys::{self, Dir, Kind, NoReplace};
 use crate::{Durability, Error, Op, OpenOptions};
 
 /// How many links a symlink chain may have, as Linux's own limit.
@@ -174,15 +174,18 @@ impl Staged {
             .clone()
             .unwrap_or_else(|| parent.to_path_buf());
 
-        // The temp file is created with at most the final permission bits
-        // (less the umask), so it is never readable wider than the file it
-        // replaces, from its first byte.
+        // The published file's mode: exact (`Some`), or the new-file default
+        // that the kernel derives from 0o666 and the umask (`None`).
         let final_mode = match (opts.mode, existing) {
             (Some(mode), _) => Some(mode & 0o7777),
             (None, Some(meta)) if opts.preserve_permissions => Some(meta.mode),
             _ => None,
         };
-        let create_mode = final_mode.map_or(0o666, |m| m & 0o777);
+        // Created with at most the final bits and at most the replaced
+        // file's (the kernel also applies the umask), so the temp file is
+        // never readable wider than either from its first byte.
+        let existing_perm = existing.map_or(0o777, |m| m.mode & 0o777);
+        let create_mode = final_mode.map_or(0o666, |m| m & 0o777 & existing_perm);
 
         let (file, temp) = create_temp(
             temp_dir.as_ref().unwrap_or(&dir),
@@ -206,37 +209,70 @@ impl Staged {
             },
         };
 
-        if sys::HAS_MODES {
-            if let (true, Some(meta)) = (opts.preserve_owner, existing) {
-                staged.copy_owner(meta.uid, meta.gid);
-            }
-            if let Some(mode) = final_mode {
-                // The file is empty: setting the exact permission bits now
-                // (undoing the umask) exposes nothing. Special bits wait for
-                // commit, since writes and chown clear them.
-                sys::set_mode(&staged.file, mode & 0o777)
-                    .map_err(|e| Error::new(Op::SetPermissions, &target, e))?;
-                if mode & 0o7000 != 0 {
-                    staged.plan.mode_at_commit = Some(mode);
-                }
-            }
+        if let (true, Some(meta)) = (sys::HAS_MODES, existing) {
+            staged.match_replaced_file(opts, meta, final_mode)?;
+        } else if let (true, Some(mode)) = (sys::HAS_MODES, final_mode) {
+            staged.set_modes(mode, mode & 0o777)?;
         }
         Ok(staged)
+    }
+
+    /// For a temp file replacing an existing one: copies the owner (best
+    /// effort) and sets the mode to use while writing, never readable wider
+    /// than the replaced file nor than the final one. If the group could not
+    /// be copied, the group bits stay off until commit: they would apply to
+    /// another group.
+    fn match_replaced_file(
+        &mut self,
+        opts: &OpenOptions,
+        replaced: sys::Meta,
+        final_mode: Option<u32>,
+    ) -> Result<(), Error> {
+        let now = sys::file_meta(&self.file)
+            .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
+        let gid = if opts.preserve_owner {
+            self.copy_owner(now, replaced.uid, replaced.gid)
+        } else {
+            now.gid
+        };
+        // Without an exact final mode the file was created with the
+        // kernel's default (0o666 less the umask): that is the final mode.
+        let final_mode = final_mode.unwrap_or(now.mode);
+        let mut writing = final_mode & 0o777 & replaced.mode;
+        if gid != replaced.gid {
+            writing &= !0o070;
+        }
+        self.set_modes(final_mode, writing)
+    }
+
+    /// Sets `writing` now, while the file is empty (undoing the umask's
+    /// narrowing exposes nothing yet), and leaves `final_mode` for commit
+    /// when it differs: the special bits, which writes and chown clear, and
+    /// bits held back while writing.
+    fn set_modes(&mut self, final_mode: u32, writing: u32) -> Result<(), Error> {
+        sys::set_mode(&self.file, writing)
+            .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
+        if final_mode != writing {
+            self.plan.mode_at_commit = Some(final_mode);
+        }
+        Ok(())
     }
 
     /// Gives the temp file the target's owner and group, best effort: the
     /// group alone when the owner cannot be given away (not root), nothing
     /// when neither works (filesystems without owners). Never an error.
-    fn copy_owner(&self, uid: u32, gid: u32) {
-        let Ok(now) = sys::file_meta(&self.file) else {
-            return;
-        };
+    /// Returns the group the file has now.
+    fn copy_owner(&self, now: sys::Meta, uid: u32, gid: u32) -> u32 {
         if (now.uid, now.gid) == (uid, gid) {
-            return;
+            return gid;
         }
-        if sys::set_owner(&self.file, Some(uid), Some(gid)).is_err() && now.gid != gid {
-            let _ = sys::set_owner(&self.file, None, Some(gid));
+        if sys::set_owner(&self.file, Some(uid), Some(gid)).is_ok() {
+            return gid;
         }
+        if now.gid != gid && sys::set_owner(&self.file, None, Some(gid)).is_ok() {
+            return gid;
+        }
+        now.gid
     }
 
     fn temp_dir(&self) -> &Dir {
@@ -271,10 +307,13 @@ impl Staged {
         if durable {
             // The rename lives in the directory: until it is synced a power
             // cut can bring the old content back.
-            self.plan
-                .dir
-                .sync()
-                .map_err(|e| Error::after_publish(Op::SyncDir, &self.plan.target, e))?;
+            let after = |e| Error::after_publish(Op::SyncDir, &self.plan.target, e);
+            self.plan.dir.sync().map_err(after)?;
+            // A rename out of another directory changed that one too: sync it
+            // so that the temp name cannot come back as a second link.
+            if let Some(temp_dir) = &self.temp_dir {
+                temp_dir.sync().map_err(after)?;
+            }
         }
         Ok(())
     }
@@ -322,12 +361,23 @@ impl Staged {
         };
         let (from_dir, to_dir, to) = (self.temp_dir(), &self.plan.dir, &self.plan.name);
         let result = if self.plan.overwrite {
-            sys::rename(from_dir, from, to_dir, to)
+            sys::rename(from_dir, from, to_dir, to).map(|()| NoReplace::Renamed)
         } else {
             sys::rename_noreplace(from_dir, from, to_dir, to)
         };
-        result.map_err(|e| Error::new(Op::Rename, &self.plan.target, describe_rename_error(e)))?;
-        self.temp = TempName::Published;
+        let how = result
+            .map_err(|e| Error::new(Op::Rename, &self.plan.target, describe_rename_error(e)))?;
+        let TempName::Named(from) = std::mem::replace(&mut self.temp, TempName::Published) else {
+            unreachable!()
+        };
+        if how == NoReplace::Linked {
+            // Published by linkat: the temp name is a second name of the
+            // new file. Removing it deletes no data; a failure is reported
+            // as after the publish, since the target is new already.
+            self.temp_dir().remove(&from).map_err(|e| {
+                Error::after_publish(Op::RemoveTemp, self.temp_dir_path.join(&from), e)
+            })?;
+        }
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! Linux: `O_TMPFILE` and `getrandom`.
+//! Linux: `O_TMPFILE` (with `linkat` and `fdatasync`) and `getrandom`.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -60,6 +60,11 @@ pub(crate) fn link_unnamed(file: &File, dir: &Dir, name: &OsStr) -> io::Result<(
         name,
         AtFlags::SYMLINK_FOLLOW,
     )?)
+}
+
+/// `fdatasync`.
+pub(crate) fn sync_file_data(file: &File) -> io::Result<()> {
+    Ok(rustix::fs::fdatasync(file)?)
 }
 
 /// Random bytes from the kernel (`getrandom`).

@@ -18,6 +18,17 @@ mod windows;
 #[cfg(unix)]
 pub(crate) use unix::*;
 
+/// How [`rename_noreplace`] published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoReplace {
+    /// Renamed: the source name is gone.
+    Renamed,
+    /// Linked (the filesystem has no flagged rename): the source name is
+    /// still there, for the caller to remove.
+    #[cfg_attr(windows, allow(dead_code))]
+    Linked,
+}
+
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {

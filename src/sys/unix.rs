@@ -13,10 +13,10 @@ use std::sync::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-use super::{Kind, Meta};
+use super::{Kind, Meta, NoReplace};
 
 #[cfg(target_os = "linux")]
-pub(crate) use super::linux::{create_unnamed, link_unnamed, random_bytes};
+pub(crate) use super::linux::{create_unnamed, link_unnamed, random_bytes, sync_file_data};
 #[cfg(target_os = "macos")]
 pub(crate) use super::macos::sync_file;
 
@@ -132,11 +132,6 @@ pub(crate) fn set_owner(file: &File, uid: Option<u32>, gid: Option<u32>) -> io::
     Ok(rustix::fs::fchown(file, uid, gid)?)
 }
 
-/// `fdatasync`.
-pub(crate) fn sync_file_data(file: &File) -> io::Result<()> {
-    Ok(rustix::fs::fdatasync(file)?)
-}
-
 /// `renameat`: atomically replaces whatever is at `to`.
 pub(crate) fn rename(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr) -> io::Result<()> {
     Ok(rustix::fs::renameat(&from_dir.fd, from, &to_dir.fd, to)?)
@@ -154,31 +149,36 @@ static NO_RENAME_NOREPLACE_DEVICES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 /// (`ErrorKind::AlreadyExists`) otherwise.
 ///
 /// Uses `renameat2(RENAME_NOREPLACE)` (`renameatx_np(RENAME_EXCL)` on macOS);
-/// where the kernel or the filesystem lacks it, [`link_then_unlink`], which
-/// is just as race-free. Never a check followed by a rename.
+/// where the kernel or the filesystem lacks it, `linkat`, which is just as
+/// race-free, and then [`NoReplace::Linked`] tells the caller that `from`
+/// is still there to remove. Never a check followed by a rename.
 #[doc(alias = "renameat2")]
 pub(crate) fn rename_noreplace(
     from_dir: &Dir,
     from: &OsStr,
     to_dir: &Dir,
     to: &OsStr,
-) -> io::Result<()> {
+) -> io::Result<NoReplace> {
     let dev = to_dir.dev;
     let known_unsupported = NO_RENAME_NOREPLACE_SYSCALL.load(Ordering::Relaxed)
         || lock(&NO_RENAME_NOREPLACE_DEVICES).contains(&dev);
     if !known_unsupported {
         match renameat_noreplace(&from_dir.fd, from, &to_dir.fd, to) {
+            Ok(()) => return Ok(NoReplace::Renamed),
             Err(Errno::NOSYS) => NO_RENAME_NOREPLACE_SYSCALL.store(true, Ordering::Relaxed),
-            Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => {
+            // EINVAL: the filesystem does not take the flag (FUSE, older
+            // NFS); EOPNOTSUPP/ENOTSUP (distinct on macOS): likewise.
+            Err(e) if e == Errno::INVAL || e == Errno::OPNOTSUPP || e == Errno::NOTSUP => {
                 let mut devices = lock(&NO_RENAME_NOREPLACE_DEVICES);
                 if !devices.contains(&dev) {
                     devices.push(dev);
                 }
             }
-            other => return Ok(other?),
+            Err(e) => return Err(e.into()),
         }
     }
-    link_then_unlink(from_dir, from, to_dir, to)
+    link_noreplace(from_dir, from, to_dir, to)?;
+    Ok(NoReplace::Linked)
 }
 
 /// `renameat2(RENAME_NOREPLACE)` on Linux, `renameatx_np(RENAME_EXCL)` on
@@ -210,21 +210,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The no-clobber fallback: `linkat` publishes the file under the final name
-/// only if that name is free (`EEXIST` otherwise), then the temp name is
-/// removed. Atomic for readers: the final name appears once, whole.
-pub(crate) fn link_then_unlink(
+/// The no-clobber fallback: `linkat` publishes the file under `to` only if
+/// that name is free (`EEXIST` otherwise). Atomic for readers: `to`
+/// appears once, whole. The caller removes `from` afterwards.
+pub(crate) fn link_noreplace(
     from_dir: &Dir,
     from: &OsStr,
     to_dir: &Dir,
     to: &OsStr,
 ) -> io::Result<()> {
-    rustix::fs::linkat(&from_dir.fd, from, &to_dir.fd, to, AtFlags::empty())?;
-    // The content is published under `to` now; failing here would report a
-    // failure for a write that happened. The stray second name is the
-    // crate's own hidden temp name, which `sweep` recognises.
-    let _ = rustix::fs::unlinkat(&from_dir.fd, from, AtFlags::empty());
-    Ok(())
+    Ok(rustix::fs::linkat(
+        &from_dir.fd,
+        from,
+        &to_dir.fd,
+        to,
+        AtFlags::empty(),
+    )?)
 }
 
 /// No unnamed temp files outside Linux: always a named one.
@@ -243,6 +244,13 @@ pub(crate) fn link_unnamed(_file: &File, _dir: &Dir, _name: &OsStr) -> io::Resul
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn random_bytes(buf: &mut [u8]) {
     super::random_bytes_portable(buf)
+}
+
+/// `fdatasync` after `link_unnamed`, which exists only on Linux: never
+/// reached elsewhere, and a full sync if it were.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn sync_file_data(file: &File) -> io::Result<()> {
+    sync_file(file)
 }
 
 /// `fsync`: data and metadata on the disk.
@@ -281,9 +289,9 @@ mod tests {
 
     /// The fallback used where `RENAME_NOREPLACE` is unsupported is as
     /// race-free: of many threads linking to one name, exactly one wins,
-    /// and every loser's temp name is still there for its guard to remove.
+    /// and every temp name is still there for its owner to remove.
     #[test]
-    fn link_then_unlink_has_exactly_one_winner() {
+    fn link_noreplace_has_exactly_one_winner() {
         let (t, dir) = scratch();
         let dir = Arc::new(dir);
         const N: usize = 16;
@@ -300,7 +308,7 @@ mod tests {
                 std::thread::spawn(move || {
                     barrier.wait();
                     let from = format!("tmp{i}");
-                    link_then_unlink(&dir, OsStr::new(&from), &dir, OsStr::new("final")).map(|()| i)
+                    link_noreplace(&dir, OsStr::new(&from), &dir, OsStr::new("final")).map(|()| i)
                 })
             })
             .collect();
@@ -314,12 +322,8 @@ mod tests {
         assert_eq!(winners.len(), 1, "{winners:?}");
         let content = std::fs::read_to_string(t.path().join("final")).unwrap();
         assert_eq!(content, format!("writer {}", winners[0]));
-        assert!(
-            !t.path().join(format!("tmp{}", winners[0])).exists(),
-            "winner's temp name removed"
-        );
         let left = std::fs::read_dir(t.path()).unwrap().count();
-        assert_eq!(left, N, "final + the {} losers' temp names", N - 1);
+        assert_eq!(left, N + 1, "final and every temp name");
     }
 
     #[test]
@@ -330,7 +334,12 @@ mod tests {
         let err = rename_noreplace(&dir, OsStr::new("a"), &dir, OsStr::new("b")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"b");
-        rename_noreplace(&dir, OsStr::new("a"), &dir, OsStr::new("c")).unwrap();
+        let how = rename_noreplace(&dir, OsStr::new("a"), &dir, OsStr::new("c")).unwrap();
+        assert_eq!(
+            how,
+            NoReplace::Renamed,
+            "ext4 and tmpfs take RENAME_NOREPLACE"
+        );
         assert_eq!(std::fs::read(t.path().join("c")).unwrap(), b"a");
         assert!(!t.path().join("a").exists());
     }
