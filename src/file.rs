@@ -112,8 +112,8 @@ impl AsyncAtomicFile {
     ///
     /// The first failed write ([`Op::Write`], the original `io::Error` with
     /// it), or the failed step: [`Op::SetPermissions`], [`Op::SyncTemp`],
-    /// [`Op::Link`], [`Op::Rename`] (with `overwrite(false)`, a kind of
-    /// [`AlreadyExists`](io::ErrorKind::AlreadyExists) when the target
+    /// [`Op::Link`], [`Op::Rename`] (with `overwrite(false)`, either one, of
+    /// kind [`AlreadyExists`](io::ErrorKind::AlreadyExists), when the target
     /// exists). Until then the target is untouched and the temp file is
     /// removed. [`Op::SyncDir`] comes after the rename: the new content is
     /// visible, its durability unknown ([`Error::is_published`]); the file

@@ -47,16 +47,20 @@
 //! ```
 //!
 //! The temp file lives in the target's directory, so the rename never
-//! crosses a filesystem. It is created with at most the target's permission
-//! bits and owner, so it is never readable wider than the file it replaces.
-//! On Linux it is unnamed (`O_TMPFILE`) where the filesystem allows it: a
-//! crash while writing leaves nothing behind.
+//! crosses a filesystem. It gets the target's owner and at most its
+//! permission bits before its first byte, so it is never readable wider than
+//! the file it replaces (nor than the final file). On Linux it is unnamed
+//! (`O_TMPFILE`) where the filesystem allows it: a crash while writing leaves
+//! nothing behind. Only a crash inside `commit`, between linking the file
+//! under its hidden name and the rename, can leave that hidden file.
 //!
 //! # Guarantees
 //!
-//! Promised, for a local filesystem (tested on ext4, tmpfs):
+//! Promised, for a local filesystem (tested on ext4, where the tests'
+//! scratch directories live, and on tmpfs):
 //! - Readers of the target see the whole old or the whole new content at
-//!   every moment. A process killed at any point leaves one or the other.
+//!   every moment. The target changes only by one rename (or link), so a
+//!   process killed at any point leaves one or the other.
 //! - With [`Durability::Full`] (the default), once `commit` returns `Ok` the
 //!   new content survives a power loss.
 //! - A failed or abandoned write leaves the target untouched and removes its

@@ -115,8 +115,8 @@ impl OpenOptions {
     /// The exact mode of the published file, umask not applied (unix only;
     /// ignored elsewhere). Overrides [`preserve_permissions`](Self::preserve_permissions).
     ///
-    /// Until `commit` the temp file has this mode with the umask applied, so it
-    /// is never readable wider than the final file.
+    /// While it is written, the temp file has at most this mode and at most
+    /// the replaced file's; the exact mode is set at `commit`.
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = Some(mode);
         self
@@ -125,6 +125,8 @@ impl OpenOptions {
     /// Whether a replaced target keeps its exact mode, setuid, setgid and
     /// sticky bits included (default `true`). A new file, or any file with
     /// `false`, gets `0o666` less the umask, as [`std::fs::File::create`] gives.
+    /// Either way the temp file is never readable wider than the file it
+    /// replaces while it is written.
     pub fn preserve_permissions(&mut self, preserve: bool) -> &mut Self {
         self.preserve_permissions = preserve;
         self
@@ -133,7 +135,9 @@ impl OpenOptions {
     /// Whether a replaced target keeps its owner and group (default `true`,
     /// unix only). Best effort: without the privilege to give the file away,
     /// the group alone is tried, and then the file keeps the writer's
-    /// identity; the commit does not fail for it.
+    /// identity; the commit does not fail for it. When the group could not
+    /// be copied, the temp file has no group permissions until `commit`,
+    /// since they would apply to another group.
     pub fn preserve_owner(&mut self, preserve: bool) -> &mut Self {
         self.preserve_owner = preserve;
         self
@@ -156,7 +160,12 @@ impl OpenOptions {
     /// filesystems: `open` checks the device and fails with
     /// [`ErrorKind::CrossesDevices`](std::io::ErrorKind::CrossesDevices)
     /// rather than letting `commit` fail late. There is never a copy
-    /// fallback.
+    /// fallback. With full durability, `commit` syncs this directory too.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Windows the filesystem is not compared at `open`; a `temp_dir` on
+    /// another volume fails at `commit`, with the target untouched.
     pub fn temp_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
         self.temp_dir = Some(dir.as_ref().to_path_buf());
         self

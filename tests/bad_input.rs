@@ -221,3 +221,48 @@ async fn disk_full_while_writing_is_storage_full() {
         std::fs::write(&target, b"old").unwrap();
     }
 }
+
+/// A target bind-mounted over (a common way to hand a config file to a
+/// container) cannot be renamed onto: EBUSY, with a hint, and nothing lost.
+#[tokio::test]
+async fn a_bind_mounted_target_is_busy_with_a_hint() {
+    if !require(is_root() && have("mount"), "root (to bind-mount a file)") {
+        return;
+    }
+    let dir = scratch();
+    let target = dir.path().join("config");
+    let source = dir.path().join("source");
+    std::fs::write(&target, b"under").unwrap();
+    std::fs::write(&source, b"mounted").unwrap();
+    let ok = std::process::Command::new("mount")
+        .arg("--bind")
+        .args([&source, &target])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "bind mount");
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Umount(&target);
+    for unnamed in TEMP_KINDS {
+        let mut file = open_kind(&target, unnamed, DEFAULT_BUFFER_SIZE).await;
+        file.write_all(b"new").await.unwrap();
+        let err = file.commit().await.unwrap_err();
+        assert_eq!(
+            (err.kind(), err.op()),
+            (ErrorKind::ResourceBusy, Op::Rename),
+            "{err}"
+        );
+        assert!(
+            err.io_error().to_string().contains("mount point"),
+            "{}",
+            err.io_error()
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"mounted");
+        assert_no_leftovers_eventually(dir.path());
+    }
+}

@@ -96,3 +96,122 @@ async fn fifty_rounds_of_eight_racers() {
         assert_no_leftovers_eventually(dir.path());
     }
 }
+
+/// The child half of the fallback tests: one no-clobber commit to `first`
+/// (which meets the injected refusal and remembers it), then 8 tasks race
+/// for `key`. Prints the number of winners.
+fn child_race_after_refusal() {
+    let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+    common::runtime().block_on(async {
+        let named = || {
+            OpenOptions::new()
+                .overwrite(false)
+                .unnamed_temp(false)
+                .clone()
+        };
+        let mut first = named().open(dir.join("first")).await.unwrap();
+        first.write_all(b"first").await.unwrap();
+        first.commit().await.unwrap();
+        let barrier = Arc::new(Barrier::new(8));
+        let mut tasks = Vec::new();
+        for id in 0..8u32 {
+            let (target, barrier, opts) = (dir.join("key"), barrier.clone(), named());
+            tasks.push(tokio::spawn(async move {
+                let mut file = opts.open(&target).await.unwrap();
+                file.write_all(&tagged_version(id, 100)).await.unwrap();
+                barrier.wait().await;
+                match file.commit().await {
+                    Ok(()) => Some(id),
+                    Err(e) => {
+                        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+                        None
+                    }
+                }
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            winners.extend(t.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        assert_eq!(
+            check_tagged(&std::fs::read(dir.join("key")).unwrap()),
+            Some(winners[0])
+        );
+    });
+}
+
+/// Where the filesystem (EINVAL) or the kernel (ENOSYS) refuses
+/// RENAME_NOREPLACE, the link fallback is as race-free, leaves no second
+/// name, and the refusal is remembered: renameat2 is tried once.
+fn refusal_falls_back_to_link(test: &str, errno: &str) {
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let dir = scratch();
+    let log = scratch();
+    let out = log.path().join("strace.out");
+    let inject = format!("inject=renameat2:error={errno}");
+    run_child(
+        test,
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            out.to_str().unwrap(),
+            "-e",
+            "trace=renameat2,linkat,unlinkat",
+            "-e",
+            &inject,
+        ],
+        &[("TAW_DIR", dir.path().to_str().unwrap())],
+        None,
+    );
+    let trace = std::fs::read_to_string(&out).unwrap();
+    let call = |l: &str| {
+        l.split_whitespace()
+            .nth(1)
+            .map(|c| c.split('(').next().unwrap_or("").to_string())
+    };
+    let count = |name: &str| {
+        trace
+            .lines()
+            .filter(|l| call(l).as_deref() == Some(name))
+            .count()
+    };
+    assert_eq!(
+        count("renameat2"),
+        1,
+        "tried once, then remembered:\n{trace}"
+    );
+    assert_eq!(count("linkat"), 9, "every commit linked:\n{trace}");
+    assert_eq!(std::fs::read(dir.path().join("first")).unwrap(), b"first");
+    assert_eq!(
+        listing(dir.path()),
+        vec!["first", "key"],
+        "no second names left"
+    );
+}
+
+#[test]
+fn einval_from_renameat2_falls_back_to_link_per_filesystem() {
+    if is_child() {
+        return child_race_after_refusal();
+    }
+    refusal_falls_back_to_link(
+        "einval_from_renameat2_falls_back_to_link_per_filesystem",
+        "EINVAL",
+    );
+}
+
+#[test]
+fn enosys_from_renameat2_falls_back_to_link_for_the_process() {
+    if is_child() {
+        return child_race_after_refusal();
+    }
+    refusal_falls_back_to_link(
+        "enosys_from_renameat2_falls_back_to_link_for_the_process",
+        "ENOSYS",
+    );
+}

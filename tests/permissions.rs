@@ -231,3 +231,129 @@ fn an_unprivileged_writer_commits_without_keeping_the_owner() {
     );
     assert_eq!(std::fs::read(&target).unwrap(), b"new content");
 }
+
+/// Asking for a wider mode than the replaced file has: the temp file stays
+/// within the replaced file's bits while it is written, and the final file
+/// gets the mode asked for.
+#[tokio::test]
+async fn a_wider_final_mode_is_applied_only_at_commit() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("secret");
+        std::fs::write(&target, b"old").unwrap();
+        set_mode(&target, 0o600);
+        let seen = replace(&target, unnamed, OpenOptions::new().mode(0o644)).await;
+        assert_eq!(seen, vec![0o600], "while writing");
+        assert_eq!(mode_of(&target), 0o644);
+
+        set_mode(&target, 0o600);
+        let seen = replace(
+            &target,
+            unnamed,
+            OpenOptions::new().preserve_permissions(false),
+        )
+        .await;
+        assert_eq!(seen, vec![0o600 & !current_umask()], "while writing");
+        assert_eq!(mode_of(&target), 0o666 & !current_umask());
+    }
+}
+
+/// The owner is read from the file a symlink points to, not the link.
+#[tokio::test]
+async fn the_owner_is_read_through_a_symlink() {
+    if !require(is_root(), "root (to chown)") {
+        return;
+    }
+    let dir = scratch();
+    let real = dir.path().join("real");
+    std::fs::write(&real, b"old").unwrap();
+    std::os::unix::fs::chown(&real, Some(1234), Some(5678)).unwrap();
+    set_mode(&real, 0o604);
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink("real", &link).unwrap();
+    replace(&link, true, &mut OpenOptions::new()).await;
+    let m = std::fs::metadata(&real).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 5678, 0o604));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// The child half of the group tests: replaces `TAW_DIR/t` and checks the
+/// temp file's mode while writing and the owner after.
+fn child_replace_and_report() {
+    let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+    let want_writing: u32 = u32::from_str_radix(&std::env::var("TAW_WRITING").unwrap(), 8).unwrap();
+    let want_gid: u32 = std::env::var("TAW_GID").unwrap().parse().unwrap();
+    let unnamed = std::env::var_os("TAW_UNNAMED").is_some();
+    let target = dir.join("t");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let seen = replace(&target, unnamed, &mut OpenOptions::new()).await;
+        assert_eq!(seen, vec![want_writing], "mode while writing");
+        let m = std::fs::metadata(&target).unwrap();
+        let got = (m.uid(), m.gid(), m.mode() & 0o7777);
+        assert_eq!(got, (65534, want_gid, 0o640));
+    });
+}
+
+/// Replaces a 0640 file owned by 1234:4242 as nobody, with or without
+/// membership in group 4242, with each temp kind.
+fn replace_as_nobody(test: &str, groups: &str, writing: &str, gid: &str) {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        set_mode(dir.path(), 0o777);
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        std::os::unix::fs::chown(&target, Some(1234), Some(4242)).unwrap();
+        set_mode(&target, 0o640);
+        let groups = format!("--groups={groups}");
+        let dir_s = dir.path().to_str().unwrap();
+        let mut env = vec![
+            ("TAW_DIR", dir_s),
+            ("TAW_WRITING", writing),
+            ("TAW_GID", gid),
+        ];
+        if unnamed {
+            env.push(("TAW_UNNAMED", "1"));
+        }
+        let setpriv = ["setpriv", "--reuid=65534", "--regid=65534", &groups, "--"];
+        run_child(test, &setpriv, &env, None);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new content");
+    }
+}
+
+/// Not root but in the file's group: the owner cannot be given away, the
+/// group is kept.
+#[test]
+fn a_member_of_the_group_keeps_the_group() {
+    if is_child() {
+        return child_replace_and_report();
+    }
+    if require(is_root() && have("setpriv"), "root and setpriv") {
+        replace_as_nobody(
+            "a_member_of_the_group_keeps_the_group",
+            "4242",
+            "640",
+            "4242",
+        );
+    }
+}
+
+/// Neither owner nor group can be copied: while writing, the group bits
+/// stay off (they would apply to the writer's group); the final file has
+/// the exact mode.
+#[test]
+fn an_outsider_writes_without_group_bits_until_commit() {
+    if is_child() {
+        return child_replace_and_report();
+    }
+    if require(is_root() && have("setpriv"), "root and setpriv") {
+        replace_as_nobody(
+            "an_outsider_writes_without_group_bits_until_commit",
+            "65534",
+            "600",
+            "65534",
+        );
+    }
+}

@@ -38,6 +38,11 @@ fn child_commit() {
         if case.contains("noclobber") {
             opts.overwrite(false);
         }
+        if case.contains("temp_dir") {
+            let temps = Path::new(&dir).join("temps");
+            std::fs::create_dir(&temps).unwrap();
+            opts.temp_dir(temps);
+        }
         let mut file = opts.open(&target).await.unwrap();
         file.write_all(b"new content").await.unwrap();
         let result = file.commit().await;
@@ -46,6 +51,10 @@ fn child_commit() {
             assert_eq!(err.op(), Op::SyncTemp, "{err}");
             assert_eq!(err.io_error().raw_os_error(), Some(5), "EIO");
             assert!(!err.is_published());
+        } else if case.contains("fail_datasync") {
+            let err = result.unwrap_err();
+            assert_eq!(err.op(), Op::SyncTemp, "{err}");
+            assert!(err.is_published(), "linked to the target already");
         } else if case.contains("fail_sync_dir") {
             let err = result.unwrap_err();
             assert_eq!(err.op(), Op::SyncDir, "{err}");
@@ -232,6 +241,10 @@ fn no_clobber_links_or_renames_without_replace() {
     let test = "no_clobber_links_or_renames_without_replace";
     let calls = trace(test, "noclobber unnamed", false);
     check_full_order(&calls, "linkat");
+    // btrfs wants the data synced again after the link (see core).
+    let link = position(&calls, "linkat", |c| c.name == "linkat");
+    let datasync = position(&calls, "fdatasync", |c| c.name == "fdatasync");
+    assert!(link < datasync, "{}", dump(&calls));
     assert!(
         !calls.iter().any(|c| c.name.starts_with("rename")),
         "{}",
@@ -304,19 +317,70 @@ fn a_failed_directory_fsync_reports_published_and_deletes_nothing() {
     }
     let test = "a_failed_directory_fsync_reports_published_and_deletes_nothing";
     let inject = ["-e", "inject=fsync:error=EIO:when=2"];
-    let calls = trace_with(test, "named fail_sync_dir", true, &inject, b"new content");
+    for case in ["named fail_sync_dir", "unnamed fail_sync_dir"] {
+        let calls = trace_with(test, case, true, &inject, b"new content");
+        let rename = position(&calls, "rename", |c| c.name.starts_with("rename"));
+        let unlinks = calls[rename..].iter().any(|c| c.name.starts_with("unlink"));
+        assert!(!unlinks, "{}", dump(&calls));
+        let failed = position(&calls, "failed dir fsync", |c| {
+            c.name == "fsync" && c.line.contains("EIO")
+        });
+        assert!(
+            rename < failed && !on_temp(&calls[failed]),
+            "{}",
+            dump(&calls)
+        );
+    }
+}
+
+/// On the O_TMPFILE no-clobber path the link is the publish: a failed sync
+/// right after it is reported as published, and nothing is removed.
+#[test]
+fn a_failed_sync_after_an_unnamed_link_reports_published() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let test = "a_failed_sync_after_an_unnamed_link_reports_published";
+    let inject = ["-e", "inject=fdatasync:error=EIO:when=1"];
+    let calls = trace_with(
+        test,
+        "noclobber unnamed fail_datasync",
+        false,
+        &inject,
+        b"new content",
+    );
+    let link = position(&calls, "linkat", |c| c.name == "linkat");
+    assert!(
+        calls[link].line.contains(&format!("\"{TARGET}\"")),
+        "{}",
+        dump(&calls)
+    );
+    assert!(
+        !calls.iter().any(|c| c.name.starts_with("unlink")),
+        "{}",
+        dump(&calls)
+    );
+}
+
+/// With a `temp_dir`, both directories are synced after the rename.
+#[test]
+fn a_temp_dir_is_synced_after_the_rename_too() {
+    if is_child() {
+        return child_commit();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let test = "a_temp_dir_is_synced_after_the_rename_too";
+    let calls = trace(test, "named temp_dir", true);
     let rename = position(&calls, "rename", |c| c.name.starts_with("rename"));
-    assert!(
-        !calls[rename..].iter().any(|c| c.name.starts_with("unlink")),
-        "{}",
-        dump(&calls)
-    );
-    let failed = position(&calls, "failed dir fsync", |c| {
-        c.name == "fsync" && c.line.contains("EIO")
-    });
-    assert!(
-        rename < failed && !on_temp(&calls[failed]),
-        "{}",
-        dump(&calls)
-    );
+    let dir_syncs: Vec<&Call> = calls[rename..]
+        .iter()
+        .filter(|c| c.name == "fsync" && !on_temp(c))
+        .collect();
+    assert_eq!(dir_syncs.len(), 2, "{}", dump(&calls));
+    assert!(dir_syncs[1].line.contains("/temps>"), "{}", dump(&calls));
 }
