@@ -48,6 +48,16 @@ fn child_commits() {
     );
 }
 
+/// In the child: runs its commits and says `false`. In the parent: whether
+/// strace is there.
+fn parent_with_strace() -> bool {
+    if is_child() {
+        child_commits();
+        return false;
+    }
+    require(have("strace"), "strace")
+}
+
 fn named_counts(stdout: &[u8]) -> Vec<usize> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -121,10 +131,7 @@ fn by_default_the_temp_file_is_unnamed() {
 #[test]
 fn eopnotsupp_falls_back_to_a_named_temp_per_open() {
     let test = "eopnotsupp_falls_back_to_a_named_temp_per_open";
-    if is_child() {
-        return child_commits();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let dir = scratch();
@@ -151,10 +158,7 @@ fn eopnotsupp_falls_back_to_a_named_temp_per_open() {
 #[test]
 fn eisdir_is_remembered_for_the_process() {
     let test = "eisdir_is_remembered_for_the_process";
-    if is_child() {
-        return child_commits();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let dir = scratch();
@@ -240,10 +244,7 @@ fn without_proc_the_temp_file_is_named() {
 #[test]
 fn a_filesystem_refusing_chmod_still_commits() {
     let test = "a_filesystem_refusing_chmod_still_commits";
-    if is_child() {
-        return child_commits();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let dir = scratch();

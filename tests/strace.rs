@@ -65,6 +65,16 @@ fn child_commit() {
     });
 }
 
+/// In the child: runs its commit and says `false`. In the parent: whether
+/// strace is there (a visible skip, or a failure in CI, when it is not).
+fn parent_with_strace() -> bool {
+    if is_child() {
+        child_commit();
+        return false;
+    }
+    require(have("strace"), "strace")
+}
+
 /// Runs `test` again under strace for `case` and returns the calls that
 /// touched the test directory, in order.
 fn trace(test: &str, case: &str, existing: bool) -> Vec<Call> {
@@ -171,10 +181,7 @@ fn check_full_order(calls: &[Call], publish: &str) {
 
 #[test]
 fn named_temp_is_exclusive_and_synced_before_rename() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let calls = trace(
@@ -202,10 +209,7 @@ fn named_temp_is_exclusive_and_synced_before_rename() {
 
 #[test]
 fn unnamed_temp_is_linked_then_fdatasynced_then_renamed() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let calls = trace(
@@ -232,10 +236,7 @@ fn unnamed_temp_is_linked_then_fdatasynced_then_renamed() {
 
 #[test]
 fn no_clobber_links_or_renames_without_replace() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let test = "no_clobber_links_or_renames_without_replace";
@@ -263,10 +264,7 @@ fn no_clobber_links_or_renames_without_replace() {
 
 #[test]
 fn durability_none_never_syncs() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     for case in ["none named", "none unnamed"] {
@@ -280,10 +278,7 @@ fn durability_none_never_syncs() {
 /// retried, the target keeps its old content, the temp file is removed.
 #[test]
 fn a_failed_temp_fsync_is_not_retried_and_changes_nothing() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let test = "a_failed_temp_fsync_is_not_retried_and_changes_nothing";
@@ -309,10 +304,7 @@ fn a_failed_temp_fsync_is_not_retried_and_changes_nothing() {
 /// content visible, nothing deleted.
 #[test]
 fn a_failed_directory_fsync_reports_published_and_deletes_nothing() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let test = "a_failed_directory_fsync_reports_published_and_deletes_nothing";
@@ -337,10 +329,7 @@ fn a_failed_directory_fsync_reports_published_and_deletes_nothing() {
 /// right after it is reported as published, and nothing is removed.
 #[test]
 fn a_failed_sync_after_an_unnamed_link_reports_published() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let test = "a_failed_sync_after_an_unnamed_link_reports_published";
@@ -368,10 +357,7 @@ fn a_failed_sync_after_an_unnamed_link_reports_published() {
 /// With a `temp_dir`, both directories are synced after the rename.
 #[test]
 fn a_temp_dir_is_synced_after_the_rename_too() {
-    if is_child() {
-        return child_commit();
-    }
-    if !require(have("strace"), "strace") {
+    if !parent_with_strace() {
         return;
     }
     let test = "a_temp_dir_is_synced_after_the_rename_too";
