@@ -270,3 +270,41 @@ async fn debug_and_target_describe_the_file() {
     fn traits<T: tokio::io::AsyncWrite + Send + Sync + Unpin + std::fmt::Debug>() {}
     traits::<AsyncAtomicFile>();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// End to end, on real files and Tokio's pool: random content, chunk
+    /// sizes, buffer sizes and temp kinds; the target equals the input.
+    #[test]
+    fn random_writes_commit_exactly_the_input(
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200_000),
+        chunk in 1usize..20_000,
+        buffer in 1usize..70_000,
+        unnamed in proptest::prelude::any::<bool>(),
+        flush_every in 0usize..8,
+    ) {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut file = OpenOptions::new()
+                .unnamed_temp(unnamed)
+                .buffer_size(buffer)
+                .durability(Durability::None)
+                .open(&target)
+                .await
+                .unwrap();
+            for (i, piece) in data.chunks(chunk).enumerate() {
+                file.write_all(piece).await.unwrap();
+                if flush_every != 0 && i % flush_every == 0 {
+                    file.flush().await.unwrap();
+                }
+            }
+            file.commit().await.unwrap();
+        });
+        drop(rt);
+        proptest::prop_assert_eq!(std::fs::read(&target).unwrap(), data);
+        assert_no_leftovers(dir.path());
+    }
+}
