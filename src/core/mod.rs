@@ -212,7 +212,8 @@ impl Staged {
         if let (true, Some(meta)) = (sys::HAS_MODES, existing) {
             staged.match_replaced_file(opts, meta, final_mode)?;
         } else if let (true, Some(mode)) = (sys::HAS_MODES, final_mode) {
-            staged.set_modes(mode, mode & 0o777)?;
+            // A new file: its mode depends on the umask, unknown here.
+            staged.set_modes(mode, mode & 0o777, None)?;
         }
         Ok(staged)
     }
@@ -242,16 +243,26 @@ impl Staged {
         if gid != replaced.gid {
             writing &= !0o070;
         }
-        self.set_modes(final_mode, writing)
+        // A chown clears only setuid/setgid, which are never in `writing`,
+        // so `now.mode` still tells whether the chmod is needed.
+        self.set_modes(final_mode, writing, Some(now.mode))
     }
 
     /// Sets `writing` now, while the file is empty (undoing the umask's
     /// narrowing exposes nothing yet), and leaves `final_mode` for commit
     /// when it differs: the special bits, which writes and chown clear, and
     /// bits held back while writing.
-    fn set_modes(&mut self, final_mode: u32, writing: u32) -> Result<(), Error> {
-        sys::set_mode(&self.file, writing)
-            .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
+    /// `current` is the file's mode when known (skips the chmod when equal).
+    fn set_modes(
+        &mut self,
+        final_mode: u32,
+        writing: u32,
+        current: Option<u32>,
+    ) -> Result<(), Error> {
+        if current != Some(writing) {
+            sys::set_mode(&self.file, writing)
+                .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
+        }
         if final_mode != writing {
             self.plan.mode_at_commit = Some(final_mode);
         }
@@ -438,25 +449,28 @@ fn create_temp(
             return Ok((file, TempName::Unnamed));
         }
     }
-    for _ in 0..TEMP_NAME_ATTEMPTS {
-        let name = name::temp_name(target_name);
-        match dir.create_new(&name, mode) {
-            Ok(file) => return Ok((file, TempName::Named(name))),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        "no free temp file name",
-    ))
+    let mut file = None;
+    let name = with_fresh_name(target_name, |name| {
+        file = Some(dir.create_new(name, mode)?);
+        Ok(())
+    })?;
+    Ok((file.expect("created"), TempName::Named(name)))
 }
 
 /// Links an unnamed file into `dir` under a fresh temp name.
 fn link_temp_name(file: &File, dir: &Dir, target_name: &OsStr) -> io::Result<OsString> {
+    with_fresh_name(target_name, |name| sys::link_unnamed(file, dir, name))
+}
+
+/// Calls `create` with fresh [`name::temp_name`]s until one is not taken
+/// (`EEXIST`), and returns it.
+fn with_fresh_name(
+    target_name: &OsStr,
+    mut create: impl FnMut(&OsStr) -> io::Result<()>,
+) -> io::Result<OsString> {
     for _ in 0..TEMP_NAME_ATTEMPTS {
         let name = name::temp_name(target_name);
-        match sys::link_unnamed(file, dir, &name) {
+        match create(&name) {
             Ok(()) => return Ok(name),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
