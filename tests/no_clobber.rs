@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::ErrorKind;
+use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
@@ -10,25 +11,25 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Barrier;
 use tokio_atomic_write::OpenOptions;
 
-const RACERS: usize = 32;
+const RACERS: u32 = 32;
 
-/// 32 tasks race for one new path: exactly one commit succeeds, the others
-/// fail with AlreadyExists, and the file holds the winner's bytes.
-async fn race(unnamed: bool) {
-    let dir = scratch();
-    let target = dir.path().join("key");
-    let barrier = Arc::new(Barrier::new(RACERS));
+/// `racers` tasks open `target` without overwrite (racer `id` with an
+/// unnamed temp file if `unnamed(id)`), write a tagged version of `len`
+/// bytes, meet on a barrier and commit. Exactly one must win, every other
+/// one fail with AlreadyExists, and the file hold the winner's bytes.
+/// Returns the winner.
+async fn race_for(target: &Path, racers: u32, len: usize, unnamed: impl Fn(u32) -> bool) -> u32 {
+    let barrier = Arc::new(Barrier::new(racers as usize));
     let mut tasks = Vec::new();
-    for id in 0..RACERS as u32 {
-        let (target, barrier) = (target.clone(), barrier.clone());
+    for id in 0..racers {
+        let (target, barrier) = (target.to_path_buf(), barrier.clone());
+        let opts = OpenOptions::new()
+            .overwrite(false)
+            .unnamed_temp(unnamed(id))
+            .clone();
         tasks.push(tokio::spawn(async move {
-            let mut file = OpenOptions::new()
-                .overwrite(false)
-                .unnamed_temp(unnamed)
-                .open(&target)
-                .await
-                .unwrap();
-            file.write_all(&tagged_version(id, 4096)).await.unwrap();
+            let mut file = opts.open(&target).await.unwrap();
+            file.write_all(&tagged_version(id, len)).await.unwrap();
             barrier.wait().await;
             (id, file.commit().await)
         }));
@@ -42,12 +43,20 @@ async fn race(unnamed: bool) {
         }
     }
     assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
-    let content = std::fs::read(&target).unwrap();
+    let content = std::fs::read(target).unwrap();
     assert_eq!(
         check_tagged(&content),
         Some(winners[0]),
         "the winner's bytes"
     );
+    winners[0]
+}
+
+/// 32 tasks race for one new path: exactly one commit succeeds, the others
+/// fail with AlreadyExists, and the file holds the winner's bytes.
+async fn race(unnamed: bool) {
+    let dir = scratch();
+    race_for(&dir.path().join("key"), RACERS, 4096, |_| unnamed).await;
     assert_no_leftovers_eventually(dir.path());
     assert_eq!(listing(dir.path()), vec!["key"]);
 }
@@ -65,79 +74,27 @@ async fn thirty_two_racers_one_winner_named_temp() {
 /// Repeated rounds, to give the race many chances to show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_rounds_of_eight_racers() {
-    for round in 0..50u32 {
+    for _ in 0..50 {
         let dir = scratch();
-        let target = dir.path().join("key");
-        let barrier = Arc::new(Barrier::new(8));
-        let mut tasks = Vec::new();
-        for id in 0..8u32 {
-            let (target, barrier) = (target.clone(), barrier.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut file = OpenOptions::new()
-                    .overwrite(false)
-                    .unnamed_temp(id % 2 == 0)
-                    .open(&target)
-                    .await
-                    .unwrap();
-                file.write_all(&tagged_version(id, 64)).await.unwrap();
-                barrier.wait().await;
-                file.commit().await.is_ok().then_some(id)
-            }));
-        }
-        let mut winners = Vec::new();
-        for t in tasks {
-            winners.extend(t.await.unwrap());
-        }
-        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
-        assert_eq!(
-            check_tagged(&std::fs::read(&target).unwrap()),
-            Some(winners[0])
-        );
+        race_for(&dir.path().join("key"), 8, 64, |id| id % 2 == 0).await;
         assert_no_leftovers_eventually(dir.path());
     }
 }
 
 /// The child half of the fallback tests: one no-clobber commit to `first`
 /// (which meets the injected refusal and remembers it), then 8 tasks race
-/// for `key`. Prints the number of winners.
+/// for `key`, with exactly one winner.
 fn child_race_after_refusal() {
     let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
     common::runtime().block_on(async {
-        let named = || {
-            OpenOptions::new()
-                .overwrite(false)
-                .unnamed_temp(false)
-                .clone()
-        };
-        let mut first = named().open(dir.join("first")).await.unwrap();
+        let named = OpenOptions::new()
+            .overwrite(false)
+            .unnamed_temp(false)
+            .clone();
+        let mut first = named.open(dir.join("first")).await.unwrap();
         first.write_all(b"first").await.unwrap();
         first.commit().await.unwrap();
-        let barrier = Arc::new(Barrier::new(8));
-        let mut tasks = Vec::new();
-        for id in 0..8u32 {
-            let (target, barrier, opts) = (dir.join("key"), barrier.clone(), named());
-            tasks.push(tokio::spawn(async move {
-                let mut file = opts.open(&target).await.unwrap();
-                file.write_all(&tagged_version(id, 100)).await.unwrap();
-                barrier.wait().await;
-                match file.commit().await {
-                    Ok(()) => Some(id),
-                    Err(e) => {
-                        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-                        None
-                    }
-                }
-            }));
-        }
-        let mut winners = Vec::new();
-        for t in tasks {
-            winners.extend(t.await.unwrap());
-        }
-        assert_eq!(winners.len(), 1, "{winners:?}");
-        assert_eq!(
-            check_tagged(&std::fs::read(dir.join("key")).unwrap()),
-            Some(winners[0])
-        );
+        race_for(&dir.join("key"), 8, 100, |_| false).await;
     });
 }
 
