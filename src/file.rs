@@ -177,8 +177,12 @@ impl AsyncWrite for AsyncAtomicFile {
             .map_err(|e| this.write_error(e).into())
     }
 
-    /// Hands everything buffered to the temp file and waits for it: not
-    /// durable, not published; only [`commit`](AsyncAtomicFile::commit) is.
+    /// Waits for the writes in flight and reports their errors. Publishes
+    /// nothing and makes nothing durable: only
+    /// [`commit`](AsyncAtomicFile::commit) does. A partly filled buffer
+    /// stays in memory, to be written by the next full buffer or by the
+    /// commit in its one hop, so a flush (such as the one that ends every
+    /// `tokio::io::copy`) costs no blocking-pool hop of its own.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.pipeline
