@@ -5,6 +5,7 @@
 //! A [`Staged`] is the cleanup guard: until it has published its temp file,
 //! dropping it removes the temp file, whichever thread drops it.
 
+mod group;
 pub(crate) mod name;
 
 use std::ffi::{OsStr, OsString};
@@ -319,11 +320,11 @@ impl Staged {
             // The rename lives in the directory: until it is synced a power
             // cut can bring the old content back.
             let after = |e| Error::after_publish(Op::SyncDir, &self.plan.target, e);
-            self.plan.dir.sync().map_err(after)?;
+            sync_dir(&self.plan.dir).map_err(after)?;
             // A rename out of another directory changed that one too: sync it
             // so that the temp name cannot come back as a second link.
             if let Some(temp_dir) = &self.temp_dir {
-                temp_dir.sync().map_err(after)?;
+                sync_dir(temp_dir).map_err(after)?;
             }
         }
         Ok(())
@@ -344,7 +345,7 @@ impl Staged {
                 if durable {
                     // btrfs can lose the data of an O_TMPFILE file fsynced
                     // before its linkat (atomic-write-file #6).
-                    sys::sync_file_data(&self.file)
+                    sys::sync_after_link(&self.file)
                         .map_err(|e| Error::after_publish(Op::SyncTemp, target, e))?;
                 }
             }
@@ -355,7 +356,7 @@ impl Staged {
                 self.temp = TempName::Named(name);
                 if durable {
                     // See above: btrfs wants the data synced after linkat.
-                    sys::sync_file_data(&self.file)
+                    sys::sync_after_link(&self.file)
                         .map_err(|e| Error::new(Op::SyncTemp, target, e))?;
                 }
                 self.rename()?;
@@ -400,6 +401,15 @@ impl Staged {
                 .map_err(|e| Error::new(Op::RemoveTemp, self.temp_dir_path.join(&name), e))?;
         }
         Ok(())
+    }
+}
+
+/// `fsync`s `dir`, sharing the `fsync` with the commits into the same
+/// directory in flight at the same time (see [`group`]).
+fn sync_dir(dir: &Dir) -> io::Result<()> {
+    match dir.id() {
+        Some(id) => group::sync_shared(id, || dir.sync()),
+        None => dir.sync(),
     }
 }
 

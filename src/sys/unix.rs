@@ -16,7 +16,7 @@ use rustix::io::Errno;
 use super::{Kind, Meta, NoReplace};
 
 #[cfg(target_os = "linux")]
-pub(crate) use super::linux::{create_unnamed, link_unnamed, random_bytes, sync_file_data};
+pub(crate) use super::linux::{create_unnamed, link_unnamed, random_bytes, sync_after_link};
 #[cfg(target_os = "macos")]
 pub(crate) use super::macos::sync_file;
 
@@ -30,6 +30,7 @@ pub(crate) const HAS_MODES: bool = true;
 pub(crate) struct Dir {
     fd: OwnedFd,
     dev: u64,
+    ino: u64,
 }
 
 impl Dir {
@@ -42,9 +43,16 @@ impl Dir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let st = rustix::fs::fstat(&fd)?;
         #[allow(clippy::unnecessary_cast)] // st_dev is i32 on macOS
-        let dev = rustix::fs::fstat(&fd)?.st_dev as u64;
-        Ok(Dir { fd, dev })
+        let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+        Ok(Dir { fd, dev, ino })
+    }
+
+    /// Device and inode numbers: which directory this is, however it was
+    /// reached.
+    pub(crate) fn id(&self) -> Option<(u64, u64)> {
+        Some((self.dev, self.ino))
     }
 
     /// The device id of the filesystem holding the directory.
@@ -246,10 +254,10 @@ pub(crate) fn random_bytes(buf: &mut [u8]) {
     super::random_bytes_portable(buf)
 }
 
-/// `fdatasync` after `link_unnamed`, which exists only on Linux: never
-/// reached elsewhere, and a full sync if it were.
+/// The sync after `link_unnamed`, which exists only on Linux: never reached
+/// elsewhere, and a full sync if it were.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn sync_file_data(file: &File) -> io::Result<()> {
+pub(crate) fn sync_after_link(file: &File) -> io::Result<()> {
     sync_file(file)
 }
 

@@ -65,6 +65,11 @@ impl Dir {
         0
     }
 
+    /// No stable identity through std: every directory syncs on its own.
+    pub(crate) fn id(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     pub(crate) fn sync(&self) -> io::Result<()> {
         Ok(())
     }
@@ -105,7 +110,7 @@ pub(crate) fn sync_file(file: &File) -> io::Result<()> {
     file.sync_all()
 }
 
-pub(crate) fn sync_file_data(file: &File) -> io::Result<()> {
+pub(crate) fn sync_after_link(file: &File) -> io::Result<()> {
     file.sync_data()
 }
 

@@ -241,12 +241,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub struct OtherFs {
     pub dir: tempfile::TempDir,
     mounted: Option<PathBuf>,
+    /// The loop device's backing file, removed after the unmount.
+    _image: Option<tempfile::TempDir>,
 }
 
 impl Drop for OtherFs {
     fn drop(&mut self) {
         if let Some(m) = &self.mounted {
-            let _ = Command::new("umount").arg(m).status();
+            let unmounted = Command::new("umount").arg(m).status();
+            if !unmounted.is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
         }
     }
 }
@@ -262,7 +267,11 @@ pub fn other_fs(than: &Path) -> Option<OtherFs> {
             .prefix("taw-other-")
             .tempdir_in("/dev/shm")
         {
-            return Some(OtherFs { dir, mounted: None });
+            return Some(OtherFs {
+                dir,
+                mounted: None,
+                _image: None,
+            });
         }
     }
     let fs = mount_tmpfs("8m")?;
@@ -289,5 +298,63 @@ pub fn mount_tmpfs(size: &str) -> Option<OtherFs> {
     ok.then(|| OtherFs {
         mounted: Some(dir.path().to_path_buf()),
         dir,
+        _image: None,
     })
+}
+
+/// The smallest image each filesystem's mkfs accepts, with some room.
+fn image_size(fs: &str) -> &'static str {
+    match fs {
+        "xfs" => "320M",
+        "btrfs" => "160M",
+        _ => "64M",
+    }
+}
+
+/// A fresh `fs` (ext4, xfs, btrfs) on a sparse image, loop-mounted on a new
+/// directory (root and `mkfs.<fs>` needed), unmounted on drop. Returns the
+/// mount, and in it a directory to work in (a fresh ext4 has `lost+found`
+/// at its root).
+pub fn mount_image(fs: &str) -> Option<(OtherFs, PathBuf)> {
+    if !is_root() || !have(&format!("mkfs.{fs}")) {
+        return None;
+    }
+    let images = scratch();
+    let image = images.path().join(format!("{fs}.img"));
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("spawn");
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    run(Command::new("truncate")
+        .args(["-s", image_size(fs)])
+        .arg(&image));
+    let force = if fs == "ext4" { "-F" } else { "-f" };
+    run(Command::new(format!("mkfs.{fs}"))
+        .args(["-q", force])
+        .arg(&image));
+    let dir = scratch();
+    run(Command::new("mount")
+        .args(["-t", fs, "-o", "loop"])
+        .arg(&image)
+        .arg(dir.path()));
+    let work = dir.path().join("work");
+    let mounted = OtherFs {
+        mounted: Some(dir.path().to_path_buf()),
+        dir,
+        _image: Some(images),
+    };
+    std::fs::create_dir(&work).unwrap();
+    Some((mounted, work))
+}
+
+/// [`mount_image`], or a visible skip (a failure in CI) when it cannot be
+/// done here.
+pub fn require_image(fs: &str) -> Option<(OtherFs, PathBuf)> {
+    let mounted = mount_image(fs);
+    require(
+        mounted.is_some(),
+        &format!("root and mkfs.{fs} for a loop mount"),
+    )
+    .then_some(mounted)
+    .flatten()
 }

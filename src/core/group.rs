@@ -1,0 +1,272 @@
+//! Group commit for directory `fsync`s: commits into one directory that are
+//! in flight together share one `fsync` of it, instead of each queueing its
+//! own behind the filesystem's journal.
+//!
+//! The rule that keeps it durable: a caller returns only after an `fsync`
+//! of the directory that *started after the caller arrived*, that is, after
+//! its own rename. Arrivals take a ticket, the number of the next `fsync`
+//! to start; while one runs, everyone arriving waits for the next one,
+//! which one of them then runs for all. A failed `fsync` fails every commit
+//! it covered, with the same error, and is never retried: after a failed
+//! `fsync` the kernel may have dropped the dirty state, so a retry can
+//! succeed without having written anything.
+//!
+//! Plain `std` locks: the callers are blocking-pool threads.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+
+/// Which directory: its device and inode numbers.
+pub(crate) type DirId = (u64, u64);
+
+/// The directories being synced right now. A group leaves with its last
+/// user, so the map holds only directories in use.
+static GROUPS: LazyLock<Mutex<HashMap<DirId, Arc<Group>>>> = LazyLock::new(Mutex::default);
+
+#[derive(Default)]
+struct Group {
+    state: Mutex<State>,
+    synced: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Callers inside [`sync_shared`] for this directory.
+    users: usize,
+    /// Whether an `fsync` is running.
+    running: bool,
+    /// The number the next `fsync` to start will have.
+    next: u64,
+    /// The number of the last `fsync` that finished; 0 for none (numbers
+    /// start at 1).
+    done: u64,
+    /// Tickets taken for `next`.
+    waiting_for_next: usize,
+    /// Failed `fsync`s whose callers have not all picked up the error.
+    failures: Vec<Failure>,
+}
+
+struct Failure {
+    number: u64,
+    error: Option<io::Error>,
+    /// Callers it covered that have not yet taken their copy.
+    left: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here panics while holding a lock; if something did, the state
+    // is still consistent enough to go on.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Returns once an `fsync` of directory `id` that started after this call
+/// has finished: run by this caller with `sync`, or by another caller for
+/// everyone waiting. Its error is every covered caller's error.
+pub(crate) fn sync_shared(id: DirId, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let group = {
+        let mut groups = lock(&GROUPS);
+        let group = Arc::clone(groups.entry(id).or_default());
+        lock(&group.state).users += 1;
+        group
+    };
+    let result = group.wait_for_sync(sync);
+    let mut groups = lock(&GROUPS);
+    let mut state = lock(&group.state);
+    state.users -= 1;
+    if state.users == 0 {
+        groups.remove(&id);
+    }
+    result
+}
+
+impl Group {
+    fn wait_for_sync(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if state.next == 0 {
+            state.next = 1;
+        }
+        let ticket = state.next;
+        state.waiting_for_next += 1;
+        let mut sync = Some(sync);
+        loop {
+            if state.done >= ticket {
+                return state.result_of(ticket);
+            }
+            if state.running {
+                state = self
+                    .synced
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // Nothing runs and ours has not run: ours is the next one
+            // (`next == ticket`), and this caller starts it for everyone
+            // who took the same ticket.
+            let number = state.next;
+            debug_assert_eq!(number, ticket);
+            state.next += 1;
+            state.running = true;
+            let covered = std::mem::take(&mut state.waiting_for_next);
+            drop(state);
+            let sync = sync.take().expect("a caller leads at most once");
+            let mut finish = Finish {
+                group: self,
+                number,
+                covered,
+                result: None,
+            };
+            finish.result = Some(sync());
+            drop(finish);
+            state = lock(&self.state);
+        }
+    }
+}
+
+impl State {
+    /// The outcome of `fsync` number `ticket` for one of the callers it
+    /// covered.
+    fn result_of(&mut self, ticket: u64) -> io::Result<()> {
+        let Some(i) = self.failures.iter().position(|f| f.number == ticket) else {
+            return Ok(());
+        };
+        let failure = &mut self.failures[i];
+        failure.left -= 1;
+        if failure.left > 0 {
+            let e = failure.error.as_ref().expect("kept until the last caller");
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
+        // The last caller takes the original, source and all.
+        let error = self.failures.swap_remove(i).error;
+        Err(error.expect("kept until the last caller"))
+    }
+}
+
+/// Records the end of `fsync` number `number`, even if it unwound: the
+/// waiters must never wait for a leader that is gone.
+struct Finish<'a> {
+    group: &'a Group,
+    number: u64,
+    covered: usize,
+    /// `None` while the `fsync` runs: still `None` when dropped, it
+    /// unwound.
+    result: Option<io::Result<()>>,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.group.state);
+        state.running = false;
+        state.done = self.number;
+        let error = match self.result.take() {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e),
+            None => Some(io::Error::other("the directory fsync panicked")),
+        };
+        if error.is_some() {
+            state.failures.push(Failure {
+                number: self.number,
+                error,
+                left: self.covered,
+            });
+        }
+        drop(state);
+        self.group.synced.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Barrier;
+    use std::thread;
+    use std::time::Duration;
+
+    fn id(n: u64) -> DirId {
+        (u64::MAX, n)
+    }
+
+    #[test]
+    fn alone_a_caller_runs_its_own_sync() {
+        let runs = AtomicUsize::new(0);
+        sync_shared(id(1), || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(!lock(&GROUPS).contains_key(&id(1)), "the group left");
+    }
+
+    #[test]
+    fn callers_arriving_during_a_sync_share_the_next_one() {
+        // The first sync blocks until 7 more callers wait behind it; they
+        // must then be served by exactly one more sync, which started after
+        // all of them arrived.
+        let runs = AtomicUsize::new(0);
+        let arrived = AtomicUsize::new(0);
+        let release = Barrier::new(2);
+        thread::scope(|s| {
+            s.spawn(|| {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                sync_shared(id(2), || {
+                    release.wait();
+                    // Let the other seven reach the wait.
+                    while lock(&GROUPS)[&id(2)].state.lock().unwrap().waiting_for_next < 7 {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .unwrap();
+            });
+            release.wait();
+            for _ in 0..7 {
+                s.spawn(|| {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    sync_shared(id(2), || {
+                        assert_eq!(arrived.load(Ordering::SeqCst), 8, "started after all");
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "one sync for the seven");
+    }
+
+    #[test]
+    fn a_failure_reaches_every_covered_caller_and_no_later_one() {
+        let release = Barrier::new(2);
+        let results = Mutex::new(Vec::new());
+        thread::scope(|s| {
+            s.spawn(|| {
+                sync_shared(id(3), || {
+                    release.wait();
+                    while lock(&GROUPS)[&id(3)].state.lock().unwrap().waiting_for_next < 4 {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            });
+            release.wait();
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let r = sync_shared(id(3), || Err(io::Error::other("EIO from the disk")));
+                    lock(&results).push(r);
+                });
+            }
+        });
+        let results = results.into_inner().unwrap();
+        assert_eq!(results.len(), 4);
+        for r in &results {
+            let e = r.as_ref().unwrap_err();
+            assert_eq!(e.to_string(), "EIO from the disk");
+        }
+        // A later caller gets a sync of its own, not the old failure.
+        sync_shared(id(3), || Ok(())).unwrap();
+    }
+}
