@@ -234,7 +234,10 @@ impl Bench {
 
 /// W1: 256 MiB through `tokio::io::copy`, 8 KiB per read; each run starts
 /// with a clean page cache and no old file to free.
-fn streaming(c: &mut Criterion, bench: &Bench, durable: bool) {
+fn streaming(c: &mut Criterion, durable: bool) {
+    // A runtime and a directory of its own: no blocking threads or files
+    // left over from another workload.
+    let bench = &Bench::new();
     let name = if durable {
         "w1a_stream_full"
     } else {
@@ -283,7 +286,10 @@ fn streaming(c: &mut Criterion, bench: &Bench, durable: bool) {
 const BUFFER_SIZES_KIB: [usize; 5] = [64, 256, 512, 2048, 8192];
 
 /// W2 and W4: 4 KiB files, one after another, each replacing the last.
-fn small(c: &mut Criterion, bench: &Bench, durable: bool) {
+fn small(c: &mut Criterion, durable: bool) {
+    // A runtime and a directory of its own: no blocking threads or files
+    // left over from another workload.
+    let bench = &Bench::new();
     let name = if durable {
         "w2_small_full"
     } else {
@@ -323,7 +329,10 @@ fn small(c: &mut Criterion, bench: &Bench, durable: bool) {
 
 /// W3: 256 tasks (threads for raw std) each commit a 4 KiB file into one
 /// directory, all at once. One iteration is all 256 commits.
-fn concurrent(c: &mut Criterion, bench: &Bench) {
+fn concurrent(c: &mut Criterion) {
+    // A runtime and a directory of its own: no blocking threads or files
+    // left over from another workload.
+    let bench = &Bench::new();
     let mut g = c.benchmark_group("w3_concurrent_full");
     g.throughput(Throughput::Elements(TASKS as u64))
         .sample_size(10)
@@ -570,11 +579,11 @@ fn main() {
     let started = Instant::now();
     let bench = Bench::new();
     let mut c = Criterion::default().configure_from_args();
-    streaming(&mut c, &bench, true);
-    streaming(&mut c, &bench, false);
-    small(&mut c, &bench, true);
-    concurrent(&mut c, &bench);
-    small(&mut c, &bench, false);
+    streaming(&mut c, true);
+    streaming(&mut c, false);
+    small(&mut c, true);
+    concurrent(&mut c);
+    small(&mut c, false);
     // `cargo bench -- <filter>` runs only some groups; W5 runs with "w5" or
     // no filter. `cargo test --benches` passes `--bench`-less args: skip.
     let args: Vec<String> = std::env::args()

@@ -1,15 +1,23 @@
 //! The double-buffered write pipeline behind [`AsyncAtomicFile`]: small
-//! writes gather in memory; a full buffer goes to the pool as one job while
-//! the next one fills. Pure state machine: generic over the sink (any
-//! `io::Write`) and the pool, so the tests drive it with a fake pool that
-//! they step by hand.
+//! writes gather in memory; a full buffer goes to the pool while the next
+//! one fills. Pure state machine: generic over the sink (any `io::Write`)
+//! and the pool, so the tests drive it with a fake pool that they step by
+//! hand.
+//!
+//! A job on the pool writes one buffer, then any buffer queued behind it
+//! meanwhile, handing each written buffer back for the next fill: while
+//! the caller keeps up, one hop carries many buffers and the writing
+//! thread never waits for a wake-up between them. There are never more
+//! than two buffers: when both are out (one being written, one queued) the
+//! caller waits for the first to come back.
 //!
 //! [`AsyncAtomicFile`]: crate::AsyncAtomicFile
 
 use std::future::Future;
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
 
 /// Somewhere to run blocking jobs: the Tokio blocking pool, or a test fake.
 pub(crate) trait Pool {
@@ -24,23 +32,49 @@ pub(crate) trait Pool {
         T: Send + 'static;
 }
 
-/// What a write job hands back: the sink, the emptied buffer, the outcome.
+/// What a write job hands back: the sink, its last buffer emptied, the
+/// outcome.
 type Job<W> = (W, Vec<u8>, io::Result<()>);
+
+/// Between the caller and a running job: one buffer queued for the job,
+/// one written buffer handed back.
+#[derive(Default)]
+struct Handoff {
+    /// A full buffer for the job to write after its current one.
+    queued: Option<Vec<u8>>,
+    /// A buffer the job has written, emptied, for the caller to fill.
+    free: Option<Vec<u8>>,
+    /// False once the job is ending (nothing more to write, an error, or
+    /// the caller gone): nothing may be queued any more.
+    accepting: bool,
+    /// The caller, waiting for `free`.
+    waker: Option<Waker>,
+}
+
+type Shared = Arc<Mutex<Handoff>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Handoff> {
+    // Nothing panics while holding the lock; a poisoned one is still whole.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 enum State<W: Send + 'static, P: Pool> {
     /// No job in flight. `None` once the sink is gone: taken, or lost with a
     /// job that panicked (its drop ran on the pool).
     Idle(Option<W>),
     /// A job owns the sink and a buffer.
-    Busy(P::Handle<Job<W>>),
+    Busy(P::Handle<Job<W>>, Shared),
 }
 
-/// The pipeline. Holds at most two buffers: the one filling and the one in
-/// flight (or kept as the spare).
+/// The pipeline. Holds at most two buffers: the one filling (unless
+/// `lent`), the one in the job, the one queued or handed back, the spare.
 pub(crate) struct Pipeline<W: Send + 'static, P: Pool> {
     state: State<W, P>,
     /// The buffer being filled.
     buf: Vec<u8>,
+    /// True when the filled buffer went to the queue and the caller waits
+    /// for the job to hand one back before writing more.
+    lent: bool,
     /// The buffer the last job returned, emptied, to fill next.
     spare: Vec<u8>,
     capacity: usize,
@@ -58,6 +92,7 @@ where
         Pipeline {
             state: State::Idle(Some(sink)),
             buf: Vec::new(),
+            lent: false,
             spare: Vec::new(),
             capacity: capacity.max(1),
             error: None,
@@ -74,8 +109,7 @@ where
         self.error.get_or_insert(e);
     }
 
-    /// Accepts bytes into the buffer; waits only when the buffer is full and
-    /// the previous job is still running.
+    /// Accepts bytes into the buffer; waits only when both buffers are out.
     pub(crate) fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -88,11 +122,13 @@ where
             return Poll::Ready(Ok(0));
         }
         if self.buf.len() >= self.capacity {
-            ready!(self.poll_idle(cx));
-            if let Some(e) = self.sticky() {
-                return Poll::Ready(Err(e));
-            }
-            self.submit();
+            ready!(self.poll_send(cx));
+        }
+        if self.lent {
+            ready!(self.poll_reclaim(cx));
+        }
+        if let Some(e) = self.sticky() {
+            return Poll::Ready(Err(e));
         }
         let n = data.len().min(self.capacity - self.buf.len());
         if self.buf.capacity() - self.buf.len() < n {
@@ -105,21 +141,58 @@ where
         }
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == self.capacity {
-            // Hand the full buffer over now if the pool is free, so it is
-            // written while the caller produces the next one. Any error
+            // Hand the full buffer over now if that needs no waiting, so it
+            // is written while the caller produces the next one. Any error
             // surfaces on the next call: these `n` bytes are accepted.
-            if self.poll_idle(cx).is_ready() && self.error.is_none() {
-                self.submit();
-            }
+            let _ = self.poll_send(cx);
         }
         Poll::Ready(Ok(n))
     }
 
-    /// Waits for the job in flight and reports the first error. A full
-    /// buffer goes out first; a partial one stays for the next write or for
-    /// the commit, which writes it in the hop it needs anyway: flushing an
-    /// atomic file publishes nothing, so it should not cost a hop of its
-    /// own (`tokio::io::copy` flushes once at the end of every copy).
+    /// Hands the full buffer over: to a new job when idle, else queued
+    /// behind the running job. Waits only for a job that is ending.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.error.is_some() {
+                return Poll::Ready(());
+            }
+            let State::Busy(_, shared) = &self.state else {
+                self.submit();
+                return Poll::Ready(());
+            };
+            {
+                let mut handoff = lock(shared);
+                if handoff.accepting && handoff.queued.is_none() {
+                    handoff.queued = Some(std::mem::take(&mut self.buf));
+                    self.lent = true;
+                    return Poll::Ready(());
+                }
+            }
+            ready!(self.poll_idle(cx));
+        }
+    }
+
+    /// After `poll_send` queued the buffer: waits for the job to hand one
+    /// back, or to end.
+    fn poll_reclaim(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let State::Busy(_, shared) = &self.state {
+            let mut handoff = lock(shared);
+            if let Some(free) = handoff.free.take() {
+                self.buf = free;
+                self.lent = false;
+                return Poll::Ready(());
+            }
+            handoff.waker = Some(cx.waker().clone());
+        }
+        // Ending, the job hands everything back (see `poll_idle`).
+        self.poll_idle(cx)
+    }
+
+    /// Writes out every full buffer and waits for the job in flight,
+    /// reporting the first error. A partial buffer stays for the next write
+    /// or for the commit, which writes it in the hop it needs anyway:
+    /// flushing an atomic file publishes nothing, so it should not cost a
+    /// hop of its own (`tokio::io::copy` flushes once at the end).
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_idle(cx));
         if self.error.is_none() && self.buf.len() >= self.capacity {
@@ -132,23 +205,35 @@ where
         })
     }
 
-    /// Waits until no job is in flight, recording its outcome.
+    /// Waits until no job is in flight, recording its outcome and taking
+    /// back every buffer.
     pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let State::Busy(handle) = &mut self.state {
-            let outcome = ready!(Pin::new(handle).poll(cx));
-            match outcome {
-                Ok((sink, mut buf, result)) => {
-                    buf.clear();
-                    self.spare = buf;
-                    self.state = State::Idle(Some(sink));
-                    if let Err(e) = result {
-                        self.fail(e);
-                    }
-                }
-                Err(e) => {
-                    self.state = State::Idle(None);
+        let State::Busy(handle, shared) = &mut self.state else {
+            return Poll::Ready(());
+        };
+        let outcome = ready!(Pin::new(handle).poll(cx));
+        let (free, queued) = {
+            let mut handoff = lock(shared);
+            (handoff.free.take(), handoff.queued.take())
+        };
+        if self.lent {
+            // An error left the queued buffer unwritten: the error is sticky
+            // and the bytes are lost either way.
+            self.buf = free.or(queued).unwrap_or_default();
+            self.buf.clear();
+            self.lent = false;
+        }
+        match outcome {
+            Ok((sink, buf, result)) => {
+                self.spare = buf;
+                self.state = State::Idle(Some(sink));
+                if let Err(e) = result {
                     self.fail(e);
                 }
+            }
+            Err(e) => {
+                self.state = State::Idle(None);
+                self.fail(e);
             }
         }
         Poll::Ready(())
@@ -159,16 +244,18 @@ where
         let State::Idle(sink) = &mut self.state else {
             unreachable!("submit while busy")
         };
-        let Some(mut sink) = sink.take() else {
+        let Some(sink) = sink.take() else {
             // The sink was lost with a failed job, which set the error.
             return;
         };
         let next = std::mem::take(&mut self.spare);
         let buf = std::mem::replace(&mut self.buf, next);
-        self.state = State::Busy(P::spawn(move || {
-            let result = sink.write_all(&buf);
-            (sink, buf, result)
+        let shared = Arc::new(Mutex::new(Handoff {
+            accepting: true,
+            ..Handoff::default()
         }));
+        let job_shared = Arc::clone(&shared);
+        self.state = State::Busy(P::spawn(move || write_job(sink, buf, &job_shared)), shared);
     }
 
     /// Once idle: the sink and the bytes still buffered, or the first error
@@ -186,7 +273,7 @@ where
                     "the file was already committed or rolled back",
                 )),
             },
-            State::Busy(_) => unreachable!("take_parts while busy"),
+            State::Busy(..) => unreachable!("take_parts while busy"),
         }
     }
 
@@ -195,7 +282,7 @@ where
     pub(crate) fn take_sink(&mut self) -> Option<W> {
         match &mut self.state {
             State::Idle(sink) => sink.take(),
-            State::Busy(_) => None,
+            State::Busy(..) => None,
         }
     }
 
@@ -203,7 +290,7 @@ where
     pub(crate) fn describe(&self) -> &'static str {
         match (&self.state, &self.error) {
             (_, Some(_)) => "failed",
-            (State::Busy(_), None) => "busy",
+            (State::Busy(..), None) => "busy",
             (State::Idle(Some(_)), None) => "idle",
             (State::Idle(None), None) => "done",
         }
@@ -212,6 +299,43 @@ where
     /// Bytes accepted but not yet handed to the pool.
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len()
+    }
+}
+
+impl<W: Send + 'static, P: Pool> Drop for Pipeline<W, P> {
+    /// A job still running stops after its current buffer: what is queued
+    /// would be thrown away with the file anyway.
+    fn drop(&mut self) {
+        if let State::Busy(_, shared) = &self.state {
+            let mut handoff = lock(shared);
+            handoff.accepting = false;
+            handoff.queued = None;
+        }
+    }
+}
+
+/// The job: writes `buf`, then each buffer queued meanwhile, handing every
+/// written one back; ends when nothing is queued, at the first error, or
+/// when the caller is gone.
+fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared) -> Job<W> {
+    loop {
+        let result = sink.write_all(&buf);
+        buf.clear();
+        let mut handoff = lock(shared);
+        let next = match (&result, handoff.accepting) {
+            (Ok(()), true) => handoff.queued.take(),
+            _ => None,
+        };
+        let Some(next) = next else {
+            handoff.accepting = false;
+            return (sink, buf, result);
+        };
+        handoff.free = Some(std::mem::replace(&mut buf, next));
+        let waker = handoff.waker.take();
+        drop(handoff);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -386,6 +510,74 @@ mod tests {
         assert_eq!(&*s.data.lock().unwrap(), b"abcdefghijkl");
     }
 
+    /// Buffers allocated and alive: the one filling, the spare, the one
+    /// the job holds, the one queued or handed back.
+    fn buffers_held(p: &Pipeline<Sink, FakePool>) -> usize {
+        let alloc = |b: &Vec<u8>| usize::from(b.capacity() > 0);
+        let mut n = alloc(&p.buf) + alloc(&p.spare);
+        if let State::Busy(_, shared) = &p.state {
+            let handoff = lock(shared);
+            n += 1
+                + handoff.queued.as_ref().map_or(0, alloc)
+                + handoff.free.as_ref().map_or(0, alloc);
+        }
+        n
+    }
+
+    #[test]
+    fn a_buffer_filled_during_a_job_queues_behind_it_without_a_hop() {
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        let before = spawned();
+        assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
+        assert_eq!(spawned() - before, 1, "the first buffer starts a job");
+        assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
+        assert_eq!(spawned() - before, 1, "the second is queued behind it");
+        assert!(p.lent, "both buffers are out");
+        assert!(p.poll_write(&mut cx, b"ijkl").is_pending(), "a third waits");
+        assert_eq!(buffers_held(&p), 2);
+        // The one job writes both buffers and hands the first back.
+        assert_eq!(run_jobs(), 1);
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefgh");
+        assert!(matches!(p.poll_write(&mut cx, b"ijkl"), Poll::Ready(Ok(4))));
+        drive(|cx| p.poll_flush(cx)).unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefghijkl");
+        assert_eq!(spawned() - before, 2, "three buffers, two hops");
+        assert!(buffers_held(&p) <= 2);
+    }
+
+    #[test]
+    fn a_dropped_pipeline_stops_its_job_after_the_current_buffer() {
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
+        assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
+        drop(p);
+        run_jobs();
+        assert_eq!(
+            &*s.data.lock().unwrap(),
+            b"abcd",
+            "the queued buffer is dropped"
+        );
+    }
+
+    #[test]
+    fn an_error_with_a_buffer_queued_is_sticky_and_gives_the_buffer_back() {
+        let s = sink(usize::MAX, Some(0));
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s, 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
+        assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
+        run_jobs();
+        let err = drive(|cx| p.poll_write(cx, b"ijkl")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(!p.lent);
+        assert!(buffers_held(&p) <= 2);
+        assert_eq!(p.take_parts().err().unwrap().to_string(), "disk full");
+    }
+
     #[test]
     fn errors_are_sticky_and_kept_whole() {
         let s = sink(usize::MAX, Some(0));
@@ -461,6 +653,7 @@ mod tests {
                     prop_assert!(n > 0 && n <= chunk.len());
                     chunk = &chunk[n..];
                     prop_assert!(p.buf.capacity() <= capacity && p.spare.capacity() <= capacity);
+                    prop_assert!(buffers_held(&p) <= 2, "{} buffers", buffers_held(&p));
                 }
                 rest = &rest[len..];
             }

@@ -229,9 +229,12 @@ async fn each_operation_is_one_pool_hop() {
     let mut reader = &data[..];
     tokio::io::copy(&mut reader, &mut file).await.unwrap();
     file.commit().await.unwrap();
-    // open + 10 full buffers + commit (which writes the last 5 bytes): the
-    // flush that `copy` ends with is no hop.
-    assert_eq!(pool_hops_from_this_thread() - h0, 12);
+    // open + at most one per full buffer (a buffer filled while a job runs
+    // is queued behind it, no hop) + commit, which writes the last 5 bytes:
+    // the 80 chunks of 8 KiB cost no hop each, nor does the flush that
+    // `copy` ends with.
+    let hops = pool_hops_from_this_thread() - h0;
+    assert!((3..=12).contains(&hops), "{hops} hops");
     assert_eq!(std::fs::read(&target).unwrap(), data);
 }
 
