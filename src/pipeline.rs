@@ -16,11 +16,23 @@
 use std::future::Future;
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+/// How long a job that has written its buffer waits for the next one
+/// before it ends. The caller refills a buffer far faster than the disk
+/// or the page cache takes one, but only after a wake-up, which on a busy
+/// or virtual machine can take hundreds of microseconds: without the wait
+/// the chain of buffers breaks and each costs a hop again. A caller that
+/// is done (flush, commit, drop) ends the wait at once.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// Somewhere to run blocking jobs: the Tokio blocking pool, or a test fake.
 pub(crate) trait Pool {
+    /// How long a write job waits for the next buffer; see [`LINGER`].
+    const LINGER: Duration = LINGER;
+
     /// Resolves to the job's result, or an error if the job panicked or
     /// never ran.
     type Handle<T: Send + 'static>: Future<Output = io::Result<T>> + Unpin + Send + Sync;
@@ -44,18 +56,29 @@ struct Handoff {
     queued: Option<Vec<u8>>,
     /// A buffer the job has written, emptied, for the caller to fill.
     free: Option<Vec<u8>>,
-    /// False once the job is ending (nothing more to write, an error, or
-    /// the caller gone): nothing may be queued any more.
+    /// False once the job is ending (nothing more to write, an error) or
+    /// the caller has closed the queue: nothing may be queued any more, and
+    /// the job does not wait for more.
     accepting: bool,
     /// The caller, waiting for `free`.
     waker: Option<Waker>,
 }
 
-type Shared = Arc<Mutex<Handoff>>;
+/// The hand-off, and the job waiting for `queued` to fill.
+type Shared = Arc<(Mutex<Handoff>, Condvar)>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Handoff> {
     // Nothing panics while holding the lock; a poisoned one is still whole.
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+    shared.0.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Tells the job that nothing more will be queued, so that it ends as soon
+/// as its current buffer is written.
+fn close(shared: &Shared) {
+    let mut handoff = lock(shared);
+    handoff.accepting = false;
+    drop(handoff);
+    shared.1.notify_all();
 }
 
 enum State<W: Send + 'static, P: Pool> {
@@ -165,10 +188,12 @@ where
                 if handoff.accepting && handoff.queued.is_none() {
                     handoff.queued = Some(std::mem::take(&mut self.buf));
                     self.lent = true;
+                    drop(handoff);
+                    shared.1.notify_all();
                     return Poll::Ready(());
                 }
             }
-            ready!(self.poll_idle(cx));
+            ready!(self.poll_job(cx));
         }
     }
 
@@ -184,8 +209,8 @@ where
             }
             handoff.waker = Some(cx.waker().clone());
         }
-        // Ending, the job hands everything back (see `poll_idle`).
-        self.poll_idle(cx)
+        // Ending, the job hands everything back (see `poll_job`).
+        self.poll_job(cx)
     }
 
     /// Writes out every full buffer and waits for the job in flight,
@@ -205,9 +230,18 @@ where
         })
     }
 
-    /// Waits until no job is in flight, recording its outcome and taking
-    /// back every buffer.
+    /// Waits until no job is in flight, telling a running one that nothing
+    /// more will come.
     pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let State::Busy(_, shared) = &self.state {
+            close(shared);
+        }
+        self.poll_job(cx)
+    }
+
+    /// Waits for the running job to end, recording its outcome and taking
+    /// back every buffer.
+    fn poll_job(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let State::Busy(handle, shared) = &mut self.state else {
             return Poll::Ready(());
         };
@@ -250,12 +284,14 @@ where
         };
         let next = std::mem::take(&mut self.spare);
         let buf = std::mem::replace(&mut self.buf, next);
-        let shared = Arc::new(Mutex::new(Handoff {
+        let handoff = Handoff {
             accepting: true,
             ..Handoff::default()
-        }));
+        };
+        let shared = Arc::new((Mutex::new(handoff), Condvar::new()));
         let job_shared = Arc::clone(&shared);
-        self.state = State::Busy(P::spawn(move || write_job(sink, buf, &job_shared)), shared);
+        let job = move || write_job(sink, buf, &job_shared, P::LINGER);
+        self.state = State::Busy(P::spawn(job), shared);
     }
 
     /// Once idle: the sink and the bytes still buffered, or the first error
@@ -307,24 +343,32 @@ impl<W: Send + 'static, P: Pool> Drop for Pipeline<W, P> {
     /// would be thrown away with the file anyway.
     fn drop(&mut self) {
         if let State::Busy(_, shared) = &self.state {
-            let mut handoff = lock(shared);
-            handoff.accepting = false;
-            handoff.queued = None;
+            lock(shared).queued = None;
+            close(shared);
         }
     }
 }
 
-/// The job: writes `buf`, then each buffer queued meanwhile, handing every
-/// written one back; ends when nothing is queued, at the first error, or
-/// when the caller is gone.
-fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared) -> Job<W> {
+/// The job: writes `buf`, then each buffer queued meanwhile or within
+/// [`LINGER`], handing every written one back; ends when nothing comes, at
+/// the first error, or when the caller closes the queue.
+fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: Duration) -> Job<W> {
     loop {
         let result = sink.write_all(&buf);
         buf.clear();
         let mut handoff = lock(shared);
-        let next = match (&result, handoff.accepting) {
-            (Ok(()), true) => handoff.queued.take(),
-            _ => None,
+        if result.is_ok() && handoff.accepting && handoff.queued.is_none() {
+            handoff = shared
+                .1
+                .wait_timeout_while(handoff, linger, |h| h.accepting && h.queued.is_none())
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        // A closed queue still has its last buffer written: closing only
+        // ends the wait. (A dropped pipeline empties the queue first.)
+        let next = match result {
+            Ok(()) => handoff.queued.take(),
+            Err(_) => None,
         };
         let Some(next) = next else {
             handoff.accepting = false;
@@ -381,6 +425,9 @@ mod tests {
     }
 
     impl Pool for FakePool {
+        // Jobs run on the test's own thread: nobody can queue while one
+        // waits.
+        const LINGER: Duration = Duration::ZERO;
         type Handle<T: Send + 'static> = FakeHandle<T>;
         fn spawn<T, F>(job: F) -> FakeHandle<T>
         where
@@ -545,6 +592,20 @@ mod tests {
         assert_eq!(&*s.data.lock().unwrap(), b"abcdefghijkl");
         assert_eq!(spawned() - before, 2, "three buffers, two hops");
         assert!(buffers_held(&p) <= 2);
+    }
+
+    #[test]
+    fn a_flush_writes_the_buffer_queued_behind_the_job() {
+        // Closing the queue (flush, commit) ends the job's wait for more,
+        // not the writing of what is already queued.
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
+        assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
+        drive(|cx| p.poll_flush(cx)).unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefgh");
+        assert!(p.take_parts().unwrap().1.is_empty());
     }
 
     #[test]
