@@ -37,12 +37,14 @@
 //!          or openat(dir, ".{name}.{random}.tmp",
 //!                    O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, mode)   elsewhere
 //!          fchown, fchmod                                         to the target's
-//! write    buffer in memory; each full buffer: write(temp) on the blocking pool
+//! write    buffer in memory; a full buffer: write(temp) on the blocking
+//!          pool while the next fills, queued behind a running job (no hop)
 //! commit   write(rest); fsync(temp)
-//!          replace:     [linkat(temp -> .{name}.{random}.tmp); fdatasync(temp)]
+//!          replace:     [linkat(temp -> .{name}.{random}.tmp);
+//!                        fdatasync(temp) on btrfs and unknown filesystems]
 //!                       renameat(temp name -> name)
 //!          no-clobber:  linkat(temp -> name)  or  renameat2(RENAME_NOREPLACE)
-//!          fsync(dir)
+//!          fsync(dir), shared by the commits into it in flight together
 //! drop     unlinkat(temp name) on the blocking pool (O_TMPFILE: close)
 //! ```
 //!
