@@ -133,7 +133,8 @@ pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
 /// atomic [`tokio::fs::write`](https://docs.rs/tokio/1/tokio/fs/fn.write.html).
 ///
 /// The whole job (open, write, `fsync`, rename, directory `fsync`) runs in
-/// one trip to the blocking pool. `contents` is copied once, as
+/// one trip to the blocking pool. [`OpenOptions::write`] does the same with
+/// other options. `contents` is copied once, as
 /// `tokio::fs::write` does, so that it can move to that thread.
 ///
 /// # Errors
@@ -158,12 +159,7 @@ pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
 /// # }
 /// ```
 pub async fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<(), Error> {
-    let target = path.as_ref().to_path_buf();
-    let contents = contents.as_ref().to_vec();
-    let path = target.clone();
-    blocking::run(move || core::write(&OpenOptions::new(), path, &contents))
-        .await
-        .map_err(|e| Error::new(Op::Open, target, e))?
+    OpenOptions::new().write(path, contents).await
 }
 
 /// The README's code, compiled as a doctest so that it cannot rot.

@@ -214,4 +214,53 @@ impl OpenOptions {
     pub async fn open(&self, path: impl AsRef<Path>) -> Result<AsyncAtomicFile, Error> {
         AsyncAtomicFile::open_with(self.clone(), path.as_ref().to_path_buf()).await
     }
+
+    /// Replaces the file at `path` with `contents` under these options: the
+    /// whole open, write and commit in **one** trip to the blocking pool,
+    /// where [`open`](Self::open) + [`commit`](AsyncAtomicFile::commit)
+    /// take two. For small files written whole (a state file), where a trip
+    /// costs as much as the writing; [`write`](crate::write) is this with
+    /// the default options. `contents` is copied once, to move to the pool;
+    /// `buffer_size` plays no part.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open) and [`AsyncAtomicFile::commit`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before its first poll does nothing. After that
+    /// the write runs to its end on the pool: the target ends up whole, old
+    /// or new.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("cache.bin");
+    /// use tokio_atomic_write::{Durability, OpenOptions};
+    ///
+    /// // A cache entry that can be rebuilt: atomic, not worth an fsync.
+    /// OpenOptions::new()
+    ///     .durability(Durability::None)
+    ///     .write(&path, b"rebuilt at startup")
+    ///     .await?;
+    /// assert_eq!(std::fs::read(&path)?, b"rebuilt at startup");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write(
+        &self,
+        path: impl AsRef<Path>,
+        contents: impl AsRef<[u8]>,
+    ) -> Result<(), Error> {
+        let target = path.as_ref().to_path_buf();
+        let contents = contents.as_ref().to_vec();
+        let (opts, path) = (self.clone(), target.clone());
+        crate::blocking::run(move || crate::core::write(&opts, path, &contents))
+            .await
+            .map_err(|e| Error::new(crate::Op::Open, target, e))?
+    }
 }

@@ -201,6 +201,21 @@ async fn each_operation_is_one_pool_hop() {
     assert_eq!(pool_hops_from_this_thread() - h0, 1, "write() is one hop");
 
     let h0 = pool_hops_from_this_thread();
+    OpenOptions::new()
+        .durability(Durability::None)
+        .mode(0o640)
+        .write(&target, b"with options")
+        .await
+        .unwrap();
+    assert_eq!(
+        pool_hops_from_this_thread() - h0,
+        1,
+        "so is OpenOptions::write"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"with options");
+    assert_eq!(mode_of(&target), 0o640, "the options apply");
+
+    let h0 = pool_hops_from_this_thread();
     let mut file = AsyncAtomicFile::create(&target).await.unwrap();
     assert_eq!(pool_hops_from_this_thread() - h0, 1, "open is one hop");
     for _ in 0..100 {
@@ -310,4 +325,22 @@ proptest::proptest! {
         proptest::prop_assert_eq!(std::fs::read(&target).unwrap(), data);
         assert_no_leftovers(dir.path());
     }
+}
+
+/// `OpenOptions::write` is open + commit under the options, in one hop:
+/// no-clobber refuses an existing target and leaves nothing behind.
+#[tokio::test]
+async fn open_options_write_honours_no_clobber() {
+    let dir = scratch();
+    let target = dir.path().join("t");
+    std::fs::write(&target, b"first").unwrap();
+    let err = OpenOptions::new()
+        .overwrite(false)
+        .write(&target, b"second")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert!(!err.is_published());
+    assert_eq!(std::fs::read(&target).unwrap(), b"first");
+    assert_no_leftovers(dir.path());
 }
