@@ -1,8 +1,15 @@
 //! Issue #3's benches: this crate against its peers, every workload in one
-//! run, ratios printed (and written to `target/criterion/peers.md`) at the
-//! end.
+//! run.
 //!
-//! `cargo bench --bench peers`
+//! `cargo bench --bench peers` (or `-- w2` and the like for some workloads)
+//!
+//! Two passes over the same peers. First criterion, one peer after the
+//! other, for its reports. Then an interleaved pass: round after round,
+//! every peer runs once in turn (the first one rotating), and the medians
+//! per peer give the ratio table printed at the end and written to
+//! `target/criterion/peers.md`. On a shared machine whose speed drifts by
+//! 2x over minutes, only the interleaved ratios compare peers under the
+//! same conditions; criterion's sequential medians do not.
 //!
 //! Peers, each doing the same work with the same guarantees:
 //! - `a_raw_std`: std syscalls on the bench's own thread: write in 1 MiB
@@ -24,14 +31,15 @@
 //! once; W5 measures peak RSS while streaming 1 GiB, in a child process.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use criterion::{measurement::WallTime, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use criterion::{Criterion, SamplingMode, Throughput};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::runtime::Runtime;
 use tokio_atomic_write::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
@@ -164,12 +172,14 @@ async fn ours(target: PathBuf, len: u64, durability: Durability, buffer: usize) 
     Ok(())
 }
 
-/// This crate's one-shot `write()`.
-async fn ours_write_fn(target: PathBuf) -> io::Result<()> {
-    Ok(tokio_atomic_write::write(&target, &PATTERN[..SMALL as usize]).await?)
+/// This crate's one-hop `OpenOptions::write` (what `write()` does with the
+/// default options).
+async fn ours_write_fn(target: PathBuf, durability: Durability) -> io::Result<()> {
+    let data = &PATTERN[..SMALL as usize];
+    let mut opts = OpenOptions::new();
+    opts.durability(durability);
+    Ok(opts.write(&target, data).await?)
 }
-
-type Group<'a> = BenchmarkGroup<'a, WallTime>;
 
 struct Bench {
     rt: Runtime,
@@ -178,9 +188,10 @@ struct Bench {
 }
 
 impl Bench {
+    /// A runtime and a directory of its own: no blocking threads or files
+    /// left over from another workload.
     fn new() -> Bench {
-        // The bench's own scratch space, on the same filesystem as the
-        // build: a disk, not a tmpfs.
+        // On the same filesystem as the build: a disk, not a tmpfs.
         let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         Bench {
             rt: Runtime::new().unwrap(),
@@ -193,196 +204,376 @@ impl Bench {
         self.dir.join(name)
     }
 
-    /// One file, one peer, one criterion benchmark. `fresh`: before each
-    /// timed run, untimed, remove the last run's file and write back every
-    /// dirty page of the filesystem, so that no run pays for the writeback
-    /// or the freeing of the one before (for W1's 256 MiB files).
-    fn one<F, Fut>(&self, g: &mut Group<'_>, id: &str, fresh: bool, f: F)
-    where
-        F: Fn(PathBuf) -> Fut,
-        Fut: std::future::Future<Output = io::Result<()>>,
-    {
-        let target = self.target(&format!("{id}.out"));
-        self.measure(g, id, fresh, &target, || {
-            self.rt.block_on(f(target.clone())).unwrap()
-        });
-    }
-
-    fn measure(
-        &self,
-        g: &mut Group<'_>,
-        id: &str,
-        fresh: bool,
-        target: &Path,
-        mut run: impl FnMut(),
-    ) {
-        if !fresh {
-            g.bench_function(id, |b| b.iter(&mut run));
-            return;
+    /// Runs `f` once and times it. `fresh`: first, untimed, remove the last
+    /// run's file and write back every dirty page of the filesystem, so that
+    /// no run pays for the writeback or the freeing of the one before (W1's
+    /// 256 MiB files).
+    fn timed(&self, fresh: bool, target: &Path, f: impl FnOnce()) -> Duration {
+        if fresh {
+            let _ = std::fs::remove_file(target);
+            rustix::fs::syncfs(File::open(&self.dir).unwrap()).unwrap();
         }
-        g.bench_function(id, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let _ = std::fs::remove_file(target);
-                    rustix::fs::syncfs(File::open(&self.dir).unwrap()).unwrap();
-                    let start = Instant::now();
-                    run();
-                    total += start.elapsed();
-                }
-                total
-            })
-        });
+        let start = Instant::now();
+        f();
+        start.elapsed()
     }
 }
 
-/// W1: 256 MiB through `tokio::io::copy`, 8 KiB per read; each run starts
-/// with a clean page cache and no old file to free.
-fn streaming(c: &mut Criterion, durable: bool) {
-    // A runtime and a directory of its own: no blocking threads or files
-    // left over from another workload.
-    let bench = &Bench::new();
-    let name = if durable {
-        "w1a_stream_full"
-    } else {
-        "w1b_stream_none"
-    };
-    let durability = if durable {
-        Durability::Full
-    } else {
-        Durability::None
-    };
-    let mut g = c.benchmark_group(name);
-    g.throughput(Throughput::Bytes(STREAM))
-        .sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(5));
-    let raw = bench.target("raw.out");
-    bench.measure(&mut g, "a_raw_std", true, &raw, || {
-        raw_std(&raw, STREAM, durable).unwrap()
-    });
-    bench.one(&mut g, "b_tokio_fs", true, |t| tokio_fs(t, STREAM, durable));
-    if durable {
-        bench.one(&mut g, "c_atomic_write_file", true, |t| {
-            atomic_write_file(t, STREAM)
-        });
-    }
-    bench.one(&mut g, "d_tempfile", true, |t| {
-        tempfile_persist(t, STREAM, durable)
-    });
-    bench.one(&mut g, "ours", true, |t| {
-        ours(t, STREAM, durability, DEFAULT_BUFFER_SIZE)
-    });
-    if !durable {
-        // How the buffer size shapes the page-cache-speed case, where the
-        // per-hop overhead shows: the default is picked from these.
-        for kib in BUFFER_SIZES_KIB {
-            bench.one(&mut g, &format!("ours_buffer_{kib}k"), true, |t| {
-                ours(t, STREAM, durability, kib << 10)
-            });
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    W1a,
+    W1b,
+    W2,
+    W3,
+    W4,
+}
+
+use Workload::*;
+
+const WORKLOADS: [Workload; 5] = [W1a, W1b, W2, W3, W4];
+
+impl Workload {
+    fn group(self) -> &'static str {
+        match self {
+            W1a => "w1a_stream_full",
+            W1b => "w1b_stream_none",
+            W2 => "w2_small_full",
+            W3 => "w3_concurrent_full",
+            W4 => "w4_small_none",
         }
     }
-    g.finish();
+
+    fn label(self) -> &'static str {
+        match self {
+            W1a => "W1a 256 MiB stream, durable",
+            W1b => "W1b 256 MiB stream, none",
+            W2 => "W2 4 KiB commits, durable",
+            W3 => "W3 256 tasks x 4 KiB, durable",
+            W4 => "W4 4 KiB commits, none",
+        }
+    }
+
+    fn target(self) -> &'static str {
+        match self {
+            W1a => ">= 0.90x (a)",
+            W1b => ">= 0.85x (a), >= 3x (b)",
+            W2 => "<= 1.15x (a), <= best",
+            W3 => ">= 1x best, aim 1.5x",
+            W4 => "<= 1.2x (a)",
+        }
+    }
+
+    fn durability(self) -> Durability {
+        match self {
+            W1b | W4 => Durability::None,
+            _ => Durability::Full,
+        }
+    }
+
+    fn durable(self) -> bool {
+        self.durability() == Durability::Full
+    }
+
+    fn len(self) -> u64 {
+        match self {
+            W1a | W1b => STREAM,
+            _ => SMALL,
+        }
+    }
+
+    /// Streams start from a clean page cache; see [`Bench::timed`].
+    fn fresh(self) -> bool {
+        matches!(self, W1a | W1b)
+    }
+
+    /// Rounds of the interleaved pass.
+    fn rounds(self) -> usize {
+        match self {
+            W1a | W1b => 9,
+            W3 => 15,
+            W2 | W4 => 301,
+        }
+    }
+
+    /// Whether the ratios are of throughput (one big unit of work) or of
+    /// time per commit.
+    fn by_throughput(self) -> bool {
+        matches!(self, W1a | W1b | W3)
+    }
+
+    fn throughput(self) -> Throughput {
+        match self {
+            W3 => Throughput::Elements(TASKS as u64),
+            _ => Throughput::Bytes(self.len()),
+        }
+    }
+}
+
+/// One way of doing a workload's unit of work; each call does it once and
+/// returns the time of the timed part.
+struct Peer<'a> {
+    id: String,
+    run: Box<dyn FnMut() -> Duration + 'a>,
 }
 
 /// Buffer sizes tried besides the default, in W1b.
 const BUFFER_SIZES_KIB: [usize; 5] = [64, 256, 512, 2048, 8192];
 
-/// W2 and W4: 4 KiB files, one after another, each replacing the last.
-fn small(c: &mut Criterion, durable: bool) {
-    // A runtime and a directory of its own: no blocking threads or files
-    // left over from another workload.
-    let bench = &Bench::new();
-    let name = if durable {
-        "w2_small_full"
-    } else {
-        "w4_small_none"
-    };
-    let durability = if durable {
-        Durability::Full
-    } else {
-        Durability::None
-    };
-    let mut g = c.benchmark_group(name);
-    g.throughput(Throughput::Bytes(SMALL))
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+fn peers(bench: &Bench, w: Workload) -> Vec<Peer<'_>> {
+    let (len, durable, durability, fresh) = (w.len(), w.durable(), w.durability(), w.fresh());
+    let mut peers = Vec::new();
     let raw = bench.target("raw.out");
-    bench.measure(&mut g, "a_raw_std", false, &raw, || {
-        raw_std(&raw, SMALL, durable).unwrap()
+    peers.push(Peer {
+        id: "a_raw_std".into(),
+        run: Box::new(move || bench.timed(fresh, &raw, || raw_std(&raw, len, durable).unwrap())),
     });
-    bench.one(&mut g, "b_tokio_fs", false, |t| tokio_fs(t, SMALL, durable));
-    if durable {
-        bench.one(&mut g, "c_atomic_write_file", false, |t| {
-            atomic_write_file(t, SMALL)
+    fn add<'a, F, Fut>(peers: &mut Vec<Peer<'a>>, bench: &'a Bench, w: Workload, id: &str, f: F)
+    where
+        F: Fn(PathBuf) -> Fut + 'a,
+        Fut: Future<Output = io::Result<()>>,
+    {
+        let target = bench.target(&format!("{id}.out"));
+        peers.push(Peer {
+            id: id.into(),
+            run: Box::new(move || {
+                bench.timed(w.fresh(), &target, || {
+                    bench.rt.block_on(f(target.clone())).unwrap()
+                })
+            }),
         });
     }
-    bench.one(&mut g, "d_tempfile", false, |t| {
-        tempfile_persist(t, SMALL, durable)
-    });
-    bench.one(&mut g, "ours", false, |t| {
-        ours(t, SMALL, durability, DEFAULT_BUFFER_SIZE)
+    add(&mut peers, bench, w, "b_tokio_fs", move |t| {
+        tokio_fs(t, len, durable)
     });
     if durable {
-        bench.one(&mut g, "ours_write_fn", false, ours_write_fn);
+        add(&mut peers, bench, w, "c_atomic_write_file", move |t| {
+            atomic_write_file(t, len)
+        });
     }
-    g.finish();
+    add(&mut peers, bench, w, "d_tempfile", move |t| {
+        tempfile_persist(t, len, durable)
+    });
+    add(&mut peers, bench, w, "ours", move |t| {
+        ours(t, len, durability, DEFAULT_BUFFER_SIZE)
+    });
+    if w == W1b {
+        // How the buffer size shapes the page-cache-speed case, where the
+        // overhead per buffer shows: the default is picked from these.
+        for kib in BUFFER_SIZES_KIB {
+            add(
+                &mut peers,
+                bench,
+                w,
+                &format!("ours_buffer_{kib}k"),
+                move |t| ours(t, len, durability, kib << 10),
+            );
+        }
+    }
+    if matches!(w, W2 | W4) {
+        add(&mut peers, bench, w, "ours_write_fn", move |t| {
+            ours_write_fn(t, durability)
+        });
+    }
+    if w == W3 {
+        // The unit of work is 256 commits at once: tasks for the async
+        // peers, threads for raw std.
+        for peer in &mut peers {
+            peer.run = concurrently(bench, &peer.id, durable);
+        }
+    }
+    peers
 }
 
-/// W3: 256 tasks (threads for raw std) each commit a 4 KiB file into one
-/// directory, all at once. One iteration is all 256 commits.
-fn concurrent(c: &mut Criterion) {
-    // A runtime and a directory of its own: no blocking threads or files
-    // left over from another workload.
-    let bench = &Bench::new();
-    let mut g = c.benchmark_group("w3_concurrent_full");
-    g.throughput(Throughput::Elements(TASKS as u64))
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(5));
+/// W3's unit of work for peer `id`: `TASKS` files of 4 KiB committed at
+/// once into one directory.
+fn concurrently<'a>(
+    bench: &'a Bench,
+    id: &str,
+    durable: bool,
+) -> Box<dyn FnMut() -> Duration + 'a> {
     let targets: Vec<PathBuf> = (0..TASKS)
-        .map(|i| bench.target(&format!("w3-{i}.out")))
+        .map(|i| bench.target(&format!("w3-{id}-{i}.out")))
         .collect();
-    g.bench_function("a_raw_std", |b| {
-        b.iter(|| {
-            std::thread::scope(|s| {
-                for t in &targets {
-                    s.spawn(|| raw_std(t, SMALL, true).unwrap());
-                }
-            })
-        })
-    });
-    fn all<F, Fut>(bench: &Bench, targets: &[PathBuf], f: F)
+    fn all<F, Fut>(bench: &Bench, targets: &[PathBuf], f: F) -> Duration
     where
         F: Fn(PathBuf) -> Fut,
-        Fut: std::future::Future<Output = io::Result<()>> + Send + 'static,
+        Fut: Future<Output = io::Result<()>> + Send + 'static,
     {
+        let start = Instant::now();
         bench.rt.block_on(async {
             let tasks: Vec<_> = targets.iter().map(|t| tokio::spawn(f(t.clone()))).collect();
             for t in tasks {
                 t.await.unwrap().unwrap();
             }
-        })
+        });
+        start.elapsed()
     }
-    g.bench_function("b_tokio_fs", |b| {
-        b.iter(|| all(bench, &targets, |t| tokio_fs(t, SMALL, true)))
-    });
-    g.bench_function("c_atomic_write_file", |b| {
-        b.iter(|| all(bench, &targets, |t| atomic_write_file(t, SMALL)))
-    });
-    g.bench_function("d_tempfile", |b| {
-        b.iter(|| all(bench, &targets, |t| tempfile_persist(t, SMALL, true)))
-    });
-    g.bench_function("ours", |b| {
-        b.iter(|| {
+    match id {
+        "a_raw_std" => Box::new(move || {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in &targets {
+                    s.spawn(|| raw_std(t, SMALL, durable).unwrap());
+                }
+            });
+            start.elapsed()
+        }),
+        "b_tokio_fs" => Box::new(move || all(bench, &targets, |t| tokio_fs(t, SMALL, durable))),
+        "c_atomic_write_file" => {
+            Box::new(move || all(bench, &targets, |t| atomic_write_file(t, SMALL)))
+        }
+        "d_tempfile" => {
+            Box::new(move || all(bench, &targets, |t| tempfile_persist(t, SMALL, durable)))
+        }
+        _ => Box::new(move || {
             all(bench, &targets, |t| {
                 ours(t, SMALL, Durability::Full, DEFAULT_BUFFER_SIZE)
             })
-        })
-    });
+        }),
+    }
+}
+
+/// The criterion pass: one group per workload, one peer after the other.
+fn criterion_pass(c: &mut Criterion, w: Workload) {
+    let bench = Bench::new();
+    let mut g = c.benchmark_group(w.group());
+    g.throughput(w.throughput())
+        .warm_up_time(Duration::from_millis(500));
+    if matches!(w, W2 | W4) {
+        g.sample_size(30).measurement_time(Duration::from_secs(3));
+    } else {
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .measurement_time(Duration::from_secs(5));
+    }
+    for mut peer in peers(&bench, w) {
+        g.bench_function(&peer.id, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| (peer.run)()).sum())
+        });
+    }
     g.finish();
+}
+
+/// The interleaved pass: `rounds` rounds, each running every peer once, the
+/// first one rotating; the median time per peer, in nanoseconds.
+fn interleaved(w: Workload) -> Vec<(String, f64)> {
+    let bench = Bench::new();
+    let mut peers = peers(&bench, w);
+    let n = peers.len();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
+    // One unmeasured round: warm caches, pool threads, files to replace.
+    for peer in &mut peers {
+        (peer.run)();
+    }
+    for round in 0..w.rounds() {
+        for k in 0..n {
+            let i = (round + k) % n;
+            times[i].push((peers[i].run)().as_nanos() as f64);
+        }
+    }
+    peers
+        .iter()
+        .zip(times)
+        .map(|(peer, mut t)| {
+            t.sort_by(f64::total_cmp);
+            (peer.id.clone(), t[t.len() / 2])
+        })
+        .collect()
+}
+
+const PEERS: [&str; 5] = [
+    "a_raw_std",
+    "b_tokio_fs",
+    "c_atomic_write_file",
+    "d_tempfile",
+    "ours",
+];
+
+/// The ratio table from the interleaved medians: per workload each peer's
+/// median for one unit of work, then ours against (a) and against the best
+/// of (b)-(d), as throughput ratios for the streams and W3 (higher is
+/// better) and as time ratios for the small commits (lower is better).
+fn table(results: &[(Workload, Vec<(String, f64)>)], rss: Option<u64>) -> String {
+    let mut out = String::from(
+        "| workload | (a) raw std | (b) tokio::fs | (c) atomic-write-file | (d) tempfile | ours | ours vs (a) | ours vs best of (b)-(d) | target |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    let get = |m: &[(String, f64)], id: &str| m.iter().find(|(p, _)| p == id).map(|(_, ns)| *ns);
+    let mut notes = Vec::new();
+    for (w, m) in results {
+        let cells: Vec<Option<f64>> = PEERS.iter().map(|p| get(m, p)).collect();
+        let best = cells[1..4]
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let ratio = |ours: f64, other: Option<f64>| match other {
+            Some(other) if other.is_finite() && w.by_throughput() => {
+                format!("{:.2}x throughput", other / ours)
+            }
+            Some(other) if other.is_finite() => format!("{:.2}x time", ours / other),
+            _ => "n/a".into(),
+        };
+        let ours = cells[4].expect("ours always runs");
+        let cell = |v: &Option<f64>| v.map_or("n/a".to_string(), fmt_ns);
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            w.label(),
+            cell(&cells[0]),
+            cell(&cells[1]),
+            cell(&cells[2]),
+            cell(&cells[3]),
+            cell(&cells[4]),
+            ratio(ours, cells[0]),
+            ratio(ours, Some(best)),
+            w.target(),
+        );
+        if *w == W1b {
+            if let Some(b) = cells[1] {
+                notes.push(format!("W1b: ours is {:.1}x (b)'s throughput.", b / ours));
+            }
+            let mut sizes: Vec<(usize, f64)> = BUFFER_SIZES_KIB
+                .iter()
+                .filter_map(|kib| Some((*kib, get(m, &format!("ours_buffer_{kib}k"))?)))
+                .chain([(DEFAULT_BUFFER_SIZE >> 10, ours)])
+                .collect();
+            sizes.sort_by_key(|(kib, _)| *kib);
+            let sizes: Vec<String> = sizes
+                .iter()
+                .map(|(kib, ns)| {
+                    let default = if *kib == DEFAULT_BUFFER_SIZE >> 10 {
+                        " (default)"
+                    } else {
+                        ""
+                    };
+                    format!("{kib} KiB{default} {:.2} GB/s", STREAM as f64 / ns)
+                })
+                .collect();
+            notes.push(format!("W1b by buffer size: {}.", sizes.join(", ")));
+        }
+        if let Some(ns) = get(m, "ours_write_fn") {
+            notes.push(format!(
+                "{} with `OpenOptions::write` (one hop) instead of `AsyncAtomicFile` (two): {}, {} vs (a), {} vs best of (b)-(d).",
+                &w.label()[..2],
+                fmt_ns(ns),
+                ratio(ns, cells[0]),
+                ratio(ns, Some(best)),
+            ));
+        }
+    }
+    if let Some(rss) = rss {
+        notes.push(format!(
+            "W5: peak RSS streaming 1 GiB: {:.1} MiB above the runtime's baseline \
+             (budget: 2 buffers of {} KiB + 16 MiB = {:.1} MiB).",
+            rss as f64 / (1 << 20) as f64,
+            DEFAULT_BUFFER_SIZE >> 10,
+            (2 * DEFAULT_BUFFER_SIZE + (16 << 20)) as f64 / (1 << 20) as f64,
+        ));
+    }
+    for note in notes {
+        out += &format!("\n- {note}");
+    }
+    out + "\n"
 }
 
 /// One line of `/proc/self/status`, in bytes.
@@ -434,136 +625,6 @@ fn rss_above_baseline(bench: &Bench) -> u64 {
     nums[1].saturating_sub(nums[0])
 }
 
-/// The median of one benchmark of this run, from criterion's files; `None`
-/// when it did not run in this process (filtered out, or stale).
-fn median_ns(group: &str, id: &str, since: SystemTime) -> Option<f64> {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent()?;
-    let home = std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("criterion"));
-    let file = home.join(group).join(id).join("new/estimates.json");
-    if std::fs::metadata(&file).ok()?.modified().ok()? < since {
-        return None;
-    }
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
-}
-
-const PEERS: [&str; 5] = [
-    "a_raw_std",
-    "b_tokio_fs",
-    "c_atomic_write_file",
-    "d_tempfile",
-    "ours",
-];
-
-/// The ratio table: per workload, each peer's median time for one
-/// iteration, then ours against (a) and against the best of (b)-(d), as
-/// throughput ratios for the streaming and concurrent workloads (higher is
-/// better) and time ratios for the one-after-another ones (lower is better).
-fn table(since: SystemTime, rss: Option<u64>) -> String {
-    let mut out = String::from(
-        "| workload | (a) raw std | (b) tokio::fs | (c) atomic-write-file | (d) tempfile | ours | ours vs (a) | ours vs best of (b)-(d) | target |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-    );
-    for (group, label, throughput, target) in [
-        (
-            "w1a_stream_full",
-            "W1a 256 MiB stream, durable",
-            true,
-            ">= 0.90x (a)",
-        ),
-        (
-            "w1b_stream_none",
-            "W1b 256 MiB stream, none",
-            true,
-            ">= 0.85x (a), >= 3x (b)",
-        ),
-        (
-            "w2_small_full",
-            "W2 4 KiB commits, durable",
-            false,
-            "<= 1.15x (a), <= best",
-        ),
-        (
-            "w3_concurrent_full",
-            "W3 256 tasks x 4 KiB, durable",
-            true,
-            ">= 1x best, aim 1.5x",
-        ),
-        (
-            "w4_small_none",
-            "W4 4 KiB commits, none",
-            false,
-            "<= 1.2x (a)",
-        ),
-    ] {
-        let m: Vec<Option<f64>> = PEERS.iter().map(|p| median_ns(group, p, since)).collect();
-        if m.iter().all(Option::is_none) {
-            continue;
-        }
-        let cell = |v: Option<f64>| v.map_or("n/a".to_string(), fmt_ns);
-        let best_peer = m[1..4]
-            .iter()
-            .flatten()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let ratio = |ours: Option<f64>, other: f64| match ours {
-            Some(ours) if other.is_finite() && throughput => {
-                format!("{:.2}x throughput", other / ours)
-            }
-            Some(ours) if other.is_finite() => format!("{:.2}x time", ours / other),
-            _ => "n/a".into(),
-        };
-        out += &format!(
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {target} |\n",
-            cell(m[0]),
-            cell(m[1]),
-            cell(m[2]),
-            cell(m[3]),
-            cell(m[4]),
-            ratio(m[4], m[0].unwrap_or(f64::NAN)),
-            ratio(m[4], best_peer),
-        );
-    }
-    if let Some(ns) = median_ns("w2_small_full", "ours_write_fn", since) {
-        out += &format!(
-            "\nW2 with `write()` instead of `AsyncAtomicFile`: {}\n",
-            fmt_ns(ns)
-        );
-    }
-    if let Some(rss) = rss {
-        out += &format!(
-            "\nW5: peak RSS streaming 1 GiB: {:.1} MiB above the runtime's baseline \
-             (budget: 2 buffers of {} KiB + 16 MiB = {:.1} MiB)\n",
-            rss as f64 / (1 << 20) as f64,
-            DEFAULT_BUFFER_SIZE >> 10,
-            (2 * DEFAULT_BUFFER_SIZE + (16 << 20)) as f64 / (1 << 20) as f64,
-        );
-    }
-    let mut sizes: Vec<(usize, String)> = BUFFER_SIZES_KIB
-        .iter()
-        .map(|kib| (*kib, format!("ours_buffer_{kib}k")))
-        .chain([(DEFAULT_BUFFER_SIZE >> 10, "ours".to_string())])
-        .collect();
-    sizes.sort();
-    let sizes: Vec<String> = sizes
-        .iter()
-        .filter_map(|(kib, id)| {
-            let ns = median_ns("w1b_stream_none", id, since)?;
-            let default = if id == "ours" { " (default)" } else { "" };
-            Some(format!(
-                "{kib} KiB{default}: {:.2} GB/s",
-                STREAM as f64 / ns
-            ))
-        })
-        .collect();
-    if !sizes.is_empty() {
-        out += &format!("\nW1b by buffer size: {}\n", sizes.join(", "));
-    }
-    out
-}
-
 fn fmt_ns(ns: f64) -> String {
     if ns >= 1e9 {
         format!("{:.2} s", ns / 1e9)
@@ -579,32 +640,41 @@ fn main() {
         rss_child(Path::new(&dir));
         return;
     }
-    let since = SystemTime::now() - Duration::from_secs(1);
     let started = Instant::now();
-    let bench = Bench::new();
-    let mut c = Criterion::default().configure_from_args();
-    streaming(&mut c, true);
-    streaming(&mut c, false);
-    small(&mut c, true);
-    concurrent(&mut c);
-    small(&mut c, false);
-    // `cargo bench -- <filter>` runs only some groups; W5 runs with "w5" or
-    // no filter. `cargo test --benches` passes `--bench`-less args: skip.
-    let args: Vec<String> = std::env::args()
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
+    // then criterion runs each benchmark once as a test: skip the rest.
+    let measuring = std::env::args().any(|a| a == "--bench");
+    // `cargo bench -- w2 w4` runs only those workloads.
+    let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let measuring = std::env::args().any(|a| a == "--bench");
-    let rss = (measuring
-        && (args.is_empty() || args.iter().any(|a| "w5_rss".contains(a.as_str()))))
-    .then(|| rss_above_baseline(&bench));
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let workloads: Vec<Workload> = WORKLOADS
+        .into_iter()
+        .filter(|w| wanted(w.group()))
+        .collect();
+
+    let mut c = Criterion::default().configure_from_args();
+    for w in &workloads {
+        criterion_pass(&mut c, *w);
+    }
     c.final_summary();
     if !measuring {
         return;
     }
-    let table = table(since, rss);
+    let results: Vec<(Workload, Vec<(String, f64)>)> = workloads
+        .iter()
+        .map(|w| {
+            eprintln!("interleaved: {}", w.group());
+            (*w, interleaved(*w))
+        })
+        .collect();
+    let rss = wanted("w5_rss").then(|| rss_above_baseline(&Bench::new()));
+    let table = table(&results, rss);
     println!(
-        "\n{table}\n(whole run: {:.0} s)",
+        "\nInterleaved medians:\n\n{table}\n(whole run: {:.0} s)",
         started.elapsed().as_secs_f64()
     );
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
