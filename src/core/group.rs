@@ -134,7 +134,11 @@ impl State {
         failure.left -= 1;
         if failure.left > 0 {
             let e = failure.error.as_ref().expect("kept until the last caller");
-            return Err(io::Error::new(e.kind(), e.to_string()));
+            // The errno when there is one (EIO stays EIO), else kind and text.
+            return Err(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            });
         }
         // The last caller takes the original, source and all.
         let error = self.failures.swap_remove(i).error;
@@ -255,7 +259,7 @@ mod tests {
             release.wait();
             for _ in 0..4 {
                 s.spawn(|| {
-                    let r = sync_shared(id(3), || Err(io::Error::other("EIO from the disk")));
+                    let r = sync_shared(id(3), || Err(io::Error::from_raw_os_error(5)));
                     lock(&results).push(r);
                 });
             }
@@ -264,7 +268,7 @@ mod tests {
         assert_eq!(results.len(), 4);
         for r in &results {
             let e = r.as_ref().unwrap_err();
-            assert_eq!(e.to_string(), "EIO from the disk");
+            assert_eq!(e.raw_os_error(), Some(5), "EIO for every covered caller");
         }
         // A later caller gets a sync of its own, not the old failure.
         sync_shared(id(3), || Ok(())).unwrap();
