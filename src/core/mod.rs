@@ -345,7 +345,7 @@ impl Staged {
                 if durable {
                     // btrfs can lose the data of an O_TMPFILE file fsynced
                     // before its linkat (atomic-write-file #6).
-                    sys::sync_after_link(&self.file)
+                    sys::sync_after_link(&self.file, self.plan.dir.device())
                         .map_err(|e| Error::after_publish(Op::SyncTemp, target, e))?;
                 }
             }
@@ -356,7 +356,7 @@ impl Staged {
                 self.temp = TempName::Named(name);
                 if durable {
                     // See above: btrfs wants the data synced after linkat.
-                    sys::sync_after_link(&self.file)
+                    sys::sync_after_link(&self.file, self.temp_dir().device())
                         .map_err(|e| Error::new(Op::SyncTemp, target, e))?;
                 }
                 self.rename()?;

@@ -1,11 +1,12 @@
 //! Linux: `O_TMPFILE` (with `linkat` and `fdatasync`) and `getrandom`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
@@ -62,27 +63,96 @@ pub(crate) fn link_unnamed(file: &File, dir: &Dir, name: &OsStr) -> io::Result<(
     )?)
 }
 
-/// Filesystems whose journal makes a file linked by `link_unnamed` durable
-/// with the directory `fsync` that follows, given that the file's data and
-/// inode were `fsync`ed before the link: ext4 (its journalled modes; the
-/// magic is shared with ext2 and ext3), xfs, and tmpfs, which keeps nothing
-/// anyway. btrfs is the reason for the sync (its log can drop the data of
-/// an `O_TMPFILE` file fsynced before its link: atomic-write-file #6), and
-/// every other filesystem gets it too, unknown meaning unsafe.
-const LINK_SAFE_FILESYSTEMS: [i64; 3] = [0xEF53, 0x5846_5342, 0x0102_1994];
+/// What a file linked in by `link_unnamed`, already `fsync`ed before the
+/// link, still needs for the link to survive a power cut along with its
+/// data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterLink {
+    /// Nothing: a journal commits the link (and the inode's new link count)
+    /// with the directory `fsync` that follows, after the data the first
+    /// `fsync` wrote. ext4 with a journal, xfs; and tmpfs, which keeps
+    /// nothing anyway.
+    Nothing,
+    /// `fdatasync`: btrfs, whose log can drop the data of an `O_TMPFILE`
+    /// file fsynced before its link (atomic-write-file #6).
+    DataSync,
+    /// `fsync`: everything else, unknown meaning unsafe. ext4 without a
+    /// journal (and ext2, which shares its magic) writes the inode's new
+    /// link count only with the inode itself.
+    FullSync,
+}
 
-/// After `link_unnamed` of a file already `fsync`ed: `fdatasync` it again
-/// where the filesystem may otherwise lose its data (btrfs, and any not in
-/// [`LINK_SAFE_FILESYSTEMS`]). Elsewhere nothing: on ext4 the extra call
-/// costs a disk cache flush per commit for nothing.
-pub(crate) fn sync_after_link(file: &File) -> io::Result<()> {
-    let fs_type = rustix::fs::fstatfs(file)?.f_type;
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // c_long or c_uint
-    let fs_type = fs_type as i64;
-    if LINK_SAFE_FILESYSTEMS.contains(&fs_type) {
-        return Ok(());
+const EXT4_SUPER_MAGIC: u32 = 0xEF53;
+const XFS_SUPER_MAGIC: u32 = 0x5846_5342;
+const TMPFS_MAGIC: u32 = 0x0102_1994;
+const BTRFS_SUPER_MAGIC: u32 = 0x9123_683E;
+
+/// The policy for a filesystem of type `magic` (`statfs`'s `f_type`);
+/// `journaled` is asked only for ext4.
+fn after_link_policy(magic: u32, journaled: impl FnOnce() -> bool) -> AfterLink {
+    match magic {
+        XFS_SUPER_MAGIC | TMPFS_MAGIC => AfterLink::Nothing,
+        EXT4_SUPER_MAGIC if journaled() => AfterLink::Nothing,
+        BTRFS_SUPER_MAGIC => AfterLink::DataSync,
+        _ => AfterLink::FullSync,
     }
-    Ok(rustix::fs::fdatasync(file)?)
+}
+
+/// Whether the ext4 filesystem on device `dev` has a journal: its mount
+/// options (`/proc/fs/ext4/<disk>/options`, which lists every option)
+/// include a `data=` mode only then. `false` whenever that cannot be read.
+fn ext4_journaled(dev: u64) -> bool {
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let Ok(uevent) = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+    else {
+        return false;
+    };
+    let Some(name) = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/fs/ext4/{name}/options"))
+        .is_ok_and(|options| options.lines().any(|o| o.starts_with("data=")))
+}
+
+/// Policies found so far, per device: the mount table is read once per
+/// filesystem, not per commit.
+static AFTER_LINK: LazyLock<Mutex<HashMap<u64, AfterLink>>> = LazyLock::new(Mutex::default);
+
+/// The policy for the filesystem of `file`, on device `dev`.
+pub(crate) fn after_link(file: &File, dev: u64) -> AfterLink {
+    let cache = |m: &Mutex<HashMap<u64, AfterLink>>| {
+        m.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&dev)
+            .copied()
+    };
+    if let Some(policy) = cache(&AFTER_LINK) {
+        return policy;
+    }
+    let Ok(st) = rustix::fs::fstatfs(file) else {
+        // Not cached: the next commit asks again.
+        return AfterLink::FullSync;
+    };
+    // f_type is a signed or unsigned long or int depending on the target;
+    // every magic fits in 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u32;
+    let policy = after_link_policy(magic, || ext4_journaled(dev));
+    AFTER_LINK
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(dev, policy);
+    policy
+}
+
+/// After `link_unnamed` of a file already `fsync`ed, on device `dev`: what
+/// [`after_link`] says the filesystem needs.
+pub(crate) fn sync_after_link(file: &File, dev: u64) -> io::Result<()> {
+    match after_link(file, dev) {
+        AfterLink::Nothing => Ok(()),
+        AfterLink::DataSync => Ok(rustix::fs::fdatasync(file)?),
+        AfterLink::FullSync => Ok(rustix::fs::fsync(file)?),
+    }
 }
 
 /// Random bytes from the kernel (`getrandom`).
@@ -93,4 +163,39 @@ pub(crate) fn random_bytes(buf: &mut [u8]) {
         return;
     }
     super::random_bytes_portable(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_trusts_only_journals_it_knows() {
+        let never = || -> bool { panic!("asked about a journal for a non-ext4") };
+        assert_eq!(
+            after_link_policy(XFS_SUPER_MAGIC, never),
+            AfterLink::Nothing
+        );
+        assert_eq!(after_link_policy(TMPFS_MAGIC, never), AfterLink::Nothing);
+        assert_eq!(
+            after_link_policy(EXT4_SUPER_MAGIC, || true),
+            AfterLink::Nothing
+        );
+        assert_eq!(
+            after_link_policy(EXT4_SUPER_MAGIC, || false),
+            AfterLink::FullSync
+        );
+        assert_eq!(
+            after_link_policy(BTRFS_SUPER_MAGIC, never),
+            AfterLink::DataSync
+        );
+        // Unknown: overlayfs, NFS, FUSE.
+        for magic in [0x794C_7630, 0x6969, 0x6573_5546] {
+            assert_eq!(
+                after_link_policy(magic, never),
+                AfterLink::FullSync,
+                "{magic:#x}"
+            );
+        }
+    }
 }

@@ -257,7 +257,7 @@ pub(crate) fn random_bytes(buf: &mut [u8]) {
 /// The sync after `link_unnamed`, which exists only on Linux: never reached
 /// elsewhere, and a full sync if it were.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn sync_after_link(file: &File) -> io::Result<()> {
+pub(crate) fn sync_after_link(file: &File, _dev: u64) -> io::Result<()> {
     sync_file(file)
 }
 

@@ -110,7 +110,7 @@ pub(crate) fn sync_file(file: &File) -> io::Result<()> {
     file.sync_all()
 }
 
-pub(crate) fn sync_after_link(file: &File) -> io::Result<()> {
+pub(crate) fn sync_after_link(file: &File, _dev: u64) -> io::Result<()> {
     file.sync_data()
 }
 

@@ -311,32 +311,40 @@ fn image_size(fs: &str) -> &'static str {
     }
 }
 
-/// A fresh `fs` (ext4, xfs, btrfs) on a sparse image, loop-mounted on a new
-/// directory (root and `mkfs.<fs>` needed), unmounted on drop. Returns the
-/// mount, and in it a directory to work in (a fresh ext4 has `lost+found`
-/// at its root).
-pub fn mount_image(fs: &str) -> Option<(OtherFs, PathBuf)> {
+/// A fresh `fs` (ext4, xfs, btrfs) on a sparse image, made with the extra
+/// `mkfs` arguments, loop-mounted on a new directory, unmounted on drop.
+/// Returns the mount, and in it a directory to work in (a fresh ext4 has
+/// `lost+found` at its root). `None` when it cannot be done here: not root,
+/// no `mkfs.<fs>`, no loop device or no kernel support.
+pub fn mount_image(fs: &str, mkfs_args: &[&str]) -> Option<(OtherFs, PathBuf)> {
     if !is_root() || !have(&format!("mkfs.{fs}")) {
         return None;
     }
     let images = scratch();
     let image = images.path().join(format!("{fs}.img"));
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().expect("spawn");
-        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    let ok = |cmd: &mut Command| match cmd.output() {
+        Ok(out) if out.status.success() => true,
+        out => {
+            eprintln!("{cmd:?}: {out:?}");
+            false
+        }
     };
-    run(Command::new("truncate")
-        .args(["-s", image_size(fs)])
-        .arg(&image));
     let force = if fs == "ext4" { "-F" } else { "-f" };
-    run(Command::new(format!("mkfs.{fs}"))
-        .args(["-q", force])
-        .arg(&image));
     let dir = scratch();
-    run(Command::new("mount")
-        .args(["-t", fs, "-o", "loop"])
-        .arg(&image)
-        .arg(dir.path()));
+    let made = ok(Command::new("truncate")
+        .args(["-s", image_size(fs)])
+        .arg(&image))
+        && ok(Command::new(format!("mkfs.{fs}"))
+            .args(["-q", force])
+            .args(mkfs_args)
+            .arg(&image))
+        && ok(Command::new("mount")
+            .args(["-t", fs, "-o", "loop"])
+            .arg(&image)
+            .arg(dir.path()));
+    if !made {
+        return None;
+    }
     let work = dir.path().join("work");
     let mounted = OtherFs {
         mounted: Some(dir.path().to_path_buf()),
@@ -349,11 +357,11 @@ pub fn mount_image(fs: &str) -> Option<(OtherFs, PathBuf)> {
 
 /// [`mount_image`], or a visible skip (a failure in CI) when it cannot be
 /// done here.
-pub fn require_image(fs: &str) -> Option<(OtherFs, PathBuf)> {
-    let mounted = mount_image(fs);
+pub fn require_image(fs: &str, mkfs_args: &[&str]) -> Option<(OtherFs, PathBuf)> {
+    let mounted = mount_image(fs, mkfs_args);
     require(
         mounted.is_some(),
-        &format!("root and mkfs.{fs} for a loop mount"),
+        &format!("root, mkfs.{fs} and a loop device for a loop mount"),
     )
     .then_some(mounted)
     .flatten()
