@@ -45,6 +45,8 @@ struct State {
     waiting_for_next: usize,
     /// Failed `fsync`s whose callers have not all picked up the error.
     failures: Vec<Failure>,
+    /// The number of the last `fsync` that failed.
+    last_failed: Option<u64>,
 }
 
 struct Failure {
@@ -70,14 +72,26 @@ pub(crate) fn sync_shared(id: DirId, sync: impl FnOnce() -> io::Result<()>) -> i
         lock(&group.state).users += 1;
         group
     };
-    let result = group.wait_for_sync(sync);
-    let mut groups = lock(&GROUPS);
-    let mut state = lock(&group.state);
-    state.users -= 1;
-    if state.users == 0 {
-        groups.remove(&id);
+    let _user = User { id, group: &group };
+    group.wait_for_sync(sync)
+}
+
+/// One caller inside [`sync_shared`]; leaving, even by unwinding, it takes
+/// the group out of the map if it was the last.
+struct User<'a> {
+    id: DirId,
+    group: &'a Group,
+}
+
+impl Drop for User<'_> {
+    fn drop(&mut self) {
+        let mut groups = lock(&GROUPS);
+        let mut state = lock(&self.group.state);
+        state.users -= 1;
+        if state.users == 0 {
+            groups.remove(&self.id);
+        }
     }
-    result
 }
 
 impl Group {
@@ -93,6 +107,17 @@ impl Group {
             if state.done >= ticket {
                 return state.result_of(ticket);
             }
+            if state.last_failed == Some(ticket - 1) {
+                // This caller may have renamed before the failed fsync
+                // began, and a later one may succeed without writing what
+                // the failure dropped. Its own descriptor was open before
+                // the error, so its own fsync reports it (Linux keeps
+                // writeback errors per open file): no sharing now.
+                state.waiting_for_next -= 1;
+                drop(state);
+                let sync = sync.take().expect("a caller syncs at most once");
+                return sync();
+            }
             if state.running {
                 state = self
                     .synced
@@ -107,6 +132,8 @@ impl Group {
             debug_assert_eq!(number, ticket);
             state.next += 1;
             state.running = true;
+            // The leader takes its own result: it is not counted among those
+            // who collect one (see `Finish`).
             let covered = std::mem::take(&mut state.waiting_for_next);
             drop(state);
             let sync = sync.take().expect("a caller leads at most once");
@@ -162,16 +189,23 @@ impl Drop for Finish<'_> {
         let mut state = lock(&self.group.state);
         state.running = false;
         state.done = self.number;
-        let error = match self.result.take() {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(e),
-            None => Some(io::Error::other("the directory fsync panicked")),
+        // Unwinding, the leader never collects its own copy.
+        let (error, left) = match self.result.take() {
+            Some(Ok(())) => (None, 0),
+            Some(Err(e)) => (Some(e), self.covered),
+            None => (
+                Some(io::Error::other("the directory fsync panicked")),
+                self.covered - 1,
+            ),
         };
         if error.is_some() {
+            state.last_failed = Some(self.number);
+        }
+        if left > 0 {
             state.failures.push(Failure {
                 number: self.number,
                 error,
-                left: self.covered,
+                left,
             });
         }
         drop(state);
@@ -272,5 +306,70 @@ mod tests {
         }
         // A later caller gets a sync of its own, not the old failure.
         sync_shared(id(3), || Ok(())).unwrap();
+        assert!(!lock(&GROUPS).contains_key(&id(3)), "the group left");
+    }
+
+    #[test]
+    fn after_a_failure_the_callers_who_waited_sync_on_their_own() {
+        // Sync 1 fails while four callers wait for sync 2. Each of them may
+        // have renamed before sync 1 began, and only its own descriptor is
+        // sure to report the failure: each runs its own fsync, none shares.
+        let release = Barrier::new(2);
+        let own_syncs = AtomicUsize::new(0);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let r = sync_shared(id(4), || {
+                    release.wait();
+                    while lock(&GROUPS)[&id(4)].state.lock().unwrap().waiting_for_next < 4 {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(io::Error::from_raw_os_error(5))
+                });
+                assert_eq!(r.unwrap_err().raw_os_error(), Some(5));
+            });
+            release.wait();
+            for _ in 0..4 {
+                s.spawn(|| {
+                    sync_shared(id(4), || {
+                        own_syncs.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        assert_eq!(own_syncs.load(Ordering::SeqCst), 4, "one fsync each");
+        assert!(!lock(&GROUPS).contains_key(&id(4)), "the group left");
+    }
+
+    #[test]
+    fn a_panicking_sync_leaves_no_group_and_fails_the_others() {
+        // Two callers wait for sync 2, both with a sync that panics: the one
+        // that leads panics, the other gets an error, and the group leaves.
+        let release = Barrier::new(2);
+        thread::scope(|s| {
+            let leader = s.spawn(|| {
+                sync_shared(id(5), || {
+                    release.wait();
+                    while lock(&GROUPS)[&id(5)].state.lock().unwrap().waiting_for_next < 2 {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok(())
+                })
+            });
+            release.wait();
+            let waiters: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| sync_shared(id(5), || -> io::Result<()> { panic!("boom") })))
+                .collect();
+            leader.join().unwrap().unwrap();
+            let outcomes: Vec<_> = waiters.into_iter().map(|w| w.join()).collect();
+            let panicked = outcomes.iter().filter(|o| o.is_err()).count();
+            assert_eq!(panicked, 1, "the leader of sync 2");
+            for outcome in outcomes.into_iter().flatten() {
+                let err = outcome.unwrap_err();
+                assert!(err.to_string().contains("panicked"), "{err}");
+            }
+        });
+        assert!(!lock(&GROUPS).contains_key(&id(5)), "no group leaked");
     }
 }
