@@ -644,10 +644,11 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
     // then criterion runs each benchmark once as a test: skip the rest.
     let measuring = std::env::args().any(|a| a == "--bench");
-    // `cargo bench -- w2 w4` runs only those workloads.
+    // `cargo bench -- w2 w4` runs only those workloads: the arguments
+    // that name one (the values of criterion's own options do not).
     let filters: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with('-'))
+        .filter(|a| a.starts_with('w'))
         .collect();
     let wanted =
         |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));

@@ -182,7 +182,10 @@ impl AsyncWrite for AsyncAtomicFile {
     /// [`commit`](AsyncAtomicFile::commit) does. A partly filled buffer
     /// stays in memory, to be written by the next full buffer or by the
     /// commit in its one hop, so a flush (such as the one that ends every
-    /// `tokio::io::copy`) costs no blocking-pool hop of its own.
+    /// `tokio::io::copy`) costs no blocking-pool hop of its own. Errors
+    /// writing those bytes (a full disk) therefore come from `commit`, not
+    /// from the flush: for a file smaller than the buffer, from `commit`
+    /// alone.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.pipeline

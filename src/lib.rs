@@ -97,8 +97,12 @@
 //! Every failure is an [`Error`] naming the step ([`Op`]) and the path, with
 //! the `io::Error` as its source; [`Error::kind`] is the source's kind and
 //! converting into `io::Error` keeps it. Bad input fails at `open`, before
-//! anything on disk changes. An [`Op::SyncDir`] error is the one that comes
-//! after publishing: the new content is visible but may not be durable.
+//! anything on disk changes. Write errors (a full disk) surface at the next
+//! write or flush after the buffer that failed, and always at `commit`;
+//! bytes still in the buffer are written by `commit` itself, so a file
+//! smaller than the buffer reports them there only. An [`Op::SyncDir`]
+//! error is the one that comes after publishing: the new content is
+//! visible but may not be durable.
 //!
 //! # Platform support
 //!

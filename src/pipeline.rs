@@ -21,11 +21,14 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 /// How long a job that has written its buffer waits for the next one
-/// before it ends. The caller refills a buffer far faster than the disk
-/// or the page cache takes one, but only after a wake-up, which on a busy
-/// or virtual machine can take hundreds of microseconds: without the wait
-/// the chain of buffers breaks and each costs a hop again. A caller that
-/// is done (flush, commit, drop) ends the wait at once.
+/// before it ends, once the caller has shown it keeps up (a buffer was
+/// queued while the job wrote). Such a caller refills a buffer far faster
+/// than the disk or the page cache takes one, but only after a wake-up,
+/// which on a busy or virtual machine can take hundreds of microseconds:
+/// without the wait the chain of buffers breaks and each costs a hop
+/// again. A slower caller (fed by the network, say) gets no wait, so its
+/// jobs hold no pool thread idle. A caller that is done (flush, commit,
+/// drop) ends the wait at once.
 const LINGER: Duration = Duration::from_millis(1);
 
 /// Somewhere to run blocking jobs: the Tokio blocking pool, or a test fake.
@@ -89,8 +92,9 @@ enum State<W: Send + 'static, P: Pool> {
     Busy(P::Handle<Job<W>>, Shared),
 }
 
-/// The pipeline. Holds at most two buffers: the one filling (unless
-/// `lent`), the one in the job, the one queued or handed back, the spare.
+/// The pipeline. Two buffers at most, each in one of these places at a
+/// time: filling (unless `lent`), in the job, queued or handed back, or the
+/// spare.
 pub(crate) struct Pipeline<W: Send + 'static, P: Pool> {
     state: State<W, P>,
     /// The buffer being filled.
@@ -349,15 +353,17 @@ impl<W: Send + 'static, P: Pool> Drop for Pipeline<W, P> {
     }
 }
 
-/// The job: writes `buf`, then each buffer queued meanwhile or within
-/// [`LINGER`], handing every written one back; ends when nothing comes, at
-/// the first error, or when the caller closes the queue.
+/// The job: writes `buf`, then each buffer queued meanwhile (or, once the
+/// caller keeps up, within [`LINGER`]), handing every written one back;
+/// ends when nothing comes, at the first error, or when the caller closes
+/// the queue.
 fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: Duration) -> Job<W> {
+    let mut keeping_up = false;
     loop {
         let result = sink.write_all(&buf);
         buf.clear();
         let mut handoff = lock(shared);
-        if result.is_ok() && handoff.accepting && handoff.queued.is_none() {
+        if keeping_up && result.is_ok() && handoff.accepting && handoff.queued.is_none() {
             handoff = shared
                 .1
                 .wait_timeout_while(handoff, linger, |h| h.accepting && h.queued.is_none())
@@ -374,6 +380,7 @@ fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: D
             handoff.accepting = false;
             return (sink, buf, result);
         };
+        keeping_up = true;
         handoff.free = Some(std::mem::replace(&mut buf, next));
         let waker = handoff.waker.take();
         drop(handoff);
@@ -644,6 +651,126 @@ mod tests {
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), 2, "two buffers, reused: {seen:x?}");
+    }
+
+    /// A pool of real threads with a long linger, to see the wait itself.
+    struct ThreadPool;
+
+    type ThreadSlot<T> = Arc<Mutex<(Option<T>, Option<Waker>)>>;
+
+    struct ThreadHandle<T>(ThreadSlot<T>);
+
+    impl<T> Future for ThreadHandle<T> {
+        type Output = io::Result<T>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+            let mut slot = self.0.lock().unwrap();
+            match slot.0.take() {
+                Some(v) => Poll::Ready(Ok(v)),
+                None => {
+                    slot.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    static THREAD_JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl Pool for ThreadPool {
+        const LINGER: Duration = Duration::from_secs(30);
+        type Handle<T: Send + 'static> = ThreadHandle<T>;
+        fn spawn<T, F>(job: F) -> ThreadHandle<T>
+        where
+            F: FnOnce() -> T + Send + 'static,
+            T: Send + 'static,
+        {
+            THREAD_JOBS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let slot: ThreadSlot<T> = Arc::default();
+            let out = slot.clone();
+            std::thread::spawn(move || {
+                let v = job();
+                let mut slot = out.lock().unwrap();
+                slot.0 = Some(v);
+                if let Some(w) = slot.1.take() {
+                    w.wake();
+                }
+            });
+            ThreadHandle(slot)
+        }
+    }
+
+    /// Polls `f` to completion on this thread, parking while it is pending.
+    fn block_on<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> T {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(v) = f(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    /// The two linger tests share THREAD_JOBS: one at a time.
+    static THREADED: Mutex<()> = Mutex::new(());
+
+    /// A sink that takes its time over every write.
+    struct Slow(Sink);
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(50));
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_job_that_kept_up_waits_for_the_next_buffer_and_a_flush_ends_the_wait() {
+        let _one = THREADED.lock().unwrap();
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Slow, ThreadPool> = Pipeline::new(Slow(s.clone()), 4);
+        let jobs = THREAD_JOBS.load(std::sync::atomic::Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        // The second buffer is queued while the job writes the first: the
+        // caller keeps up.
+        for chunk in [b"abcd", b"efgh"] {
+            assert_eq!(block_on(|cx| p.poll_write(cx, chunk)).unwrap(), 4);
+        }
+        // The job writes both (100 ms), then waits; a buffer that comes
+        // 300 ms later still finds it.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefgh");
+        assert_eq!(block_on(|cx| p.poll_write(cx, b"ijkl")).unwrap(), 4);
+        block_on(|cx| p.poll_flush(cx)).unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefghijkl");
+        let spawned = THREAD_JOBS.load(std::sync::atomic::Ordering::SeqCst) - jobs;
+        assert_eq!(spawned, 1, "one job for three buffers");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the flush ended the 30 s wait"
+        );
+    }
+
+    #[test]
+    fn a_job_for_a_caller_that_has_not_kept_up_does_not_wait() {
+        let _one = THREADED.lock().unwrap();
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, ThreadPool> = Pipeline::new(s.clone(), 4);
+        let start = std::time::Instant::now();
+        assert_eq!(block_on(|cx| p.poll_write(cx, b"abcd")).unwrap(), 4);
+        // Nothing queued while it wrote: the job ends at once, queue open.
+        block_on(|cx| p.poll_job(cx));
+        assert!(start.elapsed() < Duration::from_secs(10), "no 30 s wait");
+        assert_eq!(&*s.data.lock().unwrap(), b"abcd");
     }
 
     #[test]
