@@ -1,7 +1,7 @@
 //! Issue #3's benches: this crate against its peers, every workload in one
 //! run.
 //!
-//! `cargo bench --bench peers` (or `-- w2` and the like for some workloads)
+//! `cargo bench --bench peers` (or `-- 'w2|w4'` for some workloads)
 //!
 //! Two passes over the same peers. First criterion, one peer after the
 //! other, for its reports. Then an interleaved pass: round after round,
@@ -644,11 +644,13 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
     // then criterion runs each benchmark once as a test: skip the rest.
     let measuring = std::env::args().any(|a| a == "--bench");
-    // `cargo bench -- w2 w4` runs only those workloads: the arguments
-    // that name one (the values of criterion's own options do not).
+    // `cargo bench -- 'w2|w4'` runs only those workloads: criterion takes
+    // one filter, a regex; this reads its alternatives (the values of
+    // criterion's own options, which name no workload, do not count).
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a.starts_with('w'))
+        .flat_map(|a| a.split('|').map(str::to_string).collect::<Vec<_>>())
         .collect();
     let wanted =
         |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
