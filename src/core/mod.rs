@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
-use crate::sys::{self, Dir, Kind, NoReplace};
+use crate::sys::{self, AfterLink, Dir, Kind, NoReplace};
 use crate::{Durability, Error, Op, OpenOptions};
 
 /// How many links a symlink chain may have, as Linux's own limit.
@@ -309,13 +309,21 @@ impl Staged {
             sys::set_mode(&self.file, mode).map_err(err(Op::SetPermissions))?;
         }
         let durable = self.plan.durability == Durability::Full;
-        if durable {
+        // An O_TMPFILE file replacing the target, where its link needs a
+        // full fsync anyway (ext4 without a journal, unknown filesystems):
+        // link it under its temp name first and sync once, after the link
+        // and before the rename, rather than both before and after.
+        let sync_once_linked = durable
+            && self.plan.overwrite
+            && matches!(self.temp, TempName::Unnamed)
+            && sys::after_link(&self.file, self.temp_dir().device()) == AfterLink::FullSync;
+        if durable && !sync_once_linked {
             // Data and inode reach the disk before any name points at them:
             // otherwise a power cut after the rename can leave the target
             // empty or torn (ext4 without auto_da_alloc, xfs, btrfs).
             sys::sync_file(&self.file).map_err(err(Op::SyncTemp))?;
         }
-        self.publish()?;
+        self.publish(sync_once_linked)?;
         if durable {
             // The rename lives in the directory: until it is synced a power
             // cut can bring the old content back.
@@ -332,7 +340,9 @@ impl Staged {
 
     /// The publishing step. Sets `temp` to `Published` the moment the target
     /// name refers to the new file, so the guard never removes it.
-    fn publish(&mut self) -> Result<(), Error> {
+    /// `sync_once_linked`: the file is not synced yet, and must be between
+    /// its link under a temp name and the rename.
+    fn publish(&mut self, sync_once_linked: bool) -> Result<(), Error> {
         let target = &self.plan.target;
         let durable = self.plan.durability == Durability::Full;
         match (&self.temp, self.plan.overwrite) {
@@ -354,7 +364,9 @@ impl Staged {
                 let name = link_temp_name(&self.file, self.temp_dir(), &self.plan.name)
                     .map_err(|e| Error::new(Op::Link, target, e))?;
                 self.temp = TempName::Named(name);
-                if durable {
+                if sync_once_linked {
+                    sys::sync_file(&self.file).map_err(|e| Error::new(Op::SyncTemp, target, e))?;
+                } else if durable {
                     // See above: btrfs wants the data synced after linkat.
                     sys::sync_after_link(&self.file, self.temp_dir().device())
                         .map_err(|e| Error::new(Op::SyncTemp, target, e))?;

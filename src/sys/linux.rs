@@ -12,6 +12,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use super::unix::Dir;
+use super::AfterLink;
 
 /// Set once the kernel has shown it has no `O_TMPFILE` (before 3.11 the flag
 /// reads as `O_DIRECTORY` and the open fails with `EISDIR`): a property of
@@ -61,25 +62,6 @@ pub(crate) fn link_unnamed(file: &File, dir: &Dir, name: &OsStr) -> io::Result<(
         name,
         AtFlags::SYMLINK_FOLLOW,
     )?)
-}
-
-/// What a file linked in by `link_unnamed`, already `fsync`ed before the
-/// link, still needs for the link to survive a power cut along with its
-/// data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum AfterLink {
-    /// Nothing: a journal commits the link (and the inode's new link count)
-    /// with the directory `fsync` that follows, after the data the first
-    /// `fsync` wrote. ext4 with a journal, xfs; and tmpfs, which keeps
-    /// nothing anyway.
-    Nothing,
-    /// `fdatasync`: btrfs, whose log can drop the data of an `O_TMPFILE`
-    /// file fsynced before its link (atomic-write-file #6).
-    DataSync,
-    /// `fsync`: everything else, unknown meaning unsafe. ext4 without a
-    /// journal (and ext2, which shares its magic) writes the inode's new
-    /// link count only with the inode itself.
-    FullSync,
 }
 
 const EXT4_SUPER_MAGIC: u32 = 0xEF53;

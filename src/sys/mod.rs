@@ -18,6 +18,26 @@ mod windows;
 #[cfg(unix)]
 pub(crate) use unix::*;
 
+/// What a file linked in by `link_unnamed`, already `fsync`ed before the
+/// link, still needs for the link to survive a power cut along with its
+/// data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) enum AfterLink {
+    /// Nothing: a journal commits the link (and the inode's new link count)
+    /// with the directory `fsync` that follows, after the data the first
+    /// `fsync` wrote. ext4 with a journal, xfs; and tmpfs, which keeps
+    /// nothing anyway.
+    Nothing,
+    /// `fdatasync`: btrfs, whose log can drop the data of an `O_TMPFILE`
+    /// file fsynced before its link (atomic-write-file #6).
+    DataSync,
+    /// `fsync`: everything else, unknown meaning unsafe. ext4 without a
+    /// journal (and ext2, which shares its magic) writes the inode's new
+    /// link count only with the inode itself.
+    FullSync,
+}
+
 /// How [`rename_noreplace`] published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NoReplace {

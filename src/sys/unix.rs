@@ -16,7 +16,9 @@ use rustix::io::Errno;
 use super::{Kind, Meta, NoReplace};
 
 #[cfg(target_os = "linux")]
-pub(crate) use super::linux::{create_unnamed, link_unnamed, random_bytes, sync_after_link};
+pub(crate) use super::linux::{
+    after_link, create_unnamed, link_unnamed, random_bytes, sync_after_link,
+};
 #[cfg(target_os = "macos")]
 pub(crate) use super::macos::sync_file;
 
@@ -252,6 +254,12 @@ pub(crate) fn link_unnamed(_file: &File, _dir: &Dir, _name: &OsStr) -> io::Resul
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn random_bytes(buf: &mut [u8]) {
     super::random_bytes_portable(buf)
+}
+
+/// What a file linked by `link_unnamed` needs; never asked outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn after_link(_file: &File, _dev: u64) -> super::AfterLink {
+    super::AfterLink::FullSync
 }
 
 /// The sync after `link_unnamed`, which exists only on Linux: never reached

@@ -110,6 +110,10 @@ pub(crate) fn sync_file(file: &File) -> io::Result<()> {
     file.sync_all()
 }
 
+pub(crate) fn after_link(_file: &File, _dev: u64) -> super::AfterLink {
+    super::AfterLink::FullSync
+}
+
 pub(crate) fn sync_after_link(file: &File, _dev: u64) -> io::Result<()> {
     file.sync_data()
 }
