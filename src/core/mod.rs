@@ -128,20 +128,30 @@ fn split(path: &Path) -> Result<(&Path, &OsStr), io::Error> {
     }
 }
 
+/// Opens the directory of `path` and looks at its last component, without
+/// following it. `target` is the path as given, for errors.
+fn look(path: &Path, target: &Path) -> Result<(Dir, Option<sys::Meta>), Error> {
+    let (parent, name) = split(path).map_err(|e| Error::new(Op::Open, target, e))?;
+    let dir = Dir::open(parent).map_err(|e| Error::new(Op::OpenDir, parent, e))?;
+    let existing = dir
+        .stat(name)
+        .map_err(|e| Error::new(Op::Open, target, e))?;
+    Ok((dir, existing))
+}
+
 impl Staged {
     /// Resolves and checks the target, then creates the temp file: the whole
     /// of `open`, run on the blocking pool. Nothing on disk changes on error.
     pub(crate) fn open(opts: &OpenOptions, target: PathBuf) -> Result<Staged, Error> {
-        let resolved = if opts.follow_symlinks && !target.as_os_str().is_empty() {
-            resolve_symlinks(&target)?
-        } else {
-            target.clone()
-        };
+        // Most targets are no symlink: look through the directory first and
+        // follow a chain only when there is one (a `stat` saved per open).
+        let mut resolved = target.clone();
+        let (mut dir, mut existing) = look(&resolved, &target)?;
+        if opts.follow_symlinks && existing.is_some_and(|m| m.kind == Kind::Symlink) {
+            resolved = resolve_symlinks(&target)?;
+            (dir, existing) = look(&resolved, &target)?;
+        }
         let (parent, name) = split(&resolved).map_err(|e| Error::new(Op::Open, &target, e))?;
-        let dir = Dir::open(parent).map_err(|e| Error::new(Op::OpenDir, parent, e))?;
-        let existing = dir
-            .stat(name)
-            .map_err(|e| Error::new(Op::Open, &target, e))?;
         let existing = match existing {
             Some(m) if m.kind == Kind::Dir => {
                 return Err(Error::new(
