@@ -40,8 +40,9 @@
 //! write    buffer in memory; a full buffer: write(temp) on the blocking
 //!          pool while the next fills, queued behind a running job (no hop)
 //! commit   write(rest); fsync(temp)
-//!          replace:     [linkat(temp -> .{name}.{random}.tmp);
-//!                        fdatasync(temp) on btrfs and unknown filesystems]
+//!          replace:     [linkat(temp -> .{name}.{random}.tmp); then
+//!                        fdatasync(temp) on btrfs, nothing on xfs, tmpfs
+//!                        and journalled ext4, elsewhere the one fsync]
 //!                       renameat(temp name -> name)
 //!          no-clobber:  linkat(temp -> name)  or  renameat2(RENAME_NOREPLACE)
 //!          fsync(dir), shared by the commits into it in flight together
