@@ -96,23 +96,32 @@ fn ext4_journaled(dev: u64) -> bool {
         .is_ok_and(|options| options.lines().any(|o| o.starts_with("data=")))
 }
 
-/// Policies found so far, per device: the mount table is read once per
-/// filesystem, not per commit.
-static AFTER_LINK: LazyLock<Mutex<HashMap<u64, AfterLink>>> = LazyLock::new(Mutex::default);
+/// Policies found so far, per filesystem: device number and filesystem id
+/// (`f_fsid`, from the volume's UUID on ext4 and btrfs). The device number
+/// alone can come back for another filesystem after an unmount (a loop
+/// device attached to another image), and a stale answer could skip a sync
+/// that filesystem needs; the pair cannot, short of the same volume coming
+/// back changed.
+static AFTER_LINK: LazyLock<Mutex<HashMap<(u64, u64), AfterLink>>> = LazyLock::new(Mutex::default);
 
-/// The policy for the filesystem of `file`, on device `dev`.
+/// The policy for the filesystem of `file`, on device `dev`: one `fstatvfs`
+/// per call, and the rest once per filesystem. Anything that cannot be read
+/// counts as unsafe; a failed `fstatvfs` or `fstatfs` is not remembered,
+/// unreadable mount options (no journal seen) are.
 pub(crate) fn after_link(file: &File, dev: u64) -> AfterLink {
-    let cache = |m: &Mutex<HashMap<u64, AfterLink>>| {
-        m.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&dev)
-            .copied()
+    let Ok(vfs) = rustix::fs::fstatvfs(file) else {
+        return AfterLink::FullSync;
     };
-    if let Some(policy) = cache(&AFTER_LINK) {
+    let key = (dev, vfs.f_fsid);
+    let cached = AFTER_LINK
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+        .copied();
+    if let Some(policy) = cached {
         return policy;
     }
     let Ok(st) = rustix::fs::fstatfs(file) else {
-        // Not cached: the next commit asks again.
         return AfterLink::FullSync;
     };
     // f_type is a signed or unsigned long or int depending on the target;
@@ -123,7 +132,7 @@ pub(crate) fn after_link(file: &File, dev: u64) -> AfterLink {
     AFTER_LINK
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(dev, policy);
+        .insert(key, policy);
     policy
 }
 
