@@ -39,12 +39,14 @@
 //!          fchown, fchmod                                         to the target's
 //! write    buffer in memory; a full buffer: write(temp) on the blocking
 //!          pool while the next fills, queued behind a running job (no hop)
-//! commit   write(rest); fsync(temp)
+//! commit   write(rest); fsync(temp) (but see O_TMPFILE replace below)
 //!          replace:     [linkat(temp -> .{name}.{random}.tmp); then
 //!                        fdatasync(temp) on btrfs, nothing on xfs, tmpfs
-//!                        and journalled ext4, elsewhere the one fsync]
+//!                        and journalled ext4; elsewhere the fsync moves
+//!                        here, after the link, and is the only one]
 //!                       renameat(temp name -> name)
-//!          no-clobber:  linkat(temp -> name)  or  renameat2(RENAME_NOREPLACE)
+//!          no-clobber:  linkat(temp -> name) [fdatasync on btrfs, fsync
+//!                       where unknown]  or  renameat2(RENAME_NOREPLACE)
 //!          fsync(dir), shared by the commits into it in flight together
 //! drop     unlinkat(temp name) on the blocking pool (O_TMPFILE: close)
 //! ```
@@ -55,7 +57,9 @@
 //! the file it replaces (nor than the final file). On Linux it is unnamed
 //! (`O_TMPFILE`) where the filesystem allows it: a crash while writing leaves
 //! nothing behind. Only a crash inside `commit`, between linking the file
-//! under its hidden name and the rename, can leave that hidden file.
+//! under its hidden name and the rename, can leave that hidden file; where
+//! the link needs a full `fsync` (ext4 without a journal, filesystems not
+//! known), that window includes the `fsync` of the whole file.
 //!
 //! # Guarantees
 //!

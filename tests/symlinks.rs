@@ -116,3 +116,47 @@ async fn follow_symlinks_false_replaces_the_link_itself() {
         );
     }
 }
+
+/// A link in a directory that can be searched but not read (mode 0711,
+/// someone else's): followed all the same, since resolving a link by path
+/// needs only search permission, even though that directory cannot be
+/// opened to look through.
+#[test]
+fn a_link_in_a_search_only_directory_is_followed() {
+    const NOBODY: u32 = 65534;
+    if is_child() {
+        let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(tokio_atomic_write::write(
+                dir.join("locked/current"),
+                b"new",
+            ))
+            .unwrap();
+        return;
+    }
+    if !require(is_root(), "root (to run a child as nobody)") {
+        return;
+    }
+    let dir = scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = dir.path().join("locked");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("cfg.json"), b"old").unwrap();
+    symlink("../data/cfg.json", locked.join("current")).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(data.join("cfg.json"), Some(NOBODY), Some(NOBODY)).unwrap();
+    run_child(
+        "a_link_in_a_search_only_directory_is_followed",
+        &[],
+        &[("TAW_DIR", dir.path().to_str().unwrap())],
+        Some(NOBODY),
+    );
+    assert_eq!(std::fs::read(data.join("cfg.json")).unwrap(), b"new");
+    assert!(is_symlink(&locked.join("current")), "the link is kept");
+    assert_no_leftovers(&data);
+}

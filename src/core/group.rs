@@ -11,6 +11,13 @@
 //! `fsync` the kernel may have dropped the dirty state, so a retry can
 //! succeed without having written anything.
 //!
+//! Failures also end the sharing for the commits they may have touched.
+//! Linux reports a writeback error to every descriptor open before it, but
+//! a shared `fsync` runs on the leader's descriptor, which may be younger.
+//! So each commit notes the directory's failure count before its rename;
+//! if a failure is recorded after that, the commit `fsync`s its own
+//! descriptor, which is sure to report it, instead of (or after) sharing.
+//!
 //! Plain `std` locks: the callers are blocking-pool threads.
 
 use std::collections::HashMap;
@@ -23,6 +30,16 @@ pub(crate) type DirId = (u64, u64);
 /// The directories being synced right now. A group leaves with its last
 /// user, so the map holds only directories in use.
 static GROUPS: LazyLock<Mutex<HashMap<DirId, Arc<Group>>>> = LazyLock::new(Mutex::default);
+
+/// How many shared `fsync`s of each directory have failed, for the life of
+/// the process (only directories with a failure are in it).
+static FAILED: LazyLock<Mutex<HashMap<DirId, u64>>> = LazyLock::new(Mutex::default);
+
+/// How many shared `fsync`s of directory `id` have failed so far: what a
+/// commit notes before its rename, for [`sync_shared`].
+pub(crate) fn failures(id: DirId) -> u64 {
+    lock(&FAILED).get(&id).copied().unwrap_or(0)
+}
 
 #[derive(Default)]
 struct Group {
@@ -45,8 +62,6 @@ struct State {
     waiting_for_next: usize,
     /// Failed `fsync`s whose callers have not all picked up the error.
     failures: Vec<Failure>,
-    /// The number of the last `fsync` that failed.
-    last_failed: Option<u64>,
 }
 
 struct Failure {
@@ -64,8 +79,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Returns once an `fsync` of directory `id` that started after this call
 /// has finished: run by this caller with `sync`, or by another caller for
-/// everyone waiting. Its error is every covered caller's error.
-pub(crate) fn sync_shared(id: DirId, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+/// everyone waiting. Its error is every covered caller's error. `seen` is
+/// [`failures`] as noted before the caller's rename: if a failure came
+/// since, the caller's own `sync` runs (again), see the module docs.
+pub(crate) fn sync_shared(
+    id: DirId,
+    seen: u64,
+    sync: impl Fn() -> io::Result<()>,
+) -> io::Result<()> {
+    if failures(id) != seen {
+        return sync();
+    }
+    let (result, failed_by_then) = shared(id, &sync);
+    result?;
+    if failed_by_then != seen {
+        // A failure while this caller waited: the shared fsync that
+        // covered it may have run on a descriptor that could not see it.
+        return sync();
+    }
+    Ok(())
+}
+
+/// The shared part: the outcome of the `fsync` that covered this caller,
+/// and [`failures`] as it stood when that `fsync` ended.
+fn shared(id: DirId, sync: &dyn Fn() -> io::Result<()>) -> (io::Result<()>, u64) {
     let group = {
         let mut groups = lock(&GROUPS);
         let group = Arc::clone(groups.entry(id).or_default());
@@ -73,7 +110,7 @@ pub(crate) fn sync_shared(id: DirId, sync: impl FnOnce() -> io::Result<()>) -> i
         group
     };
     let _user = User { id, group: &group };
-    group.wait_for_sync(sync)
+    group.wait_for_sync(id, sync)
 }
 
 /// One caller inside [`sync_shared`]; leaving, even by unwinding, it takes
@@ -95,28 +132,19 @@ impl Drop for User<'_> {
 }
 
 impl Group {
-    fn wait_for_sync(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    fn wait_for_sync(&self, id: DirId, sync: &dyn Fn() -> io::Result<()>) -> (io::Result<()>, u64) {
         let mut state = lock(&self.state);
         if state.next == 0 {
             state.next = 1;
         }
         let ticket = state.next;
         state.waiting_for_next += 1;
-        let mut sync = Some(sync);
         loop {
             if state.done >= ticket {
-                return state.result_of(ticket);
-            }
-            if state.last_failed == Some(ticket - 1) {
-                // This caller may have renamed before the failed fsync
-                // began, and a later one may succeed without writing what
-                // the failure dropped. Its own descriptor was open before
-                // the error, so its own fsync reports it (Linux keeps
-                // writeback errors per open file): no sharing now.
-                state.waiting_for_next -= 1;
-                drop(state);
-                let sync = sync.take().expect("a caller syncs at most once");
-                return sync();
+                // Read under the state lock: `Finish` counts a failure and
+                // ends its fsync in one step, so this count includes every
+                // failure up to the fsync that covered this caller.
+                return (state.result_of(ticket), failures(id));
             }
             if state.running {
                 state = self
@@ -132,13 +160,13 @@ impl Group {
             debug_assert_eq!(number, ticket);
             state.next += 1;
             state.running = true;
-            // The leader takes its own result: it is not counted among those
-            // who collect one (see `Finish`).
+            // `covered` counts the leader too: it collects its result like
+            // the others, unless it unwinds (see `Finish`).
             let covered = std::mem::take(&mut state.waiting_for_next);
             drop(state);
-            let sync = sync.take().expect("a caller leads at most once");
             let mut finish = Finish {
                 group: self,
+                id,
                 number,
                 covered,
                 result: None,
@@ -177,6 +205,7 @@ impl State {
 /// waiters must never wait for a leader that is gone.
 struct Finish<'a> {
     group: &'a Group,
+    id: DirId,
     number: u64,
     covered: usize,
     /// `None` while the `fsync` runs: still `None` when dropped, it
@@ -199,7 +228,8 @@ impl Drop for Finish<'_> {
             ),
         };
         if error.is_some() {
-            state.last_failed = Some(self.number);
+            // Lock order: GROUPS, a group's state, FAILED.
+            *lock(&FAILED).entry(self.id).or_default() += 1;
         }
         if left > 0 {
             state.failures.push(Failure {
@@ -216,7 +246,7 @@ impl Drop for Finish<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Barrier;
     use std::thread;
     use std::time::Duration;
@@ -228,7 +258,7 @@ mod tests {
     #[test]
     fn alone_a_caller_runs_its_own_sync() {
         let runs = AtomicUsize::new(0);
-        sync_shared(id(1), || {
+        sync_shared(id(1), 0, || {
             runs.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
@@ -245,10 +275,15 @@ mod tests {
         let runs = AtomicUsize::new(0);
         let arrived = AtomicUsize::new(0);
         let release = Barrier::new(2);
+        let again = AtomicBool::new(false);
         thread::scope(|s| {
             s.spawn(|| {
                 arrived.fetch_add(1, Ordering::SeqCst);
-                sync_shared(id(2), || {
+                sync_shared(id(2), 0, || {
+                    if again.swap(true, Ordering::SeqCst) {
+                        // Called again for the caller's own fsync, after a failure.
+                        return Ok(());
+                    }
                     release.wait();
                     // Let the other seven reach the wait.
                     while lock(&GROUPS)[&id(2)].state.lock().unwrap().waiting_for_next < 7 {
@@ -263,7 +298,7 @@ mod tests {
             for _ in 0..7 {
                 s.spawn(|| {
                     arrived.fetch_add(1, Ordering::SeqCst);
-                    sync_shared(id(2), || {
+                    sync_shared(id(2), 0, || {
                         assert_eq!(arrived.load(Ordering::SeqCst), 8, "started after all");
                         runs.fetch_add(1, Ordering::SeqCst);
                         Ok(())
@@ -278,10 +313,15 @@ mod tests {
     #[test]
     fn a_failure_reaches_every_covered_caller_and_no_later_one() {
         let release = Barrier::new(2);
+        let again = AtomicBool::new(false);
         let results = Mutex::new(Vec::new());
         thread::scope(|s| {
             s.spawn(|| {
-                sync_shared(id(3), || {
+                sync_shared(id(3), 0, || {
+                    if again.swap(true, Ordering::SeqCst) {
+                        // Called again for the caller's own fsync, after a failure.
+                        return Ok(());
+                    }
                     release.wait();
                     while lock(&GROUPS)[&id(3)].state.lock().unwrap().waiting_for_next < 4 {
                         thread::sleep(Duration::from_millis(1));
@@ -293,7 +333,7 @@ mod tests {
             release.wait();
             for _ in 0..4 {
                 s.spawn(|| {
-                    let r = sync_shared(id(3), || Err(io::Error::from_raw_os_error(5)));
+                    let r = sync_shared(id(3), 0, || Err(io::Error::from_raw_os_error(5)));
                     lock(&results).push(r);
                 });
             }
@@ -305,20 +345,25 @@ mod tests {
             assert_eq!(e.raw_os_error(), Some(5), "EIO for every covered caller");
         }
         // A later caller gets a sync of its own, not the old failure.
-        sync_shared(id(3), || Ok(())).unwrap();
+        sync_shared(id(3), failures(id(3)), || Ok(())).unwrap();
         assert!(!lock(&GROUPS).contains_key(&id(3)), "the group left");
     }
 
     #[test]
-    fn after_a_failure_the_callers_who_waited_sync_on_their_own() {
-        // Sync 1 fails while four callers wait for sync 2. Each of them may
-        // have renamed before sync 1 began, and only its own descriptor is
-        // sure to report the failure: each runs its own fsync, none shares.
+    fn after_a_failure_the_callers_who_waited_sync_on_their_own_too() {
+        // Sync 1 fails while four callers, who renamed before it, wait for
+        // sync 2. That one may run on a descriptor opened after the error
+        // and succeed; so each of them also runs its own fsync.
         let release = Barrier::new(2);
-        let own_syncs = AtomicUsize::new(0);
+        let again = AtomicBool::new(false);
+        let own: [AtomicUsize; 4] = Default::default();
         thread::scope(|s| {
             s.spawn(|| {
-                let r = sync_shared(id(4), || {
+                let r = sync_shared(id(4), 0, || {
+                    if again.swap(true, Ordering::SeqCst) {
+                        // Called again for the caller's own fsync, after a failure.
+                        return Ok(());
+                    }
                     release.wait();
                     while lock(&GROUPS)[&id(4)].state.lock().unwrap().waiting_for_next < 4 {
                         thread::sleep(Duration::from_millis(1));
@@ -328,18 +373,39 @@ mod tests {
                 assert_eq!(r.unwrap_err().raw_os_error(), Some(5));
             });
             release.wait();
-            for _ in 0..4 {
-                s.spawn(|| {
-                    sync_shared(id(4), || {
-                        own_syncs.fetch_add(1, Ordering::SeqCst);
+            for count in &own {
+                s.spawn(move || {
+                    sync_shared(id(4), 0, || {
+                        count.fetch_add(1, Ordering::SeqCst);
                         Ok(())
                     })
                     .unwrap();
                 });
             }
         });
-        assert_eq!(own_syncs.load(Ordering::SeqCst), 4, "one fsync each");
+        for (i, count) in own.iter().enumerate() {
+            assert!(
+                count.load(Ordering::SeqCst) >= 1,
+                "caller {i} synced itself"
+            );
+        }
+        assert_eq!(failures(id(4)), 1);
         assert!(!lock(&GROUPS).contains_key(&id(4)), "the group left");
+    }
+
+    #[test]
+    fn a_caller_that_saw_fewer_failures_syncs_alone() {
+        // A failure recorded between this caller's rename and its sync (in
+        // a group that has gone since): no sharing at all.
+        *lock(&FAILED).entry(id(6)).or_default() += 1;
+        let runs = AtomicUsize::new(0);
+        sync_shared(id(6), 0, || {
+            assert!(!lock(&GROUPS).contains_key(&id(6)), "no group joined");
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -347,9 +413,14 @@ mod tests {
         // Two callers wait for sync 2, both with a sync that panics: the one
         // that leads panics, the other gets an error, and the group leaves.
         let release = Barrier::new(2);
+        let again = AtomicBool::new(false);
         thread::scope(|s| {
             let leader = s.spawn(|| {
-                sync_shared(id(5), || {
+                sync_shared(id(5), 0, || {
+                    if again.swap(true, Ordering::SeqCst) {
+                        // Called again for the caller's own fsync, after a failure.
+                        return Ok(());
+                    }
                     release.wait();
                     while lock(&GROUPS)[&id(5)].state.lock().unwrap().waiting_for_next < 2 {
                         thread::sleep(Duration::from_millis(1));
@@ -359,7 +430,7 @@ mod tests {
             });
             release.wait();
             let waiters: Vec<_> = (0..2)
-                .map(|_| s.spawn(|| sync_shared(id(5), || -> io::Result<()> { panic!("boom") })))
+                .map(|_| s.spawn(|| sync_shared(id(5), 0, || -> io::Result<()> { panic!("boom") })))
                 .collect();
             leader.join().unwrap().unwrap();
             let outcomes: Vec<_> = waiters.into_iter().map(|w| w.join()).collect();

@@ -145,12 +145,25 @@ impl Staged {
     pub(crate) fn open(opts: &OpenOptions, target: PathBuf) -> Result<Staged, Error> {
         // Most targets are no symlink: look through the directory first and
         // follow a chain only when there is one (a `stat` saved per open).
-        let mut resolved = target.clone();
-        let (mut dir, mut existing) = look(&resolved, &target)?;
-        if opts.follow_symlinks && existing.is_some_and(|m| m.kind == Kind::Symlink) {
-            resolved = resolve_symlinks(&target)?;
-            (dir, existing) = look(&resolved, &target)?;
-        }
+        // Following links, a failed first look proves nothing: the target
+        // may be a link out of a directory that can be searched but not
+        // opened (mode 0711); resolve the chain by path then, as `lstat`
+        // needs no more than search permission.
+        let first = look(&target, &target);
+        let follow = match &first {
+            Ok((_, existing)) => {
+                opts.follow_symlinks && existing.is_some_and(|m| m.kind == Kind::Symlink)
+            }
+            Err(_) => opts.follow_symlinks,
+        };
+        let (resolved, dir, existing) = if follow {
+            let resolved = resolve_symlinks(&target)?;
+            let (dir, existing) = look(&resolved, &target)?;
+            (resolved, dir, existing)
+        } else {
+            let (dir, existing) = first?;
+            (target.clone(), dir, existing)
+        };
         let (parent, name) = split(&resolved).map_err(|e| Error::new(Op::Open, &target, e))?;
         let existing = match existing {
             Some(m) if m.kind == Kind::Dir => {
@@ -333,16 +346,20 @@ impl Staged {
             // empty or torn (ext4 without auto_da_alloc, xfs, btrfs).
             sys::sync_file(&self.file).map_err(err(Op::SyncTemp))?;
         }
+        // Failed directory fsyncs so far, noted before the rename: a failure
+        // after this point may cover the rename (see `group`).
+        let seen = dir_failures(&self.plan.dir);
+        let seen_temp_dir = self.temp_dir.as_ref().map_or(0, dir_failures);
         self.publish(sync_once_linked)?;
         if durable {
             // The rename lives in the directory: until it is synced a power
             // cut can bring the old content back.
             let after = |e| Error::after_publish(Op::SyncDir, &self.plan.target, e);
-            sync_dir(&self.plan.dir).map_err(after)?;
+            sync_dir(&self.plan.dir, seen).map_err(after)?;
             // A rename out of another directory changed that one too: sync it
             // so that the temp name cannot come back as a second link.
             if let Some(temp_dir) = &self.temp_dir {
-                sync_dir(temp_dir).map_err(after)?;
+                sync_dir(temp_dir, seen_temp_dir).map_err(after)?;
             }
         }
         Ok(())
@@ -428,11 +445,17 @@ impl Staged {
 
 /// `fsync`s `dir`, sharing the `fsync` with the commits into the same
 /// directory in flight at the same time (see [`group`]).
-fn sync_dir(dir: &Dir) -> io::Result<()> {
+/// `seen`: [`dir_failures`] before the rename.
+fn sync_dir(dir: &Dir, seen: u64) -> io::Result<()> {
     match dir.id() {
-        Some(id) => group::sync_shared(id, || dir.sync()),
+        Some(id) => group::sync_shared(id, seen, || dir.sync()),
         None => dir.sync(),
     }
+}
+
+/// How many shared fsyncs of `dir` have failed in this process.
+fn dir_failures(dir: &Dir) -> u64 {
+    dir.id().map_or(0, group::failures)
 }
 
 /// Adds what the bare errno leaves out where users keep tripping over it.
