@@ -336,10 +336,11 @@ impl Staged {
         // full fsync anyway (ext4 without a journal, unknown filesystems):
         // link it under its temp name first and sync once, after the link
         // and before the rename, rather than both before and after.
-        let sync_once_linked = durable
-            && self.plan.overwrite
-            && matches!(self.temp, TempName::Unnamed)
-            && sys::after_link(&self.file, self.temp_dir().device()) == AfterLink::FullSync;
+        // What the filesystem needs after linking an O_TMPFILE file, asked
+        // once per commit.
+        let after_link = (durable && matches!(self.temp, TempName::Unnamed))
+            .then(|| sys::after_link(&self.file, self.temp_dir().device()));
+        let sync_once_linked = self.plan.overwrite && after_link == Some(AfterLink::FullSync);
         if durable && !sync_once_linked {
             // Data and inode reach the disk before any name points at them:
             // otherwise a power cut after the rename can leave the target
@@ -348,9 +349,14 @@ impl Staged {
         }
         // Failed directory fsyncs so far, noted before the rename: a failure
         // after this point may cover the rename (see `group`).
-        let seen = dir_failures(&self.plan.dir);
-        let seen_temp_dir = self.temp_dir.as_ref().map_or(0, dir_failures);
-        self.publish(sync_once_linked)?;
+        let (seen, seen_temp_dir) = match durable {
+            true => (
+                dir_failures(&self.plan.dir),
+                self.temp_dir.as_ref().map_or(0, dir_failures),
+            ),
+            false => (0, 0),
+        };
+        self.publish(after_link)?;
         if durable {
             // The rename lives in the directory: until it is synced a power
             // cut can bring the old content back.
@@ -367,11 +373,11 @@ impl Staged {
 
     /// The publishing step. Sets `temp` to `Published` the moment the target
     /// name refers to the new file, so the guard never removes it.
-    /// `sync_once_linked`: the file is not synced yet, and must be between
-    /// its link under a temp name and the rename.
-    fn publish(&mut self, sync_once_linked: bool) -> Result<(), Error> {
+    /// `after_link`: for a durable O_TMPFILE file, what its filesystem needs
+    /// after the link; a replacing commit that needs a full fsync there has
+    /// not synced yet, and syncs between the link and the rename.
+    fn publish(&mut self, after_link: Option<AfterLink>) -> Result<(), Error> {
         let target = &self.plan.target;
-        let durable = self.plan.durability == Durability::Full;
         match (&self.temp, self.plan.overwrite) {
             (TempName::Unnamed, false) => {
                 // linkat to the final name: atomic no-clobber, and at no
@@ -379,10 +385,10 @@ impl Staged {
                 sys::link_unnamed(&self.file, &self.plan.dir, &self.plan.name)
                     .map_err(|e| Error::new(Op::Link, target, e))?;
                 self.temp = TempName::Published;
-                if durable {
+                if let Some(policy) = after_link {
                     // btrfs can lose the data of an O_TMPFILE file fsynced
                     // before its linkat (atomic-write-file #6).
-                    sys::sync_after_link(&self.file, self.plan.dir.device())
+                    sys::sync_after_link(&self.file, policy)
                         .map_err(|e| Error::after_publish(Op::SyncTemp, target, e))?;
                 }
             }
@@ -391,11 +397,11 @@ impl Staged {
                 let name = link_temp_name(&self.file, self.temp_dir(), &self.plan.name)
                     .map_err(|e| Error::new(Op::Link, target, e))?;
                 self.temp = TempName::Named(name);
-                if sync_once_linked {
-                    sys::sync_file(&self.file).map_err(|e| Error::new(Op::SyncTemp, target, e))?;
-                } else if durable {
-                    // See above: btrfs wants the data synced after linkat.
-                    sys::sync_after_link(&self.file, self.temp_dir().device())
+                if let Some(policy) = after_link {
+                    // The one fsync where the link needs a full one (see
+                    // `commit`); else, as above, btrfs wants the data
+                    // synced after linkat.
+                    sys::sync_after_link(&self.file, policy)
                         .map_err(|e| Error::new(Op::SyncTemp, target, e))?;
                 }
                 self.rename()?;

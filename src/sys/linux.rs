@@ -136,10 +136,10 @@ pub(crate) fn after_link(file: &File, dev: u64) -> AfterLink {
     policy
 }
 
-/// After `link_unnamed` of a file already `fsync`ed, on device `dev`: what
-/// [`after_link`] says the filesystem needs.
-pub(crate) fn sync_after_link(file: &File, dev: u64) -> io::Result<()> {
-    match after_link(file, dev) {
+/// After `link_unnamed`: the sync that `policy` (from [`after_link`]) asks
+/// for.
+pub(crate) fn sync_after_link(file: &File, policy: AfterLink) -> io::Result<()> {
+    match policy {
         AfterLink::Nothing => Ok(()),
         AfterLink::DataSync => Ok(rustix::fs::fdatasync(file)?),
         AfterLink::FullSync => Ok(rustix::fs::fsync(file)?),

@@ -265,8 +265,11 @@ pub(crate) fn after_link(_file: &File, _dev: u64) -> super::AfterLink {
 /// The sync after `link_unnamed`, which exists only on Linux: never reached
 /// elsewhere, and a full sync if it were.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn sync_after_link(file: &File, _dev: u64) -> io::Result<()> {
-    sync_file(file)
+pub(crate) fn sync_after_link(file: &File, policy: super::AfterLink) -> io::Result<()> {
+    match policy {
+        super::AfterLink::Nothing => Ok(()),
+        _ => sync_file(file),
+    }
 }
 
 /// `fsync`: data and metadata on the disk.

@@ -114,8 +114,11 @@ pub(crate) fn after_link(_file: &File, _dev: u64) -> super::AfterLink {
     super::AfterLink::FullSync
 }
 
-pub(crate) fn sync_after_link(file: &File, _dev: u64) -> io::Result<()> {
-    file.sync_data()
+pub(crate) fn sync_after_link(file: &File, policy: super::AfterLink) -> io::Result<()> {
+    match policy {
+        super::AfterLink::Nothing => Ok(()),
+        _ => file.sync_data(),
+    }
 }
 
 pub(crate) fn create_unnamed(_dir: &Dir, _mode: u32) -> io::Result<Option<File>> {
