@@ -255,6 +255,27 @@ mod tests {
         (u64::MAX, n)
     }
 
+    /// The first sync of a test: starts when the test releases it, holds
+    /// the group until `waiting` callers wait behind it, then gives
+    /// `result`. Called again (the caller's own fsync after a failure), it
+    /// succeeds at once.
+    fn hold(
+        dir: DirId,
+        waiting: usize,
+        release: &Barrier,
+        again: &AtomicBool,
+        result: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        if again.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        release.wait();
+        while lock(&GROUPS)[&dir].state.lock().unwrap().waiting_for_next < waiting {
+            thread::sleep(Duration::from_millis(1));
+        }
+        result()
+    }
+
     #[test]
     fn alone_a_caller_runs_its_own_sync() {
         let runs = AtomicUsize::new(0);
@@ -280,17 +301,10 @@ mod tests {
             s.spawn(|| {
                 arrived.fetch_add(1, Ordering::SeqCst);
                 sync_shared(id(2), 0, || {
-                    if again.swap(true, Ordering::SeqCst) {
-                        // Called again for the caller's own fsync, after a failure.
-                        return Ok(());
-                    }
-                    release.wait();
-                    // Let the other seven reach the wait.
-                    while lock(&GROUPS)[&id(2)].state.lock().unwrap().waiting_for_next < 7 {
-                        thread::sleep(Duration::from_millis(1));
-                    }
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
+                    hold(id(2), 7, &release, &again, || {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
                 })
                 .unwrap();
             });
@@ -317,18 +331,7 @@ mod tests {
         let results = Mutex::new(Vec::new());
         thread::scope(|s| {
             s.spawn(|| {
-                sync_shared(id(3), 0, || {
-                    if again.swap(true, Ordering::SeqCst) {
-                        // Called again for the caller's own fsync, after a failure.
-                        return Ok(());
-                    }
-                    release.wait();
-                    while lock(&GROUPS)[&id(3)].state.lock().unwrap().waiting_for_next < 4 {
-                        thread::sleep(Duration::from_millis(1));
-                    }
-                    Ok(())
-                })
-                .unwrap();
+                sync_shared(id(3), 0, || hold(id(3), 4, &release, &again, || Ok(()))).unwrap();
             });
             release.wait();
             for _ in 0..4 {
@@ -360,15 +363,9 @@ mod tests {
         thread::scope(|s| {
             s.spawn(|| {
                 let r = sync_shared(id(4), 0, || {
-                    if again.swap(true, Ordering::SeqCst) {
-                        // Called again for the caller's own fsync, after a failure.
-                        return Ok(());
-                    }
-                    release.wait();
-                    while lock(&GROUPS)[&id(4)].state.lock().unwrap().waiting_for_next < 4 {
-                        thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(io::Error::from_raw_os_error(5))
+                    hold(id(4), 4, &release, &again, || {
+                        Err(io::Error::from_raw_os_error(5))
+                    })
                 });
                 assert_eq!(r.unwrap_err().raw_os_error(), Some(5));
             });
@@ -415,19 +412,8 @@ mod tests {
         let release = Barrier::new(2);
         let again = AtomicBool::new(false);
         thread::scope(|s| {
-            let leader = s.spawn(|| {
-                sync_shared(id(5), 0, || {
-                    if again.swap(true, Ordering::SeqCst) {
-                        // Called again for the caller's own fsync, after a failure.
-                        return Ok(());
-                    }
-                    release.wait();
-                    while lock(&GROUPS)[&id(5)].state.lock().unwrap().waiting_for_next < 2 {
-                        thread::sleep(Duration::from_millis(1));
-                    }
-                    Ok(())
-                })
-            });
+            let leader =
+                s.spawn(|| sync_shared(id(5), 0, || hold(id(5), 2, &release, &again, || Ok(()))));
             release.wait();
             let waiters: Vec<_> = (0..2)
                 .map(|_| s.spawn(|| sync_shared(id(5), 0, || -> io::Result<()> { panic!("boom") })))
