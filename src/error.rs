@@ -25,6 +25,11 @@ pub enum Op {
     SetPermissions,
     /// Flushing the temp file's data to the disk (`fsync`, `F_FULLFSYNC`).
     SyncTemp,
+    /// Closing the temp file, which reports a failed write-back on some
+    /// filesystems (NFS). Before the publishing step for a named temp file,
+    /// and for an `O_TMPFILE` one unless its link needs a full `fsync`
+    /// (then after: see [`Error::is_published`]).
+    Close,
     /// Linking an unnamed (`O_TMPFILE`) temp file into the directory.
     Link,
     /// Renaming the temp file over (or, without overwrite, onto) the target.
@@ -34,6 +39,8 @@ pub enum Op {
     SyncDir,
     /// Removing the temp file on rollback.
     RemoveTemp,
+    /// Looking at or removing a leftover temp file in [`sweep`](crate::sweep).
+    Sweep,
 }
 
 impl Op {
@@ -47,6 +54,7 @@ impl Op {
             Op::Write => write!(f, "failed to write temp file for `{p}`"),
             Op::SetPermissions => write!(f, "failed to set permissions of temp file for `{p}`"),
             Op::SyncTemp => write!(f, "failed to sync temp file for `{p}`"),
+            Op::Close => write!(f, "failed to close temp file for `{p}`"),
             Op::Link => write!(f, "failed to link temp file to `{p}`"),
             Op::Rename => write!(f, "failed to rename temp file to `{p}`"),
             Op::SyncDir => write!(
@@ -54,6 +62,7 @@ impl Op {
                 "failed to sync directory after publishing `{p}` (new content visible, durability unknown)"
             ),
             Op::RemoveTemp => write!(f, "failed to remove temp file `{p}`"),
+            Op::Sweep => write!(f, "failed to sweep leftover temp file `{p}`"),
         }
     }
 }
@@ -112,7 +121,7 @@ impl Error {
 
     /// The path the step worked on: the target for most steps, the directory
     /// for [`Op::OpenDir`] and [`Op::CreateTemp`], the temp file for
-    /// [`Op::RemoveTemp`].
+    /// [`Op::RemoveTemp`] and [`Op::Sweep`].
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -176,10 +185,12 @@ mod tests {
             Op::Write,
             Op::SetPermissions,
             Op::SyncTemp,
+            Op::Close,
             Op::Link,
             Op::Rename,
             Op::SyncDir,
             Op::RemoveTemp,
+            Op::Sweep,
         ];
         for op in ops {
             let msg = Error::new(op, "p", io::Error::other("x")).to_string();

@@ -39,12 +39,11 @@
 //!          fchown, fchmod                                         to the target's
 //! write    buffer in memory; a full buffer: write(temp) on the blocking
 //!          pool while the next fills, queued behind a running job (no hop)
-//! commit   write(rest); fsync(temp) (but see O_TMPFILE replace below)
-//!          replace:     [linkat(temp -> .{name}.{random}.tmp); then
-//!                        fdatasync(temp) on btrfs, nothing on xfs, tmpfs
-//!                        and journalled ext4; elsewhere the fsync moves
-//!                        here, after the link, and is the only one]
-//!                       renameat(temp name -> name)
+//! commit   write(rest); fsync(temp)
+//!          replace:     [linkat(temp -> .{name}.{random}.tmp); fdatasync
+//!                        on btrfs]  renameat(temp name -> name)  [fsync
+//!                        after an O_TMPFILE link on ext4 without a
+//!                        journal and filesystems not known]
 //!          no-clobber:  linkat(temp -> name) [fdatasync on btrfs, fsync
 //!                       where unknown]  or  renameat2(RENAME_NOREPLACE)
 //!          fsync(dir), shared by the commits into it in flight together
@@ -57,9 +56,9 @@
 //! the file it replaces (nor than the final file). On Linux it is unnamed
 //! (`O_TMPFILE`) where the filesystem allows it: a crash while writing leaves
 //! nothing behind. Only a crash inside `commit`, between linking the file
-//! under its hidden name and the rename, can leave that hidden file; where
-//! the link needs a full `fsync` (ext4 without a journal, filesystems not
-//! known), that window includes the `fsync` of the whole file.
+//! under its hidden name and the rename (two system calls in a row; on
+//! btrfs an `fdatasync` between them), can leave that hidden file, which
+//! [`sweep`] removes.
 //!
 //! # Guarantees
 //!
@@ -130,6 +129,7 @@ mod error;
 mod file;
 mod options;
 mod pipeline;
+mod sweep;
 mod sys;
 
 use std::path::Path;
@@ -137,6 +137,7 @@ use std::path::Path;
 pub use error::{Error, Op};
 pub use file::AsyncAtomicFile;
 pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
+pub use sweep::{sweep, SweepReport};
 
 /// Replaces the file at `path` with `contents`, atomically and durably: an
 /// atomic [`tokio::fs::write`](https://docs.rs/tokio/1/tokio/fs/fn.write.html).

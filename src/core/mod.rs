@@ -51,7 +51,8 @@ struct Plan {
 /// An open temp file and everything its commit needs: the cleanup guard.
 #[derive(Debug)]
 pub(crate) struct Staged {
-    file: File,
+    /// The temp file; `None` once closed by `commit`.
+    file: Option<File>,
     temp: TempName,
     /// Where the temp file lives, when not in `plan.dir`.
     temp_dir: Option<Dir>,
@@ -219,7 +220,7 @@ impl Staged {
         )
         .map_err(|e| Error::new(Op::CreateTemp, &temp_dir_path, e))?;
         let mut staged = Staged {
-            file,
+            file: Some(file),
             temp,
             temp_dir,
             temp_dir_path,
@@ -253,7 +254,7 @@ impl Staged {
         replaced: sys::Meta,
         final_mode: Option<u32>,
     ) -> Result<(), Error> {
-        let now = sys::file_meta(&self.file)
+        let now = sys::file_meta(self.file())
             .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
         let gid = if opts.preserve_owner {
             self.copy_owner(now, replaced.uid, replaced.gid)
@@ -284,7 +285,7 @@ impl Staged {
         current: Option<u32>,
     ) -> Result<(), Error> {
         if current != Some(writing) {
-            sys::set_mode(&self.file, writing)
+            sys::set_mode(self.file(), writing)
                 .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
         }
         if final_mode != writing {
@@ -301,13 +302,35 @@ impl Staged {
         if (now.uid, now.gid) == (uid, gid) {
             return gid;
         }
-        if sys::set_owner(&self.file, Some(uid), Some(gid)).is_ok() {
+        if sys::set_owner(self.file(), Some(uid), Some(gid)).is_ok() {
             return gid;
         }
-        if now.gid != gid && sys::set_owner(&self.file, None, Some(gid)).is_ok() {
+        if now.gid != gid && sys::set_owner(self.file(), None, Some(gid)).is_ok() {
             return gid;
         }
         now.gid
+    }
+
+    fn file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("the temp file is open until commit closes it")
+    }
+
+    fn file_mut(&mut self) -> &mut File {
+        self.file
+            .as_mut()
+            .expect("the temp file is open until commit closes it")
+    }
+
+    /// Closes the temp file, reporting the error that dropping it would
+    /// swallow; after `published`, the error says the target is new.
+    fn close(&mut self, published: bool) -> Result<(), Error> {
+        let file = self.file.take().expect("closed once");
+        sys::close(file).map_err(|e| match published {
+            true => Error::after_publish(Op::Close, &self.plan.target, e),
+            false => Error::new(Op::Close, &self.plan.target, e),
+        })
     }
 
     fn temp_dir(&self) -> &Dir {
@@ -326,26 +349,21 @@ impl Staged {
         let target = &target;
         let err = |op| move |e| Error::new(op, target, e);
         if !rest.is_empty() {
-            self.file.write_all(rest).map_err(err(Op::Write))?;
+            self.file_mut().write_all(rest).map_err(err(Op::Write))?;
         }
         if let Some(mode) = self.plan.mode_at_commit {
-            sys::set_mode(&self.file, mode).map_err(err(Op::SetPermissions))?;
+            sys::set_mode(self.file(), mode).map_err(err(Op::SetPermissions))?;
         }
         let durable = self.plan.durability == Durability::Full;
-        // An O_TMPFILE file replacing the target, where its link needs a
-        // full fsync anyway (ext4 without a journal, unknown filesystems):
-        // link it under its temp name first and sync once, after the link
-        // and before the rename, rather than both before and after.
         // What the filesystem needs after linking an O_TMPFILE file, asked
         // once per commit.
         let after_link = (durable && matches!(self.temp, TempName::Unnamed))
-            .then(|| sys::after_link(&self.file, self.temp_dir().device()));
-        let sync_once_linked = self.plan.overwrite && after_link == Some(AfterLink::FullSync);
-        if durable && !sync_once_linked {
+            .then(|| sys::after_link(self.file(), self.temp_dir().device()));
+        if durable {
             // Data and inode reach the disk before any name points at them:
             // otherwise a power cut after the rename can leave the target
             // empty or torn (ext4 without auto_da_alloc, xfs, btrfs).
-            sys::sync_file(&self.file).map_err(err(Op::SyncTemp))?;
+            sys::sync_file(self.file()).map_err(err(Op::SyncTemp))?;
         }
         // Failed directory fsyncs so far, noted before the rename: a failure
         // after this point may cover the rename (see `group`).
@@ -374,39 +392,52 @@ impl Staged {
     /// The publishing step. Sets `temp` to `Published` the moment the target
     /// name refers to the new file, so the guard never removes it.
     /// `after_link`: for a durable O_TMPFILE file, what its filesystem needs
-    /// after the link; a replacing commit that needs a full fsync there has
-    /// not synced yet, and syncs between the link and the rename.
+    /// after the link.
     fn publish(&mut self, after_link: Option<AfterLink>) -> Result<(), Error> {
         let target = &self.plan.target;
         match (&self.temp, self.plan.overwrite) {
             (TempName::Unnamed, false) => {
                 // linkat to the final name: atomic no-clobber, and at no
                 // moment a second name.
-                sys::link_unnamed(&self.file, &self.plan.dir, &self.plan.name)
+                sys::link_unnamed(self.file(), &self.plan.dir, &self.plan.name)
                     .map_err(|e| Error::new(Op::Link, target, e))?;
                 self.temp = TempName::Published;
                 if let Some(policy) = after_link {
                     // btrfs can lose the data of an O_TMPFILE file fsynced
                     // before its linkat (atomic-write-file #6).
-                    sys::sync_after_link(&self.file, policy)
+                    sys::sync_after_link(self.file(), policy)
                         .map_err(|e| Error::after_publish(Op::SyncTemp, target, e))?;
                 }
+                self.close(true)?;
             }
             (TempName::Unnamed, true) => {
                 // linkat cannot replace: link under a temp name, then rename.
-                let name = link_temp_name(&self.file, self.temp_dir(), &self.plan.name)
+                // A process killed between the two leaves that name behind
+                // (for `sweep`), so nothing slow runs between them but the
+                // fdatasync btrfs needs before the name can last.
+                let name = link_temp_name(self.file(), self.temp_dir(), &self.plan.name)
                     .map_err(|e| Error::new(Op::Link, target, e))?;
                 self.temp = TempName::Named(name);
-                if let Some(policy) = after_link {
-                    // The one fsync where the link needs a full one (see
-                    // `commit`); else, as above, btrfs wants the data
-                    // synced after linkat.
-                    sys::sync_after_link(&self.file, policy)
+                if after_link == Some(AfterLink::DataSync) {
+                    sys::sync_after_link(self.file(), AfterLink::DataSync)
                         .map_err(|e| Error::new(Op::SyncTemp, target, e))?;
                 }
+                if after_link == Some(AfterLink::FullSync) {
+                    self.rename()?;
+                    // The data was synced before the link; this makes the
+                    // inode's new link count durable, before the directory.
+                    sys::sync_after_link(self.file(), AfterLink::FullSync)
+                        .map_err(|e| Error::after_publish(Op::SyncTemp, &self.plan.target, e))?;
+                    self.close(true)?;
+                } else {
+                    self.close(false)?;
+                    self.rename()?;
+                }
+            }
+            (TempName::Named(_), _) => {
+                self.close(false)?;
                 self.rename()?;
             }
-            (TempName::Named(_), _) => self.rename()?,
             (TempName::Published, _) => unreachable!("a Staged is committed once"),
         }
         Ok(())
@@ -475,11 +506,11 @@ fn describe_rename_error(e: io::Error) -> io::Error {
 
 impl Write for Staged {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        self.file_mut().write(buf)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)
+        self.file_mut().write_all(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -498,7 +529,9 @@ impl Drop for Staged {
 
 /// Creates the temp file in `dir`: unnamed where the platform and the
 /// filesystem allow it and the caller does, otherwise under a fresh
-/// [`name::temp_name`], exclusively and without following links.
+/// [`name::temp_name`], exclusively and without following links. Either way
+/// it is locked (`sys::lock_temp`): `sweep` never removes it while this
+/// process holds it open.
 fn create_temp(
     dir: &Dir,
     target_name: &OsStr,
@@ -507,6 +540,8 @@ fn create_temp(
 ) -> io::Result<(File, TempName)> {
     if unnamed {
         if let Some(file) = sys::create_unnamed(dir, mode)? {
+            // Locked too: a replacing commit links it under a temp name.
+            sys::lock_temp(&file);
             return Ok((file, TempName::Unnamed));
         }
     }
@@ -515,7 +550,9 @@ fn create_temp(
         file = Some(dir.create_new(name, mode)?);
         Ok(())
     })?;
-    Ok((file.expect("created"), TempName::Named(name)))
+    let file = file.expect("created");
+    sys::lock_temp(&file);
+    Ok((file, TempName::Named(name)))
 }
 
 /// Links an unnamed file into `dir` under a fresh temp name.

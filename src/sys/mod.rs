@@ -49,6 +49,18 @@ pub(crate) enum NoReplace {
     Linked,
 }
 
+/// A file that `sweep` may remove, from `Dir::probe_leftover`.
+#[derive(Debug)]
+pub(crate) struct Leftover {
+    /// Its last modification.
+    pub(crate) modified: std::time::SystemTime,
+    /// A live writer holds its lock.
+    pub(crate) held: bool,
+    /// The lock taken by the probe, held until this is dropped, after the
+    /// removal.
+    pub(crate) _lock: Option<std::fs::File>,
+}
+
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {

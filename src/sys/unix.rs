@@ -3,17 +3,19 @@
 //! compiled only where no platform file replaces them.
 
 use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-use super::{Kind, Meta, NoReplace};
+use super::{Kind, Leftover, Meta, NoReplace};
 
 #[cfg(target_os = "linux")]
 pub(crate) use super::linux::{
@@ -95,6 +97,70 @@ impl Dir {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
     }
 
+    /// The names in the directory, `.` and `..` left out.
+    pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(&name).to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Looks at `name` for `sweep`: `None` unless it is a regular file (a
+    /// symlink is neither followed nor a leftover). Opens it without
+    /// following links or blocking (a FIFO swapped in meanwhile) and tries
+    /// the lock that [`lock_temp`] takes: held means a live writer has it.
+    /// A file that cannot be opened or locked (no read or write permission,
+    /// a filesystem without locks) counts as not held: age alone decides.
+    pub(crate) fn probe_leftover(&self, name: &OsStr) -> io::Result<Option<Leftover>> {
+        let st = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
+            return Ok(None);
+        }
+        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let open = |access| rustix::fs::openat(&self.fd, name, flags | access, Mode::empty());
+        let fd = match open(OFlags::RDONLY) {
+            Err(Errno::ACCESS) | Err(Errno::PERM) => open(OFlags::WRONLY),
+            other => other,
+        };
+        let (held, lock) = match fd {
+            Ok(fd) => {
+                let now = rustix::fs::fstat(&fd)?;
+                if now.st_ino != st.st_ino || now.st_dev != st.st_dev {
+                    return Ok(None); // replaced since the stat: not ours to judge
+                }
+                match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                    Ok(()) => (false, Some(File::from(fd))),
+                    Err(Errno::WOULDBLOCK) => (true, None),
+                    Err(_) => (false, None),
+                }
+            }
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::ACCESS) | Err(Errno::PERM) => (false, None),
+            Err(e) => return Err(e.into()),
+        };
+        #[allow(clippy::unnecessary_cast)] // the field widths differ by platform
+        let modified = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::new(
+                st.st_mtime.max(0) as u64,
+                st.st_mtime_nsec as u32,
+            ))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Ok(Some(Leftover {
+            modified,
+            held,
+            _lock: lock,
+        }))
+    }
+
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
@@ -121,6 +187,24 @@ fn meta_of(st: &rustix::fs::Stat) -> Meta {
 /// `fstat` of an open file.
 pub(crate) fn file_meta(file: &File) -> io::Result<Meta> {
     Ok(meta_of(&rustix::fs::fstat(file)?))
+}
+
+/// Marks a new temp file as a live writer's: an exclusive `flock`, held
+/// until the file is closed or the process dies, which `sweep` tests. Best
+/// effort: where the filesystem has no locks, `sweep` goes by age alone.
+pub(crate) fn lock_temp(file: &File) {
+    let _ = rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive);
+}
+
+/// `close`, reporting its error, which some filesystems (NFS) use to report
+/// a failed write-back.
+#[allow(unsafe_code)]
+pub(crate) fn close(file: File) -> io::Result<()> {
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` comes from `into_raw_fd` on a `File` owned here, so it is
+    // open and owned by nothing else, and nothing uses it after this call,
+    // whatever its result.
+    Ok(unsafe { rustix::io::try_close(fd) }?)
 }
 
 /// `fchmod`: the exact mode, not masked by the umask, where the filesystem

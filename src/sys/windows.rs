@@ -13,7 +13,7 @@ use std::io;
 use std::os::windows::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{Kind, Meta, NoReplace};
+use super::{Kind, Leftover, Meta, NoReplace};
 use windows_sys::Win32::Storage::FileSystem::{
     MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
 };
@@ -92,6 +92,37 @@ impl Dir {
     pub(crate) fn remove(&self, name: &OsStr) -> io::Result<()> {
         std::fs::remove_file(self.path.join(name))
     }
+
+    pub(crate) fn names(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        std::fs::read_dir(&self.path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect()
+    }
+
+    /// No locks here: a file a live writer holds open cannot be removed
+    /// (it is not opened with `FILE_SHARE_DELETE`), so age alone decides
+    /// and the removal fails for a live one.
+    pub(crate) fn probe_leftover(&self, name: &OsStr) -> io::Result<Option<Leftover>> {
+        match std::fs::symlink_metadata(self.path.join(name)) {
+            Ok(m) if m.file_type().is_file() => Ok(Some(Leftover {
+                modified: m.modified()?,
+                held: false,
+                _lock: None,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// No advisory lock on Windows: see `Dir::probe_leftover`.
+pub(crate) fn lock_temp(_file: &File) {}
+
+/// Windows reports no error on closing a file handle that matters here.
+pub(crate) fn close(file: File) -> io::Result<()> {
+    drop(file);
+    Ok(())
 }
 
 pub(crate) fn file_meta(file: &File) -> io::Result<Meta> {

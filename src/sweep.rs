@@ -1,0 +1,116 @@
+//! [`sweep`]: removes the temp files that killed processes left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::core::name::is_temp_name;
+use crate::sys::Dir;
+use crate::{Error, Op};
+
+/// What [`sweep`] found and did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// The leftover temp files removed.
+    pub removed: Vec<PathBuf>,
+    /// Temp files kept because they were modified less than `older_than` ago.
+    pub too_recent: Vec<PathBuf>,
+    /// Temp files kept because a live writer, in this process or another,
+    /// still holds them open: never removed, however old.
+    pub in_use: Vec<PathBuf>,
+    /// Temp files that could not be examined or removed (permissions, a
+    /// read-only filesystem), each error naming the file.
+    pub failed: Vec<Error>,
+}
+
+/// Removes this crate's leftover temp files from `dir`: the ones a process
+/// killed while writing (named temp files) or inside `commit` left behind.
+///
+/// A file is removed only when all of these hold:
+/// - its name has the crate's temp-name shape, `.{name}.{12 random
+///   characters}.tmp`: nothing else in `dir` is touched;
+/// - it is a regular file, not a symlink (a link is neither followed nor
+///   removed) nor anything else;
+/// - it was last modified at least `older_than` ago;
+/// - no live writer holds it: every temp file is locked (`flock`) while the
+///   process writing it lives, so a slow writer's file is never removed
+///   under it, whatever its age. On filesystems without locks age alone
+///   decides: keep `older_than` above the longest write.
+///
+/// Only `dir` itself is looked at, not its subdirectories. Run it when a
+/// service starts, for the directories it writes to. With the default
+/// `O_TMPFILE` temp files on Linux, a crash leaves a file only if it struck
+/// between the link and the rename of a commit.
+///
+/// # Errors
+///
+/// [`Op::OpenDir`] when `dir` cannot be opened or read. Problems with single
+/// files do not stop the sweep: they are in [`SweepReport::failed`].
+///
+/// # Cancel safety
+///
+/// The sweep runs in one trip to the blocking pool; dropping the future
+/// does not stop it, and its report is lost.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tokio_atomic_write::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use std::time::Duration;
+///
+/// let report = tokio_atomic_write::sweep(dir.path(), Duration::from_secs(3600)).await?;
+/// for path in &report.removed {
+///     eprintln!("removed leftover {}", path.display());
+/// }
+/// # assert!(report.removed.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+pub async fn sweep(dir: impl AsRef<Path>, older_than: Duration) -> Result<SweepReport, Error> {
+    let dir = dir.as_ref().to_path_buf();
+    let path = dir.clone();
+    crate::blocking::run(move || sweep_now(&path, older_than, SystemTime::now()))
+        .await
+        .map_err(|e| Error::new(Op::OpenDir, dir, e))?
+}
+
+/// The whole sweep, synchronously, as of `now`.
+fn sweep_now(path: &Path, older_than: Duration, now: SystemTime) -> Result<SweepReport, Error> {
+    let open_err = |e| Error::new(Op::OpenDir, path, e);
+    let dir = Dir::open(path).map_err(open_err)?;
+    let mut names = dir.names().map_err(open_err)?;
+    names.retain(|n| is_temp_name(n));
+    names.sort();
+    let mut report = SweepReport::default();
+    for name in names {
+        let entry = path.join(&name);
+        let found = match dir.probe_leftover(&name) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                report.failed.push(Error::new(Op::Sweep, entry, e));
+                continue;
+            }
+        };
+        if found.held {
+            report.in_use.push(entry);
+            continue;
+        }
+        // A modification time in the future (a clock set back) is age 0.
+        let age = now.duration_since(found.modified).unwrap_or_default();
+        if age < older_than {
+            report.too_recent.push(entry);
+            continue;
+        }
+        match dir.remove(&name) {
+            Ok(()) => report.removed.push(entry),
+            // Removed meanwhile, by another sweep.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => report.failed.push(Error::new(Op::Sweep, entry, e)),
+        }
+        // `found` drops here: our lock on the removed file goes with it.
+    }
+    Ok(report)
+}

@@ -1,0 +1,179 @@
+//! Issue #4, "Sweep": `sweep` removes this crate's leftover temp files and
+//! nothing else: never another name, a symlink or what it points to, a
+//! directory, a file younger than asked, or one a live writer holds.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio_atomic_write::{sweep, Op};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A file at `path` last modified `age` ago.
+fn aged_file(path: &Path, age: Duration) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_modified(SystemTime::now() - age).unwrap();
+}
+
+/// A name the crate could have given a temp file for `target`.
+fn leftover_name(target: &str, random: &str) -> String {
+    let name = format!(".{target}.{random}.tmp");
+    assert!(tokio_atomic_write::__private::is_temp_name(name.as_ref()));
+    name
+}
+
+#[tokio::test]
+async fn only_old_regular_files_with_the_temp_shape_are_removed() {
+    let dir = scratch();
+    let d = dir.path();
+    let old = leftover_name("state.json", "AAAAAAAAAAAA");
+    let young = leftover_name("state.json", "BBBBBBBBBBBB");
+    aged_file(&d.join(&old), 2 * HOUR);
+    aged_file(&d.join(&young), Duration::from_secs(60));
+    // Old, but not ours: other names, and a directory with our shape.
+    let others = [
+        "state.json",
+        ".state.json.tmp",
+        ".state.json.CCCCCCCCCCCC.tmp.bak",
+        "state.json.DDDDDDDDDDDD.tmp",
+        ".x.short.tmp",
+    ];
+    for n in others {
+        aged_file(&d.join(n), 2 * HOUR);
+    }
+    let dir_like = leftover_name("d", "EEEEEEEEEEEE");
+    std::fs::create_dir(d.join(&dir_like)).unwrap();
+
+    let report = sweep(d, HOUR).await.unwrap();
+    assert_eq!(report.removed, vec![d.join(&old)]);
+    assert_eq!(report.too_recent, vec![d.join(&young)]);
+    assert!(
+        report.in_use.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    let mut expected: Vec<String> = others.iter().map(|s| s.to_string()).collect();
+    expected.push(dir_like);
+    expected.push(young.clone());
+    expected.sort();
+    let left: Vec<String> = listing(d)
+        .into_iter()
+        .map(|n| n.into_string().unwrap())
+        .collect();
+    assert_eq!(left, expected);
+
+    // With no age limit the young one goes too.
+    let report = sweep(d, Duration::ZERO).await.unwrap();
+    assert_eq!(report.removed, vec![d.join(&young)]);
+}
+
+/// A symlink planted at a temp-shaped name is neither followed nor removed,
+/// and its target is untouched, however old both are.
+#[tokio::test]
+async fn a_symlink_with_the_temp_shape_and_its_target_are_left_alone() {
+    let dir = scratch();
+    let d = dir.path();
+    let victim = d.join("precious");
+    std::fs::write(&victim, b"keep me").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_modified(SystemTime::now() - 2 * HOUR)
+        .unwrap();
+    let link = d.join(leftover_name("precious", "FFFFFFFFFFFF"));
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let dangling = d.join(leftover_name("gone", "GGGGGGGGGGGG"));
+    std::os::unix::fs::symlink(d.join("nowhere"), &dangling).unwrap();
+
+    let report = sweep(d, Duration::ZERO).await.unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(std::fs::symlink_metadata(&dangling).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+}
+
+/// A temp file that a live writer holds open is never removed, even with no
+/// age limit; once the writer is gone (its file dropped without commit
+/// leaves nothing, so a stale copy stands in for a killed one), it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_writers_temp_file_is_in_use_whatever_its_age() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let d = dir.path();
+        let target = d.join("t");
+        std::fs::write(&target, b"old").unwrap();
+        let mut file = open_kind(&target, unnamed, 16).await;
+        file.write_all(b"more than sixteen bytes").await.unwrap();
+        file.flush().await.unwrap();
+        let names = temp_files(d);
+        if unnamed {
+            assert!(names.is_empty(), "O_TMPFILE: no name to sweep");
+        } else {
+            assert_eq!(names.len(), 1);
+            let temp = d.join(&names[0]);
+            std::fs::File::options()
+                .write(true)
+                .open(&temp)
+                .unwrap()
+                .set_modified(SystemTime::now() - 2 * HOUR)
+                .unwrap();
+            let report = sweep(d, Duration::ZERO).await.unwrap();
+            assert_eq!(report.in_use, vec![temp.clone()], "{report:?}");
+            assert!(report.removed.is_empty());
+            assert!(temp.exists());
+        }
+        file.write_all(b" and the rest").await.unwrap();
+        file.commit().await.unwrap();
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            b"more than sixteen bytes and the rest"
+        );
+        assert_no_leftovers(d);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_error_naming_it() {
+    let dir = scratch();
+    let missing = dir.path().join("missing");
+    let err = sweep(&missing, HOUR).await.unwrap_err();
+    assert_eq!(err.op(), Op::OpenDir);
+    assert_eq!(err.path(), missing);
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+/// An unremovable leftover (its directory not writable by the sweeper) is
+/// reported with its path and the step; the sweep goes on.
+#[test]
+fn an_unremovable_leftover_is_reported_not_fatal() {
+    if !require(is_root(), "root (to sweep as another user)") {
+        return;
+    }
+    if is_child() {
+        let d = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+        let report = runtime().block_on(sweep(&d, Duration::ZERO)).unwrap();
+        assert!(report.removed.is_empty(), "{report:?}");
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        let err = &report.failed[0];
+        assert_eq!(err.op(), Op::Sweep);
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.path().ends_with(leftover_name("t", "HHHHHHHHHHHH")));
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    aged_file(&d.join(leftover_name("t", "HHHHHHHHHHHH")), 2 * HOUR);
+    run_child(
+        "an_unremovable_leftover_is_reported_not_fatal",
+        &[],
+        &[("TAW_DIR", d.to_str().unwrap())],
+        Some(65534),
+    );
+    assert_eq!(temp_files(d).len(), 1);
+}
