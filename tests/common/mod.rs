@@ -195,36 +195,70 @@ pub fn current_umask() -> u32 {
 /// A version of a file whose bytes check themselves: `len` bytes, all
 /// derived from `id`, so any prefix, mix or torn write is detectable.
 pub fn version(id: u32, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    let mut x = id.wrapping_mul(2654435761).wrapping_add(1);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        v.extend_from_slice(&x.to_le_bytes());
+    // Word `i` mixes the id and the position: cheap enough for 4 MiB
+    // versions in a debug build, and no two positions or ids alike.
+    let mut v = Vec::with_capacity(len + 8);
+    for i in 0..len.div_ceil(8) as u64 {
+        let w = ((u64::from(id) << 32) | i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        v.extend_from_slice(&(w ^ (w >> 29)).to_le_bytes());
     }
     v.truncate(len);
     v
 }
 
-/// A self-describing version: an 16-byte header (id, len) then a body.
+/// The header of a [`tagged_version`]: magic, id, body length, checksum.
+pub const TAG_HEADER: usize = 24;
+
+/// The body checksum in a tagged version's header: FNV-1a over 64-bit
+/// words (the tail zero-padded), then the length.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(0x0100_0000_01b3);
+    (h ^ bytes.len() as u64).wrapping_mul(0x0100_0000_01b3)
+}
+
+/// A self-checking version: a header (`TAWV`, id, body length, checksum of
+/// the body) then `body_len` bytes derived from `id`, so that a prefix, a
+/// mix of two versions or a torn write is always detected.
 pub fn tagged_version(id: u32, body_len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16 + body_len);
+    let body = version(id, body_len);
+    let mut v = Vec::with_capacity(TAG_HEADER + body_len);
     v.extend_from_slice(b"TAWV");
     v.extend_from_slice(&id.to_le_bytes());
     v.extend_from_slice(&(body_len as u64).to_le_bytes());
-    v.extend_from_slice(&version(id, body_len));
+    v.extend_from_slice(&checksum(&body).to_le_bytes());
+    v.extend_from_slice(&body);
     v
 }
 
 /// The id of a complete tagged version, or `None` for anything torn.
 pub fn check_tagged(bytes: &[u8]) -> Option<u32> {
-    if bytes.len() < 16 || &bytes[..4] != b"TAWV" {
+    if bytes.len() < TAG_HEADER || &bytes[..4] != b"TAWV" {
         return None;
     }
     let id = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
     let len = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
-    (bytes.len() == 16 + len && bytes[16..] == version(id, len)[..]).then_some(id)
+    let sum = u64::from_le_bytes(bytes[16..24].try_into().ok()?);
+    let body = &bytes[TAG_HEADER..];
+    (body.len() == len && checksum(body) == sum && body == &version(id, len)[..]).then_some(id)
+}
+
+/// The body length of version `id` in the crash loops: deterministic, from
+/// 0 to 4 MiB; an eighth empty, a quarter under 4 KiB, the rest spread up
+/// to 4 MiB.
+pub fn crash_body_len(id: u32) -> usize {
+    let x = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    match x % 8 {
+        0 => 0,
+        1 | 2 => (x >> 3) as usize % 4096,
+        _ => (x >> 3) as usize % ((4 << 20) + 1),
+    }
 }
 
 /// A multi-thread runtime for tests that need real parallelism.
