@@ -71,14 +71,22 @@ async fn thirty_two_racers_one_winner_named_temp() {
     race(false).await;
 }
 
-/// Repeated rounds, to give the race many chances to show.
+/// Issue #4, "Concurrency": 1,000 rounds (`TAW_ROUNDS` raises it) of 8
+/// racers, half with O_TMPFILE temp files and half named, for one new path:
+/// exactly one winner each round, nothing left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_rounds_of_eight_racers() {
-    for _ in 0..50 {
-        let dir = scratch();
-        race_for(&dir.path().join("key"), 8, 64, |id| id % 2 == 0).await;
-        assert_no_leftovers_eventually(dir.path());
+async fn a_thousand_rounds_of_eight_racers_one_winner_each() {
+    let rounds: u32 = std::env::var("TAW_ROUNDS").map_or(1000, |v| v.parse().unwrap());
+    let dir = scratch();
+    let mut wins = [0u32; 8];
+    for round in 0..rounds {
+        let key = dir.path().join(format!("key-{round}"));
+        let winner = race_for(&key, 8, 64, |id| id % 2 == 0).await;
+        wins[winner as usize] += 1;
     }
+    assert_no_leftovers_eventually(dir.path());
+    assert_eq!(listing(dir.path()).len(), rounds as usize);
+    eprintln!("{rounds} rounds of 8 racers, wins by racer: {wins:?}");
 }
 
 /// The child half of the fallback tests: one no-clobber commit to `first`
