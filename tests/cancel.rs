@@ -337,3 +337,10 @@ async fn a_task_aborted_mid_commit_or_mid_write_leaves_old_or_new() {
 async fn futures_poll<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
 }
+
+/// Issue #4, "Filesystems": every other test in this file, again on tmpfs,
+/// ext4 (with and without a journal), xfs and btrfs.
+#[test]
+fn every_test_here_passes_on_every_filesystem() {
+    run_suite_on_every_filesystem("every_test_here_passes_on_every_filesystem");
+}

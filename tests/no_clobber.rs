@@ -180,3 +180,10 @@ fn enosys_from_renameat2_falls_back_to_link_for_the_process() {
         "ENOSYS",
     );
 }
+
+/// Issue #4, "Filesystems": every other test in this file, again on tmpfs,
+/// ext4 (with and without a journal), xfs and btrfs.
+#[test]
+fn every_test_here_passes_on_every_filesystem() {
+    run_suite_on_every_filesystem("every_test_here_passes_on_every_filesystem");
+}

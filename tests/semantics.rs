@@ -344,3 +344,10 @@ async fn open_options_write_honours_no_clobber() {
     assert_eq!(std::fs::read(&target).unwrap(), b"first");
     assert_no_leftovers(dir.path());
 }
+
+/// Issue #4, "Filesystems": every other test in this file, again on tmpfs,
+/// ext4 (with and without a journal), xfs and btrfs.
+#[test]
+fn every_test_here_passes_on_every_filesystem() {
+    run_suite_on_every_filesystem("every_test_here_passes_on_every_filesystem");
+}
