@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod lazyfs;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,6 +37,18 @@ pub fn temp_files(dir: &Path) -> Vec<OsString> {
         .collect();
     v.sort();
     v
+}
+
+/// Whether the filesystem of `dir` has `O_TMPFILE` (FUSE mounts do not:
+/// there an unnamed temp file falls back to a named one).
+pub fn supports_unnamed(dir: &Path) -> bool {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY,
+        Mode::from_raw_mode(0o600),
+    )
+    .is_ok()
 }
 
 /// Opens `target` with the given temp kind and buffer size.
@@ -421,10 +435,21 @@ pub const FILESYSTEMS: [(&str, &[&str]); 5] = [
 
 /// Issue #4, "Filesystems": runs every other test of this test binary
 /// again with its scratch directories on each of [`FILESYSTEMS`], freshly
-/// mounted (root only; a visible skip elsewhere, a failure in CI). Returns,
-/// per filesystem, how many tests passed there.
+/// mounted, and on a [`lazyfs::LazyFs`] FUSE mount, which has no
+/// `O_TMPFILE` nor `renameat2` flags (root only; a visible skip elsewhere,
+/// a failure in CI). Returns, per filesystem, how many tests passed there.
 pub fn run_suite_on_every_filesystem(this_test: &str) -> Vec<(String, usize)> {
     let mut passed = Vec::new();
+    let fuse = lazyfs::LazyFs::mount();
+    if require(fuse.is_some(), "root and /dev/fuse for a FUSE mount") {
+        let fuse = fuse.unwrap();
+        let n = run_suite_in(this_test, fuse.path(), "fuse (lazyfs)");
+        assert!(
+            fuse.state().file_syncs > 0,
+            "the suite ran on the FUSE mount"
+        );
+        passed.push(("fuse (lazyfs)".to_string(), n));
+    }
     for (fs, mkfs_args) in FILESYSTEMS {
         let label = match mkfs_args {
             [] => fs.to_string(),
@@ -442,27 +467,34 @@ pub fn run_suite_on_every_filesystem(this_test: &str) -> Vec<(String, usize)> {
             continue;
         }
         let (_mount, work) = mounted.unwrap();
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--skip", this_test, "--test-threads=2"])
-            .env(SCRATCH_ENV, &work)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "on {label}: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let n = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("test result: ok. "))
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no test result on {label}:\n{stdout}"));
-        assert!(n > 0, "nothing ran on {label}");
-        eprintln!("{this_test}: {n} tests passed on {label}");
+        let n = run_suite_in(this_test, &work, &label);
         passed.push((label, n));
     }
     passed
+}
+
+/// Runs this test binary's tests but `this_test` with scratch directories
+/// in `work`; returns how many passed.
+fn run_suite_in(this_test: &str, work: &Path, label: &str) -> usize {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--skip", this_test, "--test-threads=2"])
+        .env(SCRATCH_ENV, work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "on {label}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("test result: ok. "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no test result on {label}:\n{stdout}"));
+    assert!(n > 0, "nothing ran on {label}");
+    eprintln!("{this_test}: {n} tests passed on {label}");
+    n
 }
