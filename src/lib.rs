@@ -62,8 +62,8 @@
 //!
 //! # Guarantees
 //!
-//! Promised, for a local filesystem (tested on ext4, where the tests'
-//! scratch directories live, and on tmpfs):
+//! Promised, for a local filesystem (tested on tmpfs, ext4 with and without
+//! a journal, xfs, btrfs, and a FUSE filesystem without `O_TMPFILE`):
 //! - Readers of the target see the whole old or the whole new content at
 //!   every moment. The target changes only by one rename (or link), so a
 //!   process killed at any point leaves one or the other.
