@@ -159,28 +159,44 @@ async fn commit_future_dropped_after_every_poll_count() {
     assert!(outcomes[1] >= 4 && outcomes[2] >= 10, "{outcomes:?}");
 }
 
-/// The open future dropped after its first poll: the open finishes on the
-/// pool and its temp file is removed. The job may win the race and finish
-/// before the poll; the test repeats until it has seen the drop mid-open.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_future_dropped_after_first_poll_leaves_nothing() {
-    for unnamed in TEMP_KINDS {
-        let mut dropped_mid_open = 0;
-        for _ in 0..20 {
-            let dir = scratch();
-            let target = dir.path().join("t");
-            let opts = OpenOptions::new().unnamed_temp(unnamed).clone();
-            let mut fut = Box::pin(opts.open(&target));
-            let pending =
-                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx).is_pending()))
-                    .await;
-            dropped_mid_open += usize::from(pending);
-            drop(fut);
-            assert_no_leftovers_eventually(dir.path());
-            assert!(!target.exists());
+/// The open future dropped after its first poll, while its job waits for
+/// the pool's one thread (held busy by the test): the open runs once the
+/// thread is free, and its temp file is removed. Then again with a free
+/// pool, where the job may be running or done at the drop.
+#[test]
+fn open_future_dropped_after_first_poll_leaves_nothing() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for unnamed in TEMP_KINDS {
+            for busy in [true, false] {
+                let dir = scratch();
+                let target = dir.path().join("t");
+                let (release, held) = std::sync::mpsc::channel::<()>();
+                let blocker = busy.then(|| tokio::task::spawn_blocking(move || held.recv()));
+                let opts = OpenOptions::new().unnamed_temp(unnamed).clone();
+                let mut fut = Box::pin(opts.open(&target));
+                let pending = std::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut fut).poll(cx).is_pending())
+                })
+                .await;
+                if busy {
+                    assert!(pending, "the open waits for the pool's only thread");
+                }
+                drop(fut);
+                drop(release);
+                if let Some(b) = blocker {
+                    b.await.unwrap().unwrap_err();
+                }
+                assert_no_leftovers_eventually(dir.path());
+                assert!(!target.exists());
+            }
         }
-        assert!(dropped_mid_open > 0, "never caught the open on the pool");
-    }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
