@@ -251,106 +251,144 @@ async fn aborted_and_panicking_tasks_leave_nothing() {
 /// returned `Ready(n)` accepted exactly `n` bytes; a future dropped while
 /// pending accepted none. Committed afterwards, the target holds exactly
 /// the bytes accepted, in order; dropped instead, the target keeps its old
-/// content and no temp file remains.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_future_dropped_after_every_poll_count() {
+/// content and no temp file remains. Each case runs with the pool's one
+/// thread free, and held busy by the test while the write is polled (so
+/// the write must be pending on full buffers).
+#[test]
+fn write_future_dropped_after_every_poll_count() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let buffer = 4096;
     let data = version(7, 64 * 1024);
-    let mut tried = 0;
-    let mut pending_drops = 0;
-    for unnamed in TEMP_KINDS {
-        for then_commit in [true, false] {
-            for polls in 0..8 {
-                let dir = scratch();
-                let target = dir.path().join("t");
-                std::fs::write(&target, b"old").unwrap();
-                let mut file = open_kind(&target, unnamed, buffer).await;
-                let mut accepted = Vec::new();
-                // Keep the pool busy so that writes meet full buffers.
-                while accepted.len() < 3 * buffer {
-                    let n = file.write(&data[accepted.len()..]).await.unwrap();
-                    accepted.extend_from_slice(&data[accepted.len()..accepted.len() + n]);
-                }
-                let mut write = tokio_test::task::spawn(file.write(&data[accepted.len()..]));
-                let mut got = None;
-                for _ in 0..polls {
-                    if let Poll::Ready(r) = write.poll() {
-                        got = Some(r.unwrap());
-                        break;
+    let (mut tried, mut pending_drops) = (0, 0);
+    rt.block_on(async {
+        for unnamed in TEMP_KINDS {
+            for then_commit in [true, false] {
+                for held in [false, true] {
+                    for polls in 0..8 {
+                        let dir = scratch();
+                        let target = dir.path().join("t");
+                        std::fs::write(&target, b"old").unwrap();
+                        let mut file = open_kind(&target, unnamed, buffer).await;
+                        let (release, hold) = std::sync::mpsc::channel::<()>();
+                        let blocker =
+                            held.then(|| tokio::task::spawn_blocking(move || hold.recv()));
+                        // Fill both buffers: with the pool held, the
+                        // next write has nowhere to go.
+                        let mut accepted = Vec::new();
+                        while accepted.len() < 2 * buffer {
+                            let n = file.write(&data[accepted.len()..]).await.unwrap();
+                            accepted.extend_from_slice(&data[accepted.len()..accepted.len() + n]);
+                        }
+                        let mut write =
+                            tokio_test::task::spawn(file.write(&data[accepted.len()..]));
+                        let mut got = None;
+                        for _ in 0..polls {
+                            if let Poll::Ready(r) = write.poll() {
+                                got = Some(r.unwrap());
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        if held && polls > 0 {
+                            assert!(got.is_none(), "no room while the pool is held");
+                        }
+                        pending_drops += usize::from(polls > 0 && got.is_none());
+                        drop(write);
+                        drop(release);
+                        if let Some(b) = blocker {
+                            b.await.unwrap().unwrap_err();
+                        }
+                        tried += 1;
+                        if let Some(n) = got {
+                            accepted.extend_from_slice(&data[accepted.len()..accepted.len() + n]);
+                        }
+                        if then_commit {
+                            file.commit().await.unwrap();
+                            assert_eq!(std::fs::read(&target).unwrap(), accepted, "{polls} polls");
+                        } else {
+                            drop(file);
+                            assert_no_leftovers_eventually(dir.path());
+                            assert_eq!(std::fs::read(&target).unwrap(), b"old");
+                        }
+                        assert_no_leftovers_eventually(dir.path());
                     }
-                    tokio::task::yield_now().await;
                 }
-                pending_drops += usize::from(polls > 0 && got.is_none());
-                drop(write);
-                tried += 1;
-                if let Some(n) = got {
-                    accepted.extend_from_slice(&data[accepted.len()..accepted.len() + n]);
-                }
-                if then_commit {
-                    file.commit().await.unwrap();
-                    assert_eq!(std::fs::read(&target).unwrap(), accepted, "{polls} polls");
-                } else {
-                    drop(file);
-                    assert_no_leftovers_eventually(dir.path());
-                    assert_eq!(std::fs::read(&target).unwrap(), b"old");
-                }
-                assert_no_leftovers_eventually(dir.path());
             }
         }
-    }
+    });
     eprintln!("write future dropped at {tried} poll counts, {pending_drops} of them while pending");
-    assert!(pending_drops > 0, "some drops must catch the write pending");
+    assert!(
+        pending_drops >= 28,
+        "{pending_drops}: every held drop after a poll is pending"
+    );
 }
 
-/// Aborted while its commit runs on the pool (the task has polled the
-/// commit future, and the commit hop writes 8 MiB and syncs): the commit
-/// finishes there, the target is the new version, whole, and nothing is
-/// left. Aborted mid-write: the old version, nothing left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_aborted_mid_commit_or_mid_write_leaves_old_or_new() {
-    let new = tagged_version(2, 8 << 20);
-    for unnamed in TEMP_KINDS {
-        let dir = scratch();
-        let target = dir.path().join("t");
-        std::fs::write(&target, tagged_version(1, 100)).unwrap();
+/// Aborted once its commit hop is on the pool (queued behind the pool's
+/// one thread, which the test holds busy, so the first poll of the commit
+/// must be pending): the commit still runs when the thread is free, and the
+/// target is the new version, whole, with nothing left. Aborted mid-write:
+/// the old version, nothing left.
+#[test]
+fn a_task_aborted_mid_commit_or_mid_write_leaves_old_or_new() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let new = tagged_version(2, 8 << 20);
+        for unnamed in TEMP_KINDS {
+            let dir = scratch();
+            let target = dir.path().join("t");
+            std::fs::write(&target, tagged_version(1, 100)).unwrap();
 
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (t, content) = (target.clone(), new.clone());
-        let committer = tokio::spawn(async move {
-            // One buffer holds it all: the commit hop writes and syncs it.
-            let mut file = open_kind(&t, unnamed, 16 << 20).await;
-            file.write_all(&content).await.unwrap();
-            let mut commit = Box::pin(file.commit());
-            // Poll once, so the hop has started, then tell the test.
-            let first = futures_poll(&mut commit).await;
-            tx.send(first.is_pending()).unwrap();
-            commit.await
-        });
-        let started_pending = rx.await.unwrap();
-        committer.abort();
-        let _ = committer.await;
-        assert_no_leftovers_eventually(dir.path());
-        let content = std::fs::read(&target).unwrap();
-        assert_eq!(check_tagged(&content), Some(2), "a started commit finishes");
-        assert!(started_pending, "the commit was caught on the pool");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (t, content) = (target.clone(), new.clone());
+            let committer = tokio::spawn(async move {
+                // One buffer holds it all: the commit hop writes and syncs it.
+                let mut file = open_kind(&t, unnamed, 16 << 20).await;
+                file.write_all(&content).await.unwrap();
+                let blocker = tokio::task::spawn_blocking(move || held.recv());
+                let mut commit = Box::pin(file.commit());
+                let first = futures_poll(&mut commit).await;
+                tx.send((first.is_pending(), blocker)).unwrap();
+                commit.await
+            });
+            let (pending, blocker) = rx.await.unwrap();
+            assert!(pending, "the commit waits for the pool's only thread");
+            committer.abort();
+            assert!(committer.await.unwrap_err().is_cancelled());
+            drop(release);
+            blocker.await.unwrap().unwrap_err();
+            assert_no_leftovers_eventually(dir.path());
+            let content = std::fs::read(&target).unwrap();
+            assert_eq!(check_tagged(&content), Some(2), "a started commit finishes");
 
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let t = target.clone();
-        let writer = tokio::spawn(async move {
-            let mut file = open_kind(&t, unnamed, 4096).await;
-            file.write_all(&[5; 20_000]).await.unwrap();
-            tx.send(()).unwrap();
-            loop {
-                file.write_all(&[5; 1000]).await.unwrap();
-                tokio::task::yield_now().await;
-            }
-        });
-        rx.await.unwrap();
-        writer.abort();
-        assert!(writer.await.unwrap_err().is_cancelled());
-        assert_no_leftovers_eventually(dir.path());
-        assert_eq!(check_tagged(&std::fs::read(&target).unwrap()), Some(2));
-    }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let t = target.clone();
+            let writer = tokio::spawn(async move {
+                let mut file = open_kind(&t, unnamed, 4096).await;
+                file.write_all(&[5; 20_000]).await.unwrap();
+                tx.send(()).unwrap();
+                loop {
+                    file.write_all(&[5; 1000]).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            });
+            rx.await.unwrap();
+            writer.abort();
+            assert!(writer.await.unwrap_err().is_cancelled());
+            assert_no_leftovers_eventually(dir.path());
+            assert_eq!(check_tagged(&std::fs::read(&target).unwrap()), Some(2));
+        }
+    });
 }
 
 /// Polls `fut` once.
