@@ -165,12 +165,7 @@ async fn commit_future_dropped_after_every_poll_count() {
 /// pool, where the job may be running or done at the drop.
 #[test]
 fn open_future_dropped_after_first_poll_leaves_nothing() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_blocking_thread();
     rt.block_on(async {
         for unnamed in TEMP_KINDS {
             for busy in [true, false] {
@@ -256,12 +251,7 @@ async fn aborted_and_panicking_tasks_leave_nothing() {
 /// the write must be pending on full buffers).
 #[test]
 fn write_future_dropped_after_every_poll_count() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_blocking_thread();
     let buffer = 4096;
     let data = version(7, 64 * 1024);
     let (mut tried, mut pending_drops) = (0, 0);
@@ -335,12 +325,7 @@ fn write_future_dropped_after_every_poll_count() {
 /// the old version, nothing left.
 #[test]
 fn a_task_aborted_mid_commit_or_mid_write_leaves_old_or_new() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = one_blocking_thread();
     rt.block_on(async {
         let new = tagged_version(2, 8 << 20);
         for unnamed in TEMP_KINDS {
@@ -389,6 +374,17 @@ fn a_task_aborted_mid_commit_or_mid_write_leaves_old_or_new() {
             assert_eq!(check_tagged(&std::fs::read(&target).unwrap()), Some(2));
         }
     });
+}
+
+/// A runtime whose blocking pool has a single thread: a test that holds it
+/// busy knows the next job waits, so the poll that sends it is pending.
+fn one_blocking_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Polls `fut` once.

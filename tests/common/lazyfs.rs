@@ -350,6 +350,23 @@ impl Fs {
     fn state(&self) -> MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// mknod, mkdir, symlink: a new node named `name` in `parent`, owned by
+    /// the caller.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        content: Content,
+        perm: u16,
+        reply: ReplyEntry,
+    ) {
+        let mut s = self.state();
+        let node = Node::new(content, perm, req.uid(), req.gid());
+        let r = s.new_node(parent.0, name, node).and_then(|i| s.attr(i));
+        entry(&mut s, reply, r);
+    }
 }
 
 /// Replies with an entry; the kernel now holds a reference to it.
@@ -477,15 +494,14 @@ impl Filesystem for Fs {
         if mode & 0o170000 != 0o100000 {
             return reply.error(Errno::EPERM); // regular files only
         }
-        let mut s = self.state();
-        let node = Node::new(
+        self.make(
+            req,
+            parent,
+            name,
             Content::File(Vec::new()),
             perm(mode, umask),
-            req.uid(),
-            req.gid(),
+            reply,
         );
-        let r = s.new_node(parent.0, name, node).and_then(|i| s.attr(i));
-        entry(&mut s, reply, r);
     }
 
     fn mkdir(
@@ -497,15 +513,14 @@ impl Filesystem for Fs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut s = self.state();
-        let node = Node::new(
+        self.make(
+            req,
+            parent,
+            name,
             Content::Dir(BTreeMap::new()),
             perm(mode, umask),
-            req.uid(),
-            req.gid(),
+            reply,
         );
-        let r = s.new_node(parent.0, name, node).and_then(|i| s.attr(i));
-        entry(&mut s, reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
