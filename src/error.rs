@@ -26,9 +26,9 @@ pub enum Op {
     /// Flushing the temp file's data to the disk (`fsync`, `F_FULLFSYNC`).
     SyncTemp,
     /// Closing the temp file, which reports a failed write-back on some
-    /// filesystems (NFS). Before the publishing step for a named temp file,
-    /// and for an `O_TMPFILE` one unless its link needs a full `fsync`
-    /// (then after: see [`Error::is_published`]).
+    /// filesystems (NFS). Before the publishing rename when replacing; after
+    /// the link that publishes an `O_TMPFILE` file without overwrite (then
+    /// [`Error::is_published`] is true).
     Close,
     /// Linking an unnamed (`O_TMPFILE`) temp file into the directory.
     Link,

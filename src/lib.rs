@@ -40,10 +40,10 @@
 //! write    buffer in memory; a full buffer: write(temp) on the blocking
 //!          pool while the next fills, queued behind a running job (no hop)
 //! commit   write(rest); fsync(temp)
-//!          replace:     [linkat(temp -> .{name}.{random}.tmp); fdatasync
-//!                        on btrfs]  renameat(temp name -> name)  [fsync
-//!                        after an O_TMPFILE link on ext4 without a
+//!          replace:     [linkat(temp -> .{name}.{random}.tmp); then
+//!                        fdatasync on btrfs, fsync on ext4 without a
 //!                        journal and filesystems not known]
+//!                       close(temp)  renameat(temp name -> name)
 //!          no-clobber:  linkat(temp -> name) [fdatasync on btrfs, fsync
 //!                       where unknown]  or  renameat2(RENAME_NOREPLACE)
 //!          fsync(dir), shared by the commits into it in flight together
@@ -56,9 +56,10 @@
 //! the file it replaces (nor than the final file). On Linux it is unnamed
 //! (`O_TMPFILE`) where the filesystem allows it: a crash while writing leaves
 //! nothing behind. Only a crash inside `commit`, between linking the file
-//! under its hidden name and the rename (two system calls in a row; on
-//! btrfs an `fdatasync` between them), can leave that hidden file, which
-//! [`sweep`] removes.
+//! under its hidden name and the rename, can leave that hidden file, which
+//! [`sweep`] removes: on xfs, tmpfs and ext4 with a journal the two system
+//! calls run back to back; btrfs syncs the data between them, and ext4
+//! without a journal (like any filesystem not known) the inode.
 //!
 //! # Guarantees
 //!

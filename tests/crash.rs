@@ -195,13 +195,15 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
     );
     // A named temp file exists through the whole write: many kills leave
     // one. An O_TMPFILE file has a name only between the link and the
-    // rename of a commit, two system calls in a row: almost none do.
+    // rename of a commit, where ext4 without a journal (the scratch
+    // directory's filesystem here) syncs the inode: few kills leave one.
+    // Syncing the data there instead, 8 kills of 50 did.
     assert!(
         leftovers_by_kind[1] * 4 >= kills_by_kind[1],
         "{leftovers_by_kind:?}"
     );
     assert!(
-        leftovers_by_kind[0] * 50 <= kills_by_kind[0].max(50),
+        leftovers_by_kind[0] * 15 <= kills_by_kind[0].max(15),
         "{leftovers_by_kind:?}"
     );
 }

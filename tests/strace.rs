@@ -105,7 +105,7 @@ fn trace_in(
         std::fs::write(dir.join(TARGET), b"old").unwrap();
     }
     let out = dir.join("strace.out");
-    let calls = "trace=openat,write,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,fchmod,fchown";
+    let calls = "trace=openat,write,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,fchmod,fchown,close,flock";
     let out_str = out.to_str().unwrap();
     let dir_str = dir.to_str().unwrap();
     let mut wrap = vec!["strace", "-f", "-y", "-qq", "-e", calls, "-o", out_str];
@@ -222,14 +222,33 @@ fn named_temp_is_exclusive_and_synced_before_rename() {
         "{}",
         dump(&calls)
     );
+    // Locked from its creation (for `sweep`), and still locked through the
+    // rename: the file is closed before the rename (its error reported),
+    // but a duplicate descriptor holding the lock only after.
+    let lock = position(&calls, "flock", |c| c.name == "flock");
+    assert!(
+        create < lock && calls[lock].line.contains("LOCK_EX"),
+        "{}",
+        dump(&calls)
+    );
+    let rename = position(&calls, "rename", |c| c.name.starts_with("rename"));
+    let closed_before = calls[..rename]
+        .iter()
+        .any(|c| c.name == "close" && on_temp(c));
+    let target_fd = format!("/{TARGET}>");
+    let closed_after = calls[rename..]
+        .iter()
+        .any(|c| c.name == "close" && c.line.contains(&target_fd));
+    assert!(closed_before && closed_after, "{}", dump(&calls));
 }
 
 /// The filesystems the sync after an O_TMPFILE link depends on, each with
 /// the call expected on the temp file right after the link: none where a
 /// journal commits the link with the directory fsync (ext4 with a journal,
 /// xfs; tmpfs keeps nothing anyway), `fdatasync` on btrfs, a full `fsync`
-/// on ext4 without a journal (and anything unknown), after the rename when
-/// replacing, so that the link and the rename stay back to back.
+/// on ext4 without a journal (and anything unknown), before the rename
+/// when replacing: a name must never point at an inode whose link count on
+/// disk is 0.
 const AFTER_LINK_CASES: [(&str, &[&str], Option<&str>); 5] = [
     ("ext4", &[], None),
     ("ext4", &["-O", "^has_journal"], Some("fsync")),
@@ -289,14 +308,15 @@ fn after_an_unnamed_link_each_filesystem_gets_the_sync_it_needs() {
             );
             if publish == "rename" {
                 // Killed between the link and the rename, a process leaves
-                // the temp name: only btrfs's fdatasync may run in between.
+                // the temp name: nothing runs in between but the sync the
+                // filesystem needs before the rename.
                 let rename = position(&calls, "rename", |c| c.name.starts_with("rename"));
                 let between: Vec<&str> = calls[link + 1..rename]
                     .iter()
                     .map(|c| c.name.as_str())
+                    .filter(|n| *n != "close")
                     .collect();
-                let allowed: Vec<&str> =
-                    expected.filter(|e| *e == "fdatasync").into_iter().collect();
+                let allowed: Vec<&str> = expected.into_iter().collect();
                 assert_eq!(
                     between,
                     allowed,

@@ -413,34 +413,37 @@ impl Staged {
             (TempName::Unnamed, true) => {
                 // linkat cannot replace: link under a temp name, then rename.
                 // A process killed between the two leaves that name behind
-                // (for `sweep`), so nothing slow runs between them but the
-                // fdatasync btrfs needs before the name can last.
+                // (for `sweep`).
                 let name = link_temp_name(self.file(), self.temp_dir(), &self.plan.name)
                     .map_err(|e| Error::new(Op::Link, target, e))?;
                 self.temp = TempName::Named(name);
-                if after_link == Some(AfterLink::DataSync) {
-                    sys::sync_after_link(self.file(), AfterLink::DataSync)
+                if let Some(policy) = after_link {
+                    // Before the rename: btrfs wants the data synced after
+                    // linkat; without a journal (ext4, unknown filesystems)
+                    // the inode's new link count must reach the disk before
+                    // any rename can, or fsck clears a name pointing at an
+                    // inode with no links, and the target is neither old
+                    // nor new.
+                    sys::sync_after_link(self.file(), policy)
                         .map_err(|e| Error::new(Op::SyncTemp, target, e))?;
                 }
-                if after_link == Some(AfterLink::FullSync) {
-                    self.rename()?;
-                    // The data was synced before the link; this makes the
-                    // inode's new link count durable, before the directory.
-                    sys::sync_after_link(self.file(), AfterLink::FullSync)
-                        .map_err(|e| Error::after_publish(Op::SyncTemp, &self.plan.target, e))?;
-                    self.close(true)?;
-                } else {
-                    self.close(false)?;
-                    self.rename()?;
-                }
+                self.close_and_rename()?;
             }
-            (TempName::Named(_), _) => {
-                self.close(false)?;
-                self.rename()?;
-            }
+            (TempName::Named(_), _) => self.close_and_rename()?,
             (TempName::Published, _) => unreachable!("a Staged is committed once"),
         }
         Ok(())
+    }
+
+    /// Closes the temp file, reporting its error, then renames it into
+    /// place. A duplicate descriptor holds its lock (`sys::lock_temp`) until
+    /// the rename is done, so that `sweep` never finds it unlocked.
+    fn close_and_rename(&mut self) -> Result<(), Error> {
+        let keep_lock = self.file().try_clone().ok();
+        self.close(false)?;
+        let renamed = self.rename();
+        drop(keep_lock);
+        renamed
     }
 
     fn rename(&mut self) -> Result<(), Error> {
@@ -541,18 +544,24 @@ fn create_temp(
     if unnamed {
         if let Some(file) = sys::create_unnamed(dir, mode)? {
             // Locked too: a replacing commit links it under a temp name.
-            sys::lock_temp(&file);
+            // Nothing can hold the lock of a file no one else can open.
+            sys::lock_temp(&file, false);
             return Ok((file, TempName::Unnamed));
         }
     }
     let mut file = None;
     let name = with_fresh_name(target_name, |name| {
-        file = Some(dir.create_new(name, mode)?);
+        let created = dir.create_new(name, mode)?;
+        if !sys::lock_temp(&created, true) {
+            // A sweep found it before the lock: it holds it, or removed
+            // it already. Let it go and take another name.
+            let _ = dir.remove(name);
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        file = Some(created);
         Ok(())
     })?;
-    let file = file.expect("created");
-    sys::lock_temp(&file);
-    Ok((file, TempName::Named(name)))
+    Ok((file.expect("created"), TempName::Named(name)))
 }
 
 /// Links an unnamed file into `dir` under a fresh temp name.

@@ -192,8 +192,14 @@ pub(crate) fn file_meta(file: &File) -> io::Result<Meta> {
 /// Marks a new temp file as a live writer's: an exclusive `flock`, held
 /// until the file is closed or the process dies, which `sweep` tests. Best
 /// effort: where the filesystem has no locks, `sweep` goes by age alone.
-pub(crate) fn lock_temp(file: &File) {
-    let _ = rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive);
+/// For a `named` file, `false` when a sweep got to it first, between its
+/// creation and the lock: the sweep holds its lock, or has removed it.
+pub(crate) fn lock_temp(file: &File, named: bool) -> bool {
+    match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Err(Errno::WOULDBLOCK) => false,
+        Err(_) => true,
+        Ok(()) => !named || rustix::fs::fstat(file).map_or(true, |st| st.st_nlink > 0),
+    }
 }
 
 /// `close`, reporting its error, which some filesystems (NFS) use to report
@@ -372,6 +378,33 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = Dir::open(t.path()).unwrap();
         (t, d)
+    }
+
+    /// A sweep may look at a new named temp file between its creation and
+    /// its lock: `lock_temp` then says so, and the caller takes another name.
+    #[test]
+    fn lock_temp_says_when_a_sweep_got_there_first() {
+        let (_t, dir) = scratch();
+        let name = |n: &str| OsStr::new(n).to_owned();
+
+        let held_by_sweep = name(".a.AAAAAAAAAAAA.tmp");
+        let file = dir.create_new(&held_by_sweep, 0o600).unwrap();
+        let probe = dir.probe_leftover(&held_by_sweep).unwrap().unwrap();
+        assert!(!probe.held, "not locked yet: the probe takes the lock");
+        assert!(!lock_temp(&file, true), "the probe holds the lock");
+        drop(probe);
+
+        let removed_by_sweep = name(".b.BBBBBBBBBBBB.tmp");
+        let file = dir.create_new(&removed_by_sweep, 0o600).unwrap();
+        dir.remove(&removed_by_sweep).unwrap();
+        assert!(!lock_temp(&file, true), "no name left");
+
+        let ours = name(".c.CCCCCCCCCCCC.tmp");
+        let file = dir.create_new(&ours, 0o600).unwrap();
+        assert!(lock_temp(&file, true));
+        assert!(dir.probe_leftover(&ours).unwrap().unwrap().held);
+        drop(file);
+        assert!(!dir.probe_leftover(&ours).unwrap().unwrap().held, "closed: free");
     }
 
     #[test]

@@ -99,25 +99,42 @@ impl Dir {
             .collect()
     }
 
-    /// No locks here: a file a live writer holds open cannot be removed
-    /// (it is not opened with `FILE_SHARE_DELETE`), so age alone decides
-    /// and the removal fails for a live one.
+    /// No locks here: a file some process holds open cannot be opened
+    /// without sharing (`ERROR_SHARING_VIOLATION`): that counts as held.
     pub(crate) fn probe_leftover(&self, name: &OsStr) -> io::Result<Option<Leftover>> {
-        match std::fs::symlink_metadata(self.path.join(name)) {
-            Ok(m) if m.file_type().is_file() => Ok(Some(Leftover {
-                modified: m.modified()?,
-                held: false,
-                _lock: None,
-            })),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        use std::os::windows::fs::OpenOptionsExt;
+        const ERROR_SHARING_VIOLATION: i32 = 32;
+        let path = self.path.join(name);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() => m,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let held = match std::fs::OpenOptions::new()
+            .read(true)
+            .share_mode(0)
+            .open(&path)
+        {
+            // Closed at once: a handle without FILE_SHARE_DELETE would stop
+            // the removal.
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(ERROR_SHARING_VIOLATION) => true,
+            Err(_) => false,
+        };
+        Ok(Some(Leftover {
+            modified: meta.modified()?,
+            held,
+            _lock: None,
+        }))
     }
 }
 
-/// No advisory lock on Windows: see `Dir::probe_leftover`.
-pub(crate) fn lock_temp(_file: &File) {}
+/// No advisory lock on Windows: an open handle is the mark (see
+/// `Dir::probe_leftover`).
+pub(crate) fn lock_temp(_file: &File, _named: bool) -> bool {
+    true
+}
 
 /// Windows reports no error on closing a file handle that matters here.
 pub(crate) fn close(file: File) -> io::Result<()> {
