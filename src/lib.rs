@@ -39,10 +39,11 @@
 //!          fchown, fchmod                                         to the target's
 //! write    buffer in memory; a full buffer: write(temp) on the blocking
 //!          pool while the next fills, queued behind a running job (no hop)
-//! commit   write(rest); fsync(temp)
+//! commit   write(rest); fsync(temp) (but see O_TMPFILE replace below)
 //!          replace:     [linkat(temp -> .{name}.{random}.tmp); then
-//!                        fdatasync on btrfs, fsync on ext4 without a
-//!                        journal and filesystems not known]
+//!                        fdatasync on btrfs; on ext4 without a journal
+//!                        and filesystems not known, the fsync moves here
+//!                        and is the only one]
 //!                       close(temp)  renameat(temp name -> name)
 //!          no-clobber:  linkat(temp -> name) [fdatasync on btrfs, fsync
 //!                       where unknown]  or  renameat2(RENAME_NOREPLACE)
@@ -59,7 +60,7 @@
 //! under its hidden name and the rename, can leave that hidden file, which
 //! [`sweep`] removes: on xfs, tmpfs and ext4 with a journal the two system
 //! calls run back to back; btrfs syncs the data between them, and ext4
-//! without a journal (like any filesystem not known) the inode.
+//! without a journal (like any filesystem not known) the whole file.
 //!
 //! # Guarantees
 //!

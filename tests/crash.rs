@@ -5,8 +5,10 @@
 //! and no newer than the one in flight. Leftover temp files are counted
 //! after each kill, and `sweep` must remove every one.
 //!
-//! `TAW_KILLS` sets the number of kills (300 by default, what CI runs; e.g.
-//! 10000 for a soak), `TAW_SEED` the random seed (printed by every run).
+//! The writer works on a loop-mounted ext4 with a journal (root needed; a
+//! visible skip elsewhere, a failure in CI). `TAW_KILLS` sets the number of
+//! kills (300 by default, what CI runs; e.g. 10000 for a soak), `TAW_SEED`
+//! the random seed (printed by every run).
 
 mod common;
 
@@ -120,8 +122,13 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
     );
     eprintln!("{TEST}: {kills} kills, TAW_SEED={seed}");
     let mut rng = Rng(seed);
-    let dir = scratch();
-    let target = dir.path().join(TARGET);
+    // A fresh ext4 with a journal: the filesystem most services run on, and
+    // one where an O_TMPFILE commit links and renames back to back.
+    let Some((_mount, dir)) = require_image("ext4", &[]) else {
+        return;
+    };
+    let dir = dir.as_path();
+    let target = dir.join(TARGET);
     std::fs::write(&target, tagged_version(0, 10)).unwrap();
     let rt = runtime();
 
@@ -137,7 +144,7 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
         // Starting the writer takes a few ms; a commit of up to 4 MiB
         // takes 1 to 60 ms here (debug build, fsync included).
         let delay = Duration::from_micros(2_000 + rng.below(150_000));
-        let last_ack = run_and_kill(dir.path(), start, unnamed, delay);
+        let last_ack = run_and_kill(dir, start, unnamed, delay);
         let content = std::fs::read(&target).unwrap();
         let found = check_tagged(&content).unwrap_or_else(|| {
             panic!(
@@ -157,11 +164,11 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
 
         // Leftovers: the writer is dead, so sweep may take them all.
         kills_by_kind[kind] += 1;
-        let left = temp_files(dir.path());
+        let left = temp_files(dir);
         leftovers_by_kind[kind] += u32::from(!left.is_empty());
         assert!(left.len() <= 1, "one writer leaves at most one: {left:?}");
         let report = rt
-            .block_on(tokio_atomic_write::sweep(dir.path(), Duration::ZERO))
+            .block_on(tokio_atomic_write::sweep(dir, Duration::ZERO))
             .unwrap();
         let removed: Vec<_> = report
             .removed
@@ -176,7 +183,7 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
             report.in_use.is_empty() && report.failed.is_empty(),
             "{report:?}"
         );
-        assert_eq!(listing(dir.path()), vec![std::ffi::OsString::from(TARGET)]);
+        assert_eq!(listing(dir), vec![std::ffi::OsString::from(TARGET)]);
     }
     eprintln!(
         "{TEST}: {kills} kills, {acks} acknowledged commits, {kills_after_an_ack} kills after \
@@ -195,15 +202,15 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
     );
     // A named temp file exists through the whole write: many kills leave
     // one. An O_TMPFILE file has a name only between the link and the
-    // rename of a commit, where ext4 without a journal (the scratch
-    // directory's filesystem here) syncs the inode: few kills leave one.
-    // Syncing the data there instead, 8 kills of 50 did.
+    // rename of a commit, two system calls in a row on ext4 with a journal:
+    // almost no kill lands there. (Syncing the file between them, as on
+    // ext4 without a journal, 8 kills of 50 did.)
     assert!(
         leftovers_by_kind[1] * 4 >= kills_by_kind[1],
         "{leftovers_by_kind:?}"
     );
     assert!(
-        leftovers_by_kind[0] * 15 <= kills_by_kind[0].max(15),
+        leftovers_by_kind[0] * 50 <= kills_by_kind[0].max(50),
         "{leftovers_by_kind:?}"
     );
 }

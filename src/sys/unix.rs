@@ -404,7 +404,10 @@ mod tests {
         assert!(lock_temp(&file, true));
         assert!(dir.probe_leftover(&ours).unwrap().unwrap().held);
         drop(file);
-        assert!(!dir.probe_leftover(&ours).unwrap().unwrap().held, "closed: free");
+        assert!(
+            !dir.probe_leftover(&ours).unwrap().unwrap().held,
+            "closed: free"
+        );
     }
 
     #[test]
