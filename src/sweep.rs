@@ -71,13 +71,14 @@ pub struct SweepReport {
 pub async fn sweep(dir: impl AsRef<Path>, older_than: Duration) -> Result<SweepReport, Error> {
     let dir = dir.as_ref().to_path_buf();
     let path = dir.clone();
-    crate::blocking::run(move || sweep_now(&path, older_than, SystemTime::now()))
+    crate::blocking::run(move || sweep_now(&path, older_than))
         .await
         .map_err(|e| Error::new(Op::OpenDir, dir, e))?
 }
 
-/// The whole sweep, synchronously, as of `now`.
-fn sweep_now(path: &Path, older_than: Duration, now: SystemTime) -> Result<SweepReport, Error> {
+/// The whole sweep, synchronously.
+fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
+    let now = SystemTime::now();
     let open_err = |e| Error::new(Op::OpenDir, path, e);
     let dir = Dir::open(path).map_err(open_err)?;
     let mut names = dir.names().map_err(open_err)?;

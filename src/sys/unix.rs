@@ -99,12 +99,13 @@ impl Dir {
 
     /// The names in the directory, `.` and `..` left out.
     pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
-        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::ffi::OsStringExt;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&self.fd)? {
-            let name = entry?.file_name().to_bytes().to_vec();
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
-                names.push(OsStr::from_bytes(&name).to_owned());
+                names.push(OsString::from_vec(name.to_vec()));
             }
         }
         Ok(names)

@@ -27,6 +27,8 @@ use fuser::{
 const ROOT: u64 = 1;
 /// Nothing is cached by the kernel: the state changes behind its back.
 const TTL: Duration = Duration::ZERO;
+/// `O_TRUNC` on Linux, in an open's flags.
+const O_TRUNC: i32 = 0o1000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Content {
@@ -597,7 +599,7 @@ impl Filesystem for Fs {
         match s.node_mut(ino.0) {
             Ok(n) => {
                 n.opens += 1;
-                if flags.0 & libc_o_trunc() != 0 {
+                if flags.0 & O_TRUNC != 0 {
                     if let Content::File(d) = &mut n.content {
                         d.clear();
                     }
@@ -790,10 +792,6 @@ impl Filesystem for Fs {
             Err(e) => reply.error(e),
         }
     }
-}
-
-fn libc_o_trunc() -> i32 {
-    0o1000 // O_TRUNC on Linux
 }
 
 /// A mounted [`LazyFs`]; unmounted on drop.
