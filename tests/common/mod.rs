@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod lazyfs;
+pub mod power;
+pub mod writer;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -367,38 +369,63 @@ fn image_size(fs: &str) -> &'static str {
     }
 }
 
+/// Runs `cmd`; prints what it said when it fails.
+pub fn run_ok(cmd: &mut Command) -> bool {
+    match cmd.output() {
+        Ok(out) if out.status.success() => true,
+        out => {
+            eprintln!("{cmd:?}: {out:?}");
+            false
+        }
+    }
+}
+
+/// A fresh `fs` (ext4, xfs, btrfs) made with the extra `mkfs` arguments on
+/// a sparse image, in a new directory removed on drop. `None` when it
+/// cannot be done here: not root or no `mkfs.<fs>`.
+pub fn make_image(fs: &str, mkfs_args: &[&str]) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !is_root() || !have(&format!("mkfs.{fs}")) {
+        return None;
+    }
+    let images = scratch();
+    let image = images.path().join(format!("{fs}.img"));
+    let force = if fs == "ext4" { "-F" } else { "-f" };
+    let made = run_ok(
+        Command::new("truncate")
+            .args(["-s", image_size(fs)])
+            .arg(&image),
+    ) && run_ok(
+        Command::new(format!("mkfs.{fs}"))
+            .args(["-q", force])
+            .args(mkfs_args)
+            .arg(&image),
+    );
+    made.then_some((images, image))
+}
+
+/// Loop-mounts the `fs` image on `at`, with the extra mount options.
+pub fn mount_loop(fs: &str, image: &Path, at: &Path, options: &str) -> bool {
+    let options = match options {
+        "" => "loop".to_string(),
+        o => format!("loop,{o}"),
+    };
+    run_ok(
+        Command::new("mount")
+            .args(["-t", fs, "-o", &options])
+            .arg(image)
+            .arg(at),
+    )
+}
+
 /// A fresh `fs` (ext4, xfs, btrfs) on a sparse image, made with the extra
 /// `mkfs` arguments, loop-mounted on a new directory, unmounted on drop.
 /// Returns the mount, and in it a directory to work in (a fresh ext4 has
 /// `lost+found` at its root). `None` when it cannot be done here: not root,
 /// no `mkfs.<fs>`, no loop device or no kernel support.
 pub fn mount_image(fs: &str, mkfs_args: &[&str]) -> Option<(OtherFs, PathBuf)> {
-    if !is_root() || !have(&format!("mkfs.{fs}")) {
-        return None;
-    }
-    let images = scratch();
-    let image = images.path().join(format!("{fs}.img"));
-    let ok = |cmd: &mut Command| match cmd.output() {
-        Ok(out) if out.status.success() => true,
-        out => {
-            eprintln!("{cmd:?}: {out:?}");
-            false
-        }
-    };
-    let force = if fs == "ext4" { "-F" } else { "-f" };
+    let (images, image) = make_image(fs, mkfs_args)?;
     let dir = scratch();
-    let made = ok(Command::new("truncate")
-        .args(["-s", image_size(fs)])
-        .arg(&image))
-        && ok(Command::new(format!("mkfs.{fs}"))
-            .args(["-q", force])
-            .args(mkfs_args)
-            .arg(&image))
-        && ok(Command::new("mount")
-            .args(["-t", fs, "-o", "loop"])
-            .arg(&image)
-            .arg(dir.path()));
-    if !made {
+    if !mount_loop(fs, &image, dir.path(), "") {
         return None;
     }
     let work = dir.path().join("work");

@@ -1,0 +1,120 @@
+//! Power cuts on a loop-mounted filesystem, with the shutdown ioctl the
+//! kernel's own filesystem tests use (`XFS_IOC_GOINGDOWN`, which ext4 also
+//! answers as `EXT4_IOC_SHUTDOWN`), through `xfs_io -x -c shutdown`:
+//! without `-f` the log is not flushed, so what was not durable is lost.
+//! Unmounting and mounting again replays the journal: the filesystem then
+//! holds what a machine would find after a power failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{have, is_root, make_image, mount_loop, require, run_ok, scratch};
+
+/// A loop-mounted filesystem that can lose power.
+pub struct PowerFs {
+    pub fs: &'static str,
+    image: PathBuf,
+    _images: tempfile::TempDir,
+    mnt: tempfile::TempDir,
+    options: &'static str,
+    mounted: bool,
+}
+
+impl PowerFs {
+    /// A fresh `fs` (ext4 or xfs), mounted with the extra `options`, with
+    /// an empty directory `work` in it. A visible skip (a failure in CI)
+    /// where that cannot be done: not root, no mkfs or `xfs_io`.
+    pub fn new(fs: &'static str, options: &'static str) -> Option<PowerFs> {
+        let ready = is_root() && have("xfs_io");
+        let made = ready.then(|| make_image(fs, &[])).flatten();
+        let mnt = scratch();
+        let mounted = made.filter(|(_, image)| mount_loop(fs, image, mnt.path(), options));
+        if !require(
+            mounted.is_some(),
+            &format!("root, mkfs.{fs}, xfs_io and a loop device"),
+        ) {
+            return None;
+        }
+        let (images, image) = mounted.unwrap();
+        let power = PowerFs {
+            fs,
+            image,
+            _images: images,
+            mnt,
+            options,
+            mounted: true,
+        };
+        std::fs::create_dir(power.work()).unwrap();
+        power.sync();
+        Some(power)
+    }
+
+    /// The directory to work in.
+    pub fn work(&self) -> PathBuf {
+        self.mnt.path().join("work")
+    }
+
+    pub fn mount_point(&self) -> &Path {
+        self.mnt.path()
+    }
+
+    /// Makes everything so far durable (`syncfs`).
+    pub fn sync(&self) {
+        let fd = std::fs::File::open(self.mnt.path()).unwrap();
+        rustix::fs::syncfs(&fd).unwrap();
+    }
+
+    /// Cuts the power: from now on every call into the filesystem fails
+    /// with `EIO`, and what was not on the disk yet never will be.
+    pub fn cut(&self) {
+        if let Err(e) = self.try_cut() {
+            panic!("shutdown of {}: {e}", self.mnt.path().display());
+        }
+    }
+
+    /// [`PowerFs::cut`], or what the filesystem answered.
+    pub fn try_cut(&self) -> Result<(), String> {
+        try_shutdown(self.mnt.path())
+    }
+
+    /// Unmounts and mounts again: the journal is replayed, and the tree is
+    /// what survived the cut. No process may have a file open in it.
+    pub fn remount(&mut self) {
+        assert!(
+            run_ok(Command::new("umount").arg(self.mnt.path())),
+            "umount"
+        );
+        self.mounted = false;
+        assert!(
+            mount_loop(self.fs, &self.image, self.mnt.path(), self.options),
+            "mount again"
+        );
+        self.mounted = true;
+    }
+}
+
+/// `xfs_io -x -c shutdown` on the mount at `mnt` (no `-f`: the log is not
+/// flushed), or what it said when the filesystem refused (btrfs: `ENOTTY`).
+pub fn try_shutdown(mnt: &Path) -> Result<(), String> {
+    let out = Command::new("xfs_io")
+        .args(["-x", "-c", "shutdown"])
+        .arg(mnt)
+        .output()
+        .expect("xfs_io");
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    match out.status.success() && said.is_empty() {
+        true => Ok(()),
+        false => Err(format!("{}: {said}", out.status)),
+    }
+}
+
+impl Drop for PowerFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let path = self.mnt.path();
+            if !run_ok(Command::new("umount").arg(path)) {
+                let _ = Command::new("umount").arg("-l").arg(path).status();
+            }
+        }
+    }
+}
