@@ -354,3 +354,379 @@ fn btrfs_has_no_shutdown_ioctl() {
         "{answer}"
     );
 }
+
+/// The system calls a commit can be cut at.
+const CRASH_CALLS: &str = "fsync,fdatasync,rename,renameat,renameat2,link,linkat";
+
+/// Their numbers, to see in /proc which one a stopped thread is entering.
+fn syscall_number(name: &str) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    let table = [
+        ("fsync", 74),
+        ("fdatasync", 75),
+        ("rename", 82),
+        ("link", 86),
+        ("renameat", 264),
+        ("linkat", 265),
+        ("renameat2", 316),
+    ];
+    #[cfg(target_arch = "aarch64")]
+    let table = [
+        ("fsync", 82),
+        ("fdatasync", 83),
+        ("linkat", 37),
+        ("renameat", 38),
+        ("renameat2", 276),
+    ];
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let table: [(&str, u64); 0] = [];
+    table.iter().find(|(n, _)| *n == name).map(|(_, nr)| *nr)
+}
+
+/// A commit's shape: temp file kind and overwrite.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    unnamed: bool,
+    no_clobber: bool,
+}
+
+const SHAPES: [Shape; 4] = [
+    Shape {
+        unnamed: true,
+        no_clobber: false,
+    },
+    Shape {
+        unnamed: false,
+        no_clobber: false,
+    },
+    Shape {
+        unnamed: true,
+        no_clobber: true,
+    },
+    Shape {
+        unnamed: false,
+        no_clobber: true,
+    },
+];
+
+/// The version on the disk before each crash-point commit (when it
+/// replaces), and the version that commit writes.
+const OLD: u32 = 1;
+const NEW: u32 = 7;
+
+/// One crash point: the `nth` call to `call` on the committing thread, and
+/// the step the commit is at there.
+#[derive(Clone, Debug)]
+struct Point {
+    call: String,
+    nth: u32,
+    op: &'static str,
+}
+
+impl Shape {
+    fn plan(self) -> Plan {
+        Plan {
+            start: NEW,
+            unnamed: self.unnamed,
+            no_clobber: self.no_clobber,
+            count: 1,
+            max_body: 1 << 20,
+        }
+    }
+
+    /// Before each case: the old version, durable, or no target.
+    fn prepare(self, rt: &tokio::runtime::Runtime, power: &PowerFs) {
+        let target = power.work().join(TARGET);
+        match self.no_clobber {
+            false => rt
+                .block_on(tokio_atomic_write::write(
+                    &target,
+                    tagged_version(OLD, 1000),
+                ))
+                .unwrap(),
+            true => match std::fs::remove_file(&target) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+                _ => {}
+            },
+        }
+        power.sync();
+    }
+
+    /// What may be on the disk after a cut: the old version (or none), or
+    /// the new one.
+    fn old(self) -> Found {
+        match self.no_clobber {
+            false => Found::Whole(OLD),
+            true => Found::Absent,
+        }
+    }
+}
+
+/// The crash points of one commit of `shape`: a clean run under strace.
+fn crash_points(
+    test: &str,
+    power: &PowerFs,
+    shape: Shape,
+    rt: &tokio::runtime::Runtime,
+) -> Vec<Point> {
+    shape.prepare(rt, power);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap();
+    let wrap = [
+        "strace",
+        "-f",
+        "--seccomp-bpf",
+        "-qq",
+        "-y",
+        "-o",
+        log_path,
+        "-e",
+    ];
+    let trace = format!("trace={CRASH_CALLS}");
+    let wrap: Vec<&str> = wrap.iter().copied().chain([trace.as_str()]).collect();
+    let mut writer = Writer::spawn(test, &wrap, &power.work(), shape.plan());
+    let (status, reports) = writer.wait();
+    assert!(
+        status.success() && reports.acks == [NEW],
+        "{status}: {reports:?}"
+    );
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let dir = format!("<{}>", power.work().display());
+    let mut points: Vec<Point> = Vec::new();
+    let mut thread = None;
+    for line in text.lines() {
+        let (tid, call) = line.split_once(' ').unwrap();
+        assert_eq!(
+            *thread.get_or_insert(tid.to_string()),
+            tid,
+            "one thread: {text}"
+        );
+        let name = &call[..call.find('(').unwrap()];
+        let nth = 1 + points.iter().filter(|p| p.call == name).count() as u32;
+        let op = match name {
+            "fsync" | "fdatasync" if call.contains(&dir) => "SyncDir",
+            "fsync" | "fdatasync" => "SyncTemp",
+            "link" | "linkat" => "Link",
+            _ => "Rename",
+        };
+        points.push(Point {
+            call: name.to_string(),
+            nth,
+            op,
+        });
+    }
+    points
+}
+
+/// Whether a thread of `pid` is stopped by its tracer on entry to `nr`.
+fn stopped_on_entry(pid: u32, nr: u64) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let in_call = std::fs::read_to_string(task.path().join("syscall"))
+            .is_ok_and(|s| s.split(' ').next() == Some(&nr.to_string()));
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        in_call && state == Some("t")
+    })
+}
+
+/// How the power is cut at a crash point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum At {
+    /// The writer is SIGKILLed on entry to the call, then the power cut.
+    Kill,
+    /// The power is cut while the writer waits on entry to the call, which
+    /// then runs on a dead filesystem: the commit must fail.
+    Alive,
+}
+
+/// What one crash-point case left.
+#[derive(Debug)]
+struct Case {
+    found: Found,
+    /// The step the commit's error named.
+    error: Option<String>,
+    leftovers: usize,
+}
+
+/// One crash-point case: cut at `point` (or after the commit returned),
+/// remount, check, count leftovers and sweep.
+fn crash_case(
+    test: &str,
+    power: &mut PowerFs,
+    shape: Shape,
+    point: Option<(&Point, At)>,
+    rt: &tokio::runtime::Runtime,
+) -> Case {
+    let dir = power.work();
+    let mut delay = Duration::from_secs(1);
+    let reports = loop {
+        shape.prepare(rt, power);
+        let inject = match point {
+            None => None,
+            Some((p, At::Kill)) => Some(format!("inject={}:signal=SIGKILL:when={}", p.call, p.nth)),
+            Some((p, At::Alive)) => Some(format!(
+                "inject={}:delay_enter={}:when={}",
+                p.call,
+                delay.as_micros(),
+                p.nth
+            )),
+        };
+        let trace = point.map(|(p, _)| format!("trace={}", p.call));
+        // Not `--seccomp-bpf`: strace 6.1 then drops an injected signal on
+        // any call but a thread's first of its name.
+        let wrap: Vec<&str> = match (&inject, &trace) {
+            (Some(inject), Some(trace)) => vec![
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                trace,
+                "-e",
+                inject,
+            ],
+            _ => Vec::new(),
+        };
+        let mut writer = Writer::spawn(test, &wrap, &dir, shape.plan());
+        if let Some((p, At::Alive)) = point {
+            let nr = syscall_number(&p.call).unwrap();
+            let pid = writer.pid();
+            // Held on entry: seen there twice, 50 ms apart.
+            let start = std::time::Instant::now();
+            while !(stopped_on_entry(pid, nr) && {
+                std::thread::sleep(Duration::from_millis(50));
+                stopped_on_entry(pid, nr)
+            }) {
+                assert!(start.elapsed() < delay * 20, "never stopped at {p:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            power.cut();
+            if !stopped_on_entry(pid, nr) {
+                // The delay ran out before the cut: again, waiting longer.
+                eprintln!("{test}: {p:?}: cut too late, again");
+                writer.kill();
+                power.remount();
+                delay *= 2;
+                continue;
+            }
+            let (_, reports) = writer.wait();
+            break reports;
+        }
+        let (_, reports) = writer.wait();
+        power.cut();
+        break reports;
+    };
+    power.remount();
+    match point {
+        None => assert_eq!(reports.acks, [NEW], "{reports:?}"),
+        Some(_) => assert!(reports.acks.is_empty(), "{point:?}: {reports:?}"),
+    }
+    let left = temp_files(&dir);
+    if shape.unnamed {
+        assert!(left.is_empty(), "{shape:?} {point:?} left {left:?}");
+    }
+    sweep_exactly(rt, &dir, &left);
+    let found = found(&dir.join(TARGET));
+    assert!(
+        found == shape.old() || found == Found::Whole(NEW),
+        "{shape:?}, {point:?}: {found:?} after the cut"
+    );
+    let error = reports.error.map(|(_, op, message)| {
+        assert!(message.contains("os error 5"), "{op}: {message}");
+        op
+    });
+    Case {
+        found,
+        error,
+        leftovers: left.len(),
+    }
+}
+
+const CRASH_POINTS: &str = "every_crash_point_of_a_commit_leaves_old_or_new";
+
+/// Each fsync, rename and link of one commit, for both temp kinds, with
+/// and without overwrite, on ext4 and xfs: the writer killed on entry to
+/// it then the power cut, and the power cut while it waits there, the call
+/// then failing on the dead filesystem. Every time the target is the old
+/// version or the new, whole; until the publishing call has run, the old;
+/// a commit that ran into the cut fails naming its step; an O_TMPFILE
+/// commit leaves no temp file, and `sweep` removes a named one.
+#[test]
+fn every_crash_point_of_a_commit_leaves_old_or_new() {
+    if is_child() {
+        return writer_main();
+    }
+    if !require(have("strace"), "strace")
+        || !require(syscall_number("fsync").is_some(), "x86_64 or aarch64")
+    {
+        return;
+    }
+    let rt = runtime();
+    let mut rows = Vec::new();
+    for fs in ["ext4", "xfs"] {
+        let Some(mut power) = PowerFs::new(fs, "") else {
+            continue;
+        };
+        for shape in SHAPES {
+            let points = crash_points(CRASH_POINTS, &power, shape, &rt);
+            let steps: Vec<&str> = points.iter().map(|p| p.op).collect();
+            // The publishing call: the last link or rename.
+            let publish = steps
+                .iter()
+                .rposition(|s| *s == "Link" || *s == "Rename")
+                .unwrap_or_else(|| panic!("{shape:?}: nothing publishes: {points:?}"));
+            assert!(
+                steps[..publish].contains(&"SyncTemp") && steps[publish + 1..] == ["SyncDir"],
+                "{fs} {shape:?}: {points:?}"
+            );
+            let done = crash_case(CRASH_POINTS, &mut power, shape, None, &rt);
+            assert_eq!(
+                done.found,
+                Found::Whole(NEW),
+                "{fs} {shape:?}: a commit that returned"
+            );
+            for (i, p) in points.iter().enumerate() {
+                let killed = crash_case(CRASH_POINTS, &mut power, shape, Some((p, At::Kill)), &rt);
+                let alive = crash_case(CRASH_POINTS, &mut power, shape, Some((p, At::Alive)), &rt);
+                assert_eq!(
+                    alive.error.as_deref(),
+                    Some(p.op),
+                    "{fs} {shape:?} {p:?}: the commit cut there fails naming its step"
+                );
+                if i <= publish {
+                    assert_eq!(killed.found, shape.old(), "{fs} {shape:?} {p:?}, killed");
+                    assert_eq!(alive.found, shape.old(), "{fs} {shape:?} {p:?}, cut alive");
+                }
+                rows.push(format!(
+                    "{fs:4} {:8} {:11} {:>9}#{} {:8}: killed -> {:?} ({} left), cut alive -> {:?} \
+                     ({} left), Err({})",
+                    if shape.unnamed { "O_TMPFILE" } else { "named" },
+                    if shape.no_clobber {
+                        "no-clobber"
+                    } else {
+                        "replace"
+                    },
+                    p.call,
+                    p.nth,
+                    p.op,
+                    killed.found,
+                    killed.leftovers,
+                    alive.found,
+                    alive.leftovers,
+                    p.op
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "{CRASH_POINTS}: {} crash points, each killed and cut alive:",
+        rows.len()
+    );
+    for row in &rows {
+        eprintln!("  {row}");
+    }
+}
