@@ -12,116 +12,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::writer::*;
 use common::*;
-use tokio::io::AsyncWriteExt;
-use tokio_atomic_write::OpenOptions;
 
-const TARGET: &str = "versions.bin";
 const TEST: &str = "sigkill_at_random_moments_leaves_a_whole_acknowledged_version";
-
-/// The child: commits versions `TAW_START`, `TAW_START + 1`, ... until
-/// killed, printing `ack {id}` once each commit has returned.
-fn writer() {
-    let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
-    let start: u32 = std::env::var("TAW_START").unwrap().parse().unwrap();
-    let unnamed = std::env::var("TAW_UNNAMED").unwrap() == "1";
-    let target = dir.join(TARGET);
-    runtime().block_on(async {
-        let mut out = std::io::stdout().lock();
-        for id in start.. {
-            let mut file = OpenOptions::new()
-                .unnamed_temp(unnamed)
-                .open(&target)
-                .await
-                .unwrap();
-            // Made while the file is open, like a real producer's data.
-            let content = tagged_version(id, crash_body_len(id));
-            // Streamed in 64 KiB writes, as `tokio::io::copy` would.
-            for chunk in content.chunks(64 << 10) {
-                file.write_all(chunk).await.unwrap();
-            }
-            file.commit().await.unwrap();
-            writeln!(out, "ack {id}").unwrap();
-            out.flush().unwrap();
-        }
-    });
-}
-
-/// A small xorshift generator: the test's randomness, reproducible by seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// One start of the writer, killed after `delay`. Returns the last id it
-/// acknowledged, if any.
-fn run_and_kill(dir: &Path, start: u32, unnamed: bool, delay: Duration) -> Option<u32> {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .env("TAW_DIR", dir)
-        .env("TAW_START", start.to_string())
-        .env("TAW_UNNAMED", if unnamed { "1" } else { "0" })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut last = None;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // The first shares its line with libtest's `test ... `.
-            if let Some((_, id)) = line.rsplit_once("ack ") {
-                let id: u32 = id.parse().unwrap();
-                assert_eq!(id, last.map_or(start, |l| l + 1), "acks in order");
-                last = Some(id);
-            }
-        }
-        last
-    });
-    std::thread::sleep(delay);
-    child.kill().unwrap(); // SIGKILL
-    let status = child.wait().unwrap();
-    let last = reader.join().unwrap();
-    // A writer that ended on its own failed: that is not a kill.
-    assert!(
-        status.code().is_none(),
-        "the writer died before the kill: {status}"
-    );
-    last
-}
 
 #[test]
 fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
     if is_child() {
-        return writer();
+        return writer_main();
     }
     let kills: u32 = std::env::var("TAW_KILLS").map_or(300, |v| v.parse().unwrap());
-    let seed: u64 = std::env::var("TAW_SEED").map_or_else(
-        |_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        },
-        |v| v.parse().unwrap(),
-    );
+    let (mut rng, seed) = Rng::from_env();
     eprintln!("{TEST}: {kills} kills, TAW_SEED={seed}");
-    let mut rng = Rng(seed);
     // A fresh ext4 with a journal: the filesystem most services run on, and
     // one where an O_TMPFILE commit links and renames back to back.
     let Some((_mount, dir)) = require_image("ext4", &[]) else {
@@ -141,23 +46,21 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
         let unnamed = kill % 2 == 0;
         let kind = usize::from(!unnamed);
         let start = on_disk + 1;
-        // Starting the writer takes a few ms; a commit of up to 4 MiB
-        // takes 1 to 60 ms here (debug build, fsync included).
-        let delay = Duration::from_micros(2_000 + rng.below(150_000));
-        let last_ack = run_and_kill(dir, start, unnamed, delay);
-        let content = std::fs::read(&target).unwrap();
-        let found = check_tagged(&content).unwrap_or_else(|| {
-            panic!(
-                "kill {kill} (seed {seed}): the target is torn ({} bytes)",
-                content.len()
-            )
-        });
-        let acked = last_ack.unwrap_or(on_disk);
+        let writer = Writer::spawn(TEST, &[], dir, Plan::endless(start, unnamed));
+        // A commit of up to 4 MiB takes 1 to 60 ms here (debug build,
+        // fsync included).
+        std::thread::sleep(Duration::from_micros(2_000 + rng.below(150_000)));
+        let (status, reports) = writer.kill();
+        // A writer that ended on its own failed: that is not a kill.
         assert!(
-            found == acked || found == acked + 1,
-            "kill {kill} (seed {seed}): version {found} on disk, last acknowledged {acked}"
+            status.code().is_none() && reports.error.is_none(),
+            "the writer died before the kill: {status}, {reports:?}"
         );
-        acks += last_ack.map_or(0, |l| l + 1 - start);
+        let found = judge(found(&target), on_disk, &reports)
+            .unwrap_or_else(|loss| panic!("kill {kill} (seed {seed}): {loss}"));
+        let last_ack = reports.last_ack();
+        let acked = last_ack.unwrap_or(on_disk);
+        acks += reports.acks.len() as u32;
         kills_after_an_ack += u32::from(last_ack.is_some());
         in_flight_published += u32::from(found == acked + 1);
         on_disk = found;
@@ -167,23 +70,7 @@ fn sigkill_at_random_moments_leaves_a_whole_acknowledged_version() {
         let left = temp_files(dir);
         leftovers_by_kind[kind] += u32::from(!left.is_empty());
         assert!(left.len() <= 1, "one writer leaves at most one: {left:?}");
-        let report = rt
-            .block_on(tokio_atomic_write::sweep(dir, Duration::ZERO))
-            .unwrap();
-        let removed: Vec<_> = report
-            .removed
-            .iter()
-            .map(|p| p.file_name().unwrap().to_owned())
-            .collect();
-        assert_eq!(
-            removed, left,
-            "sweep removes exactly the leftovers: {report:?}"
-        );
-        assert!(
-            report.in_use.is_empty() && report.failed.is_empty(),
-            "{report:?}"
-        );
-        assert_eq!(listing(dir), vec![std::ffi::OsString::from(TARGET)]);
+        sweep_exactly(&rt, dir, &left);
     }
     eprintln!(
         "{TEST}: {kills} kills, {acks} acknowledged commits, {kills_after_an_ack} kills after \

@@ -525,3 +525,30 @@ fn run_suite_in(this_test: &str, work: &Path, label: &str) -> usize {
     eprintln!("{this_test}: {n} tests passed on {label}");
     n
 }
+
+/// A small xorshift generator: the test's randomness, reproducible by seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded by `TAW_SEED`, or the clock; returns the seed too.
+    pub fn from_env() -> (Rng, u64) {
+        let seed = std::env::var("TAW_SEED").map_or_else(
+            |_| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            },
+            |v| v.parse().unwrap(),
+        );
+        (Rng(seed), seed)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{crash_body_len, tagged_version, CHILD_ENV};
+use super::{check_tagged, crash_body_len, listing, tagged_version, CHILD_ENV};
 
 /// The file the writer commits, in its directory.
 pub const TARGET: &str = "versions.bin";
@@ -281,5 +281,123 @@ impl Drop for Writer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// What the target holds after a cut.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Found {
+    Absent,
+    Whole(u32),
+    Torn(usize),
+}
+
+pub fn found(target: &Path) -> Found {
+    match std::fs::read(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::Absent,
+        Err(e) => panic!("read {}: {e}", target.display()),
+        Ok(bytes) => check_tagged(&bytes).map_or(Found::Torn(bytes.len()), Found::Whole),
+    }
+}
+
+/// Judges what a cut left against what the writer reported: the target
+/// must be whole, and the last acknowledged version (`on_disk` when there
+/// was none) or the one in flight after it. Every `Ok` counts, also one
+/// reported after the cut: a commit returns `Ok` only once it is durable.
+/// Returns the version found, or what was lost.
+pub fn judge(found: Found, on_disk: u32, reports: &Reports) -> Result<u32, String> {
+    let acked = reports.last_ack().unwrap_or(on_disk);
+    match found {
+        Found::Whole(id) if id == acked || id == acked + 1 => Ok(id),
+        Found::Whole(id) if id < acked => Err(format!(
+            "acknowledged commit lost: version {id} on disk, {acked} acknowledged"
+        )),
+        Found::Whole(id) => Err(format!("version {id} on disk, newer than any in flight")),
+        Found::Torn(len) => Err(format!("torn target: {len} bytes, {acked} acknowledged")),
+        Found::Absent => Err(format!("target gone, {acked} acknowledged")),
+    }
+}
+
+/// Sweeps `dir` and checks that it removed exactly `left`, and that only
+/// the target (if any) remains.
+pub fn sweep_exactly(rt: &tokio::runtime::Runtime, dir: &Path, left: &[std::ffi::OsString]) {
+    let report = rt
+        .block_on(tokio_atomic_write::sweep(dir, Duration::ZERO))
+        .unwrap();
+    let removed: Vec<_> = report
+        .removed
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(removed, left, "sweep removes exactly the leftovers");
+    assert!(
+        report.in_use.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    let rest = listing(dir);
+    assert!(
+        rest.is_empty() || rest == [std::ffi::OsString::from(TARGET)],
+        "after sweep: {rest:?}"
+    );
+}
+
+/// A commit weakened on purpose, by strace turning one of its fsyncs into
+/// a no-op that returns 0: the checker must see what that loses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Weakened {
+    No,
+    /// The temp file's fsync before the rename (a commit's first).
+    SkipFileSync,
+    /// The directory's fsync after it (a commit's second).
+    SkipDirSync,
+}
+
+impl Weakened {
+    /// The wrapper that weakens the writer, logging to `log`. The writer
+    /// runs its commits on one blocking-pool thread, and strace counts per
+    /// thread: every commit there makes two fsyncs (ext4 with a journal,
+    /// xfs), the temp file's then the directory's.
+    pub fn wrap(self, log: &Path) -> Vec<String> {
+        let when = match self {
+            Weakened::No => return Vec::new(),
+            Weakened::SkipFileSync => "1+2",
+            Weakened::SkipDirSync => "2+2",
+        };
+        [
+            "strace",
+            "-f",
+            "--seccomp-bpf",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=fsync",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            "-e".into(),
+            format!("inject=fsync:retval=0:when={when}"),
+            "-o".into(),
+            log.display().to_string(),
+        ])
+        .collect()
+    }
+
+    /// Checks in strace's log that only the intended fsyncs were skipped;
+    /// returns how many were.
+    pub fn check_log(self, log: &Path, dir: &Path) -> usize {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let dir = format!("<{}>", dir.display());
+        let mut skipped = 0;
+        for line in text.lines().filter(|l| l.contains("INJECTED")) {
+            let on_dir = line.contains(&dir);
+            assert_eq!(
+                on_dir,
+                self == Weakened::SkipDirSync,
+                "{self:?} skipped the wrong fsync: {line}"
+            );
+            skipped += 1;
+        }
+        skipped
     }
 }
