@@ -70,6 +70,17 @@ impl Node {
         }
     }
 
+    /// What a crash brings back of a node whose name was synced but not
+    /// itself: its kind and attributes, no data.
+    fn never_synced(&self) -> Node {
+        let empty = match self.content {
+            Content::File(_) => Content::File(Vec::new()),
+            Content::Dir(_) => Content::Dir(BTreeMap::new()),
+            Content::Symlink(ref t) => Content::Symlink(t.clone()),
+        };
+        Node::new(empty, self.perm, self.uid, self.gid)
+    }
+
     fn entries(&self) -> Option<&BTreeMap<OsString, u64>> {
         match &self.content {
             Content::Dir(e) => Some(e),
@@ -200,14 +211,26 @@ impl State {
         self.collect(ino);
     }
 
+    /// Frees `ino` from the volatile view once nothing names or holds it.
+    /// Its durable copy stays while a synced directory still names it: a
+    /// crash brings it back there (empty if it was never synced itself).
     fn collect(&mut self, ino: u64) {
-        if self
-            .nodes
-            .get(&ino)
-            .is_some_and(|n| n.nlink == 0 && n.opens == 0 && n.lookups == 0)
-        {
-            self.nodes.remove(&ino);
+        let Some(n) = self.nodes.get(&ino) else {
+            return;
+        };
+        if n.nlink > 0 || n.opens > 0 || n.lookups > 0 {
+            return;
+        }
+        let n = self.nodes.remove(&ino).unwrap();
+        let named = self
+            .durable
+            .values()
+            .filter_map(Node::entries)
+            .any(|e| e.values().any(|i| *i == ino));
+        if !named {
             self.durable.remove(&ino);
+        } else if !self.durable.contains_key(&ino) {
+            self.durable.insert(ino, n.never_synced());
         }
     }
 
@@ -273,22 +296,13 @@ impl State {
             if nodes.contains_key(&ino) {
                 continue;
             }
-            let mut node = match self.durable.get(&ino) {
-                Some(n) => n.clone(),
-                None => {
-                    // Named by a synced directory, never synced itself: an
-                    // inode with no data (the zero-length file of a rename
-                    // without fsync).
-                    let Some(was) = self.nodes.get(&ino) else {
-                        continue;
-                    };
-                    let empty = match was.content {
-                        Content::File(_) => Content::File(Vec::new()),
-                        Content::Dir(_) => Content::Dir(BTreeMap::new()),
-                        Content::Symlink(ref t) => Content::Symlink(t.clone()),
-                    };
-                    Node::new(empty, was.perm, was.uid, was.gid)
-                }
+            let mut node = match (self.durable.get(&ino), self.nodes.get(&ino)) {
+                (Some(n), _) => n.clone(),
+                // Named by a synced directory, never synced itself: an
+                // inode with no data (the zero-length file of a rename
+                // without fsync).
+                (None, Some(was)) => was.never_synced(),
+                (None, None) => unreachable!("collect keeps what a synced directory names"),
             };
             node.opens = 0;
             node.nlink = 0;
