@@ -227,10 +227,10 @@ impl State {
             .values()
             .filter_map(Node::entries)
             .any(|e| e.values().any(|i| *i == ino));
-        if !named {
+        if named {
+            self.durable.entry(ino).or_insert_with(|| n.never_synced());
+        } else {
             self.durable.remove(&ino);
-        } else if !self.durable.contains_key(&ino) {
-            self.durable.insert(ino, n.never_synced());
         }
     }
 
