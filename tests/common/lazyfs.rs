@@ -858,7 +858,7 @@ impl LazyFs {
     /// the volatile view, and mounts the durable one again.
     pub fn crash(&mut self) {
         if let Some(session) = self.session.take() {
-            session.umount_and_join().expect("unmount lazyfs");
+            unmount(session, self.mountpoint.path()).expect("unmount lazyfs");
         }
         self.state().crash();
         self.session =
@@ -866,10 +866,32 @@ impl LazyFs {
     }
 }
 
+/// Unmounts the mount of `session` at `at` and joins its thread. A busy
+/// mount is retried for a while: a process forked by a test running in
+/// parallel holds this process's descriptors until its `exec` closes them.
+fn unmount(session: fuser::BackgroundSession, at: &Path) -> std::io::Result<()> {
+    for _ in 0..200 {
+        let out = std::process::Command::new("umount").arg(at).output()?;
+        if out.status.success() {
+            // The session's thread sees the unmount and ends.
+            return session.join();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    session.umount_and_join()
+}
+
 impl Drop for LazyFs {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            let _ = session.umount_and_join();
+            let path = self.mountpoint.path();
+            if let Err(e) = unmount(session, path) {
+                eprintln!("lazyfs: unmount {}: {e}", path.display());
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(path)
+                    .status();
+            }
         }
     }
 }
