@@ -33,6 +33,10 @@ enum FsOp {
         at: usize,
         data: Vec<u8>,
     },
+    /// An open with `O_TRUNC` of an existing file.
+    Truncate {
+        name: usize,
+    },
     Rename {
         from: usize,
         to: usize,
@@ -61,6 +65,7 @@ fn fs_op() -> impl Strategy<Value = FsOp> {
         2 => (name.clone(), name.clone()).prop_map(|(from, to)| FsOp::Rename { from, to }),
         1 => (name.clone(), name.clone()).prop_map(|(from, to)| FsOp::Link { from, to }),
         1 => name.clone().prop_map(|name| FsOp::Unlink { name }),
+        1 => name.clone().prop_map(|name| FsOp::Truncate { name }),
         2 => name.prop_map(|name| FsOp::SyncFile { name }),
         2 => Just(FsOp::SyncDir),
         1 => Just(FsOp::Crash),
@@ -99,6 +104,10 @@ impl Model {
                     d.resize(at + data.len(), 0);
                 }
                 d[at..at + data.len()].copy_from_slice(data);
+            }
+            FsOp::Truncate { name } => {
+                let f = file(self, name).ok_or(ErrorKind::NotFound)?;
+                self.data.insert(f, Vec::new());
             }
             FsOp::Rename { from, to } => {
                 let f = file(self, from).ok_or(ErrorKind::NotFound)?;
@@ -158,6 +167,11 @@ fn apply(fs: &mut LazyFs, op: &FsOp) -> Result<(), ErrorKind> {
             .truncate(false)
             .open(path(name))
             .and_then(|f| f.write_all_at(data, at as u64)),
+        FsOp::Truncate { name } => std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path(name))
+            .map(drop),
         FsOp::Rename { from, to } => std::fs::rename(path(from), path(to)),
         FsOp::Link { from, to } => std::fs::hard_link(path(from), path(to)),
         FsOp::Unlink { name } => std::fs::remove_file(path(name)),
@@ -193,9 +207,28 @@ fn view(root: &Path) -> View {
         .collect()
 }
 
+/// Runs `ops` on a fresh lazy filesystem and on the model: every result,
+/// and the tree after every step, must agree.
+fn check_ops(ops: &[FsOp]) -> Result<(), TestCaseError> {
+    let fs = LazyFs::mount();
+    if !require(fs.is_some(), "root and /dev/fuse for a FUSE mount") {
+        return Ok(());
+    }
+    let mut fs = fs.unwrap();
+    let mut model = Model::default();
+    for (i, op) in ops.iter().enumerate() {
+        let want = model.apply(op);
+        let got = apply(&mut fs, op);
+        prop_assert_eq!(got, want, "op {} {:?}", i, op);
+        prop_assert_eq!(view(fs.path()), model.view(), "after op {} {:?}", i, op);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 64,
+        // The one failure found so far has its own test below.
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -204,19 +237,30 @@ proptest! {
     /// is the model's; crashes included.
     #[test]
     fn the_lazy_filesystem_behaves_like_the_model(ops in prop::collection::vec(fs_op(), 1..40)) {
-        let fs = LazyFs::mount();
-        if !require(fs.is_some(), "root and /dev/fuse for a FUSE mount") {
-            return Ok(());
-        }
-        let mut fs = fs.unwrap();
-        let mut model = Model::default();
-        for (i, op) in ops.iter().enumerate() {
-            let want = model.apply(op);
-            let got = apply(&mut fs, op);
-            prop_assert_eq!(got, want, "op {} {:?}", i, op);
-            prop_assert_eq!(view(fs.path()), model.view(), "after op {} {:?}", i, op);
-        }
+        check_ops(&ops)?;
     }
+}
+
+/// The proptest's first find: a file replaced by a rename was freed with
+/// its durable copy, so a crash lost the name its synced directory had.
+#[test]
+fn a_crash_brings_back_a_synced_name_whose_file_was_replaced() {
+    let ops = [
+        FsOp::Write {
+            name: 2,
+            at: 0,
+            data: vec![0],
+        },
+        FsOp::Write {
+            name: 1,
+            at: 0,
+            data: vec![0],
+        },
+        FsOp::SyncDir,
+        FsOp::Rename { from: 1, to: 2 },
+        FsOp::Crash,
+    ];
+    check_ops(&ops).unwrap();
 }
 
 const CRASHES: &str = "crashes_of_the_lazy_filesystem_lose_no_acknowledged_commit";
@@ -226,10 +270,9 @@ const CRASHES: &str = "crashes_of_the_lazy_filesystem_lose_no_acknowledged_commi
 /// was not synced. The target must be whole and the last acknowledged
 /// version or the one in flight; no temp file survives (see below), and
 /// `sweep` finds nothing. A fifth as many crashes (at least 50) hit
-/// single commits without overwrite, which here take the link + unlink fallback. Then the
-/// loop runs with a commit weakened by strace (one fsync skipped), whose
-/// losses the checker must see. Then the same with a commit weakened by strace (one
-/// fsync skipped), whose losses the checker must see.
+/// single commits without overwrite, which here take the link + unlink
+/// fallback. Then the loop runs with a commit weakened by strace (one fsync
+/// skipped), whose losses the checker must see.
 #[test]
 fn crashes_of_the_lazy_filesystem_lose_no_acknowledged_commit() {
     if is_child() {
@@ -240,7 +283,7 @@ fn crashes_of_the_lazy_filesystem_lose_no_acknowledged_commit() {
         return;
     };
     assert!(t.losses.is_empty());
-    assert!(t.acks >= crashes / 2, "too few commits: {t:?}");
+    assert!(t.acks >= crashes / 4, "too few commits: {t:?}");
     // A temp name becomes durable only with a directory fsync, and none
     // runs between a temp file's creation and its rename: here, unlike on
     // ext4 or xfs (whose journal commits all at once), no crash leaves one.
@@ -252,7 +295,15 @@ fn crashes_of_the_lazy_filesystem_lose_no_acknowledged_commit() {
     for weak in [Weakened::SkipFileSync, Weakened::SkipDirSync] {
         let t = crash_loop(20, weak).unwrap();
         assert!(t.skipped > 0, "strace skipped no fsync: {t:?}");
-        assert!(!t.losses.is_empty(), "the checker missed {weak:?}: {t:?}");
+        // The loss that the missing fsync causes, not just any.
+        let expected = |l: &Loss| match weak {
+            Weakened::SkipFileSync => matches!(l, Loss::Torn { .. }),
+            _ => matches!(l, Loss::AckLost { .. }),
+        };
+        assert!(
+            t.losses.iter().any(|(_, l)| expected(l)),
+            "the checker missed {weak:?}: {t:?}"
+        );
     }
 }
 
@@ -262,7 +313,8 @@ struct Tally {
     acks: u32,
     /// Crashes that left a temp file, all removed by sweep.
     leftovers: u32,
-    losses: Vec<String>,
+    /// What the checker found, by crash.
+    losses: Vec<(u32, Loss)>,
     /// fsyncs strace skipped (weakened runs).
     skipped: usize,
 }
@@ -315,7 +367,7 @@ fn crash_loop(crashes: u32, weak: Weakened) -> Option<Tally> {
         match judge(found(&target), on_disk, &reports) {
             Ok(id) => on_disk = id,
             Err(loss) if weak != Weakened::No => {
-                t.losses.push(format!("crash {crash}: {loss}"));
+                t.losses.push((crash, loss));
                 on_disk = reports.last_ack().unwrap_or(on_disk) + 2;
                 durable(on_disk);
             }
@@ -333,7 +385,7 @@ fn crash_loop(crashes: u32, weak: Weakened) -> Option<Tally> {
         t.losses.len(),
         t.losses
             .first()
-            .map_or(String::new(), |l| format!(", first: {l}")),
+            .map_or(String::new(), |(c, l)| format!(", first: crash {c}: {l}")),
         state.file_syncs,
         state.dir_syncs
     );

@@ -29,14 +29,15 @@ use common::*;
 struct Tally {
     cuts: u32,
     acks: u32,
-    /// Acks read after the cut was made.
+    /// Acks read after the cut was started (their commits may have
+    /// returned just before it took effect).
     acks_after_cut: u32,
     /// Commits that failed after the cut, by step.
     errors: std::collections::BTreeMap<String, u32>,
     /// Cuts that left a temp file, [O_TMPFILE, named].
     leftovers: [u32; 2],
-    /// What the checker found: lost acknowledged commits and torn files.
-    losses: Vec<String>,
+    /// What the checker found, by cut.
+    losses: Vec<(u32, Loss)>,
     /// fsyncs strace skipped (weakened runs).
     skipped: usize,
 }
@@ -73,8 +74,8 @@ fn cut_loop(
         let before = writer.reports();
         assert!(before.error.is_none(), "failed before the cut: {before:?}");
         power.cut();
-        // Every call into the filesystem now fails: the commit in flight
-        // (or the next open) must fail too, never return Ok.
+        // The filesystem is dead: the commit in flight (or the next open)
+        // must fail, never return Ok.
         writer.wait_for(Duration::from_secs(10), |r| r.error.is_some() || r.closed);
         let (_, reports) = writer.kill();
         power.remount();
@@ -82,11 +83,11 @@ fn cut_loop(
         t.cuts += 1;
         t.acks += reports.acks.len() as u32;
         t.acks_after_cut += (reports.acks.len() - before.acks.len()) as u32;
-        if let Some((_, op, message)) = &reports.error {
-            // After the cut, whatever step the commit was at fails with
-            // EIO, naming it and the path (the target, or its directory).
+        if let Some(Failed { op, message, .. }) = &reports.error {
+            // After the cut, whatever step the commit was at fails,
+            // naming it and the path (the target, or its directory).
             assert!(
-                message.contains(&*dir.to_string_lossy()) && message.contains("os error 5"),
+                message.contains(&*dir.to_string_lossy()) && failed_by_the_cut(message),
                 "{op}: {message}"
             );
             *t.errors.entry(op.clone()).or_default() += 1;
@@ -94,14 +95,11 @@ fn cut_loop(
         t.skipped += weak.check_log(&log, &dir);
         let left = temp_files(&dir);
         t.leftovers[usize::from(!unnamed)] += u32::from(!left.is_empty());
-        if unnamed && weak == Weakened::No {
-            assert!(left.is_empty(), "an O_TMPFILE commit left {left:?}");
-        }
         sweep_exactly(&rt, &dir, &left);
         match judge(found(&target), on_disk, &reports) {
             Ok(id) => on_disk = id,
             Err(loss) if weak != Weakened::No => {
-                t.losses.push(format!("cut {cut}: {loss}"));
+                t.losses.push((cut, loss));
                 // Start again from a known, durable version.
                 on_disk = reports.last_ack().unwrap_or(on_disk) + 2;
                 rt.block_on(tokio_atomic_write::write(
@@ -125,7 +123,24 @@ fn cut_loop(
         t.skipped,
         t.losses.len()
     );
+    if weak == Weakened::No {
+        // A replacing O_TMPFILE commit has a temp name from its link to its
+        // rename, two calls in a row: a cut leaves it only if the journal
+        // commits between the two (other activity on the filesystem).
+        let unnamed_cuts = cuts.div_ceil(2);
+        assert!(
+            t.leftovers[0] * 50 <= unnamed_cuts.max(50),
+            "{fs}: O_TMPFILE commits left {} temp files in {unnamed_cuts} cuts",
+            t.leftovers[0]
+        );
+    }
     Some(t)
+}
+
+/// Whether an error message is what a dead filesystem answers: EIO, or
+/// EROFS from an ext4 whose aborted journal made it read-only.
+fn failed_by_the_cut(message: &str) -> bool {
+    message.ends_with("(os error 5)") || message.ends_with("(os error 30)")
 }
 
 fn cuts_from_env(default: u32) -> u32 {
@@ -146,7 +161,7 @@ fn power_cuts_at_random_moments_lose_no_acknowledged_commit() {
         };
         // The cuts must land across the writer's life, not only at its
         // start, and catch commits at every step.
-        assert!(t.acks >= cuts / 2, "{fs}: too few commits: {t:?}");
+        assert!(t.acks >= cuts / 4, "{fs}: too few commits: {t:?}");
         assert!(t.losses.is_empty());
         assert_eq!(
             t.errors.values().sum::<u32>(),
@@ -183,14 +198,22 @@ fn a_commit_weakened_by_a_skipped_fsync_is_caught() {
             continue;
         };
         assert!(t.skipped > 0, "strace skipped no fsync: {t:?}");
+        // The loss that the missing fsync causes, not just any.
+        let expected = |l: &Loss| match weak {
+            Weakened::SkipFileSync => matches!(l, Loss::Torn { .. }),
+            _ => matches!(l, Loss::AckLost { .. }),
+        };
         assert!(
-            !t.losses.is_empty(),
+            t.losses.iter().any(|(_, l)| expected(l)),
             "{fs} {options}: the checker missed {weak:?} in {cuts} cuts: {t:?}"
         );
         eprintln!(
-            "{WEAKENED}: {fs} {options} {weak:?}: {} of {cuts} cuts lost data, first: {}",
+            "{WEAKENED}: {fs} {options} {weak:?}: {} of {cuts} cuts lost data ({} of the \
+             expected kind), first: cut {}: {}",
             t.losses.len(),
-            t.losses[0]
+            t.losses.iter().filter(|(_, l)| expected(l)).count(),
+            t.losses[0].0,
+            t.losses[0].1
         );
     }
 }
@@ -203,7 +226,10 @@ fn btrfs_has_no_shutdown_ioctl() {
     let Some((mount, _work)) = require_image("btrfs", &[]) else {
         return;
     };
-    let answer = try_shutdown(mount.dir.path()).expect_err("btrfs took a shutdown");
+    // If a newer kernel gives btrfs the ioctl, this fails: the power-cut
+    // loop can then cover btrfs, and the README must say so.
+    let answer = try_shutdown(mount.dir.path())
+        .expect_err("btrfs took a shutdown: add it to the power-cut loops and the README");
     assert!(
         answer.contains("Inappropriate ioctl for device"),
         "{answer}"
@@ -276,6 +302,8 @@ struct Point {
     call: String,
     nth: u32,
     op: &'static str,
+    /// The descriptor it is called on, for an fsync.
+    fd: Option<u64>,
 }
 
 impl Shape {
@@ -350,13 +378,15 @@ fn crash_points(
     let mut points: Vec<Point> = Vec::new();
     let mut thread = None;
     for line in text.lines() {
+        // strace pads the thread id: "1234  fsync(...".
         let (tid, call) = line.split_once(' ').unwrap();
+        let call = call.trim_start();
         assert_eq!(
             *thread.get_or_insert(tid.to_string()),
             tid,
             "one thread: {text}"
         );
-        let name = &call[..call.find('(').unwrap()];
+        let (name, args) = call.split_once('(').unwrap();
         let nth = 1 + points.iter().filter(|p| p.call == name).count() as u32;
         let op = match name {
             "fsync" | "fdatasync" if call.contains(&dir) => "SyncDir",
@@ -364,23 +394,45 @@ fn crash_points(
             "link" | "linkat" => "Link",
             _ => "Rename",
         };
+        // "9</mnt/work>) = 0": the descriptor an fsync is called on.
+        let fd = match op {
+            "SyncDir" | "SyncTemp" => Some(args[..args.find('<').unwrap()].parse().unwrap()),
+            _ => None,
+        };
         points.push(Point {
             call: name.to_string(),
             nth,
             op,
+            fd,
         });
     }
     points
 }
 
-/// Whether a thread of `pid` is stopped by its tracer on entry to `nr`.
-fn stopped_on_entry(pid: u32, nr: u64) -> bool {
+/// The steps of one commit of each shape on ext4 with a journal and xfs
+/// (neither needs a sync between an `O_TMPFILE` link and its rename).
+fn expected_steps(shape: Shape) -> &'static [&'static str] {
+    match (shape.unnamed, shape.no_clobber) {
+        (true, false) => &["SyncTemp", "Link", "Rename", "SyncDir"],
+        (true, true) => &["SyncTemp", "Link", "SyncDir"],
+        (false, _) => &["SyncTemp", "Rename", "SyncDir"],
+    }
+}
+
+/// Whether a thread of `pid` is stopped by its tracer in the call of
+/// `point`: its number, and for an fsync its descriptor (a commit makes two
+/// fsyncs, and strace stops a thread at the exit of a call as well).
+fn stopped_at(pid: u32, point: &Point) -> bool {
+    let nr = syscall_number(&point.call).unwrap().to_string();
+    let fd = point.fd.map(|fd| format!("{fd:#x}"));
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
     tasks.flatten().any(|task| {
-        let in_call = std::fs::read_to_string(task.path().join("syscall"))
-            .is_ok_and(|s| s.split(' ').next() == Some(&nr.to_string()));
+        let in_call = std::fs::read_to_string(task.path().join("syscall")).is_ok_and(|s| {
+            let mut f = s.split(' ');
+            f.next() == Some(&nr) && fd.as_deref().is_none_or(|fd| f.next() == Some(fd))
+        });
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
         let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
         in_call && state == Some("t")
@@ -447,33 +499,53 @@ fn crash_case(
             _ => Vec::new(),
         };
         let mut writer = Writer::spawn(test, &wrap, &dir, shape.plan());
-        if let Some((p, At::Alive)) = point {
-            let nr = syscall_number(&p.call).unwrap();
-            let pid = writer.pid();
-            // Held on entry: seen there twice, 50 ms apart.
-            let start = std::time::Instant::now();
-            while !(stopped_on_entry(pid, nr) && {
-                std::thread::sleep(Duration::from_millis(50));
-                stopped_on_entry(pid, nr)
-            }) {
-                assert!(start.elapsed() < delay * 20, "never stopped at {p:?}");
-                std::thread::sleep(Duration::from_millis(5));
+        match point {
+            Some((p, At::Alive)) => {
+                let pid = writer.pid();
+                // Held on entry: seen there twice, 50 ms apart.
+                let start = std::time::Instant::now();
+                while !(stopped_at(pid, p) && {
+                    std::thread::sleep(Duration::from_millis(50));
+                    stopped_at(pid, p)
+                }) {
+                    assert!(start.elapsed() < delay * 20, "never stopped at {p:?}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                power.cut();
+                if !stopped_at(pid, p) {
+                    // The delay ran out before the cut: again, waiting
+                    // longer, a few times.
+                    eprintln!("{test}: {p:?}: cut too late, again");
+                    writer.kill();
+                    power.remount();
+                    delay *= 2;
+                    assert!(
+                        delay <= Duration::from_secs(8),
+                        "{p:?}: always cut too late"
+                    );
+                    continue;
+                }
+                break writer.wait().1;
             }
-            power.cut();
-            if !stopped_on_entry(pid, nr) {
-                // The delay ran out before the cut: again, waiting longer.
-                eprintln!("{test}: {p:?}: cut too late, again");
-                writer.kill();
-                power.remount();
-                delay *= 2;
-                continue;
+            Some((p, At::Kill)) => {
+                use std::os::unix::process::ExitStatusExt;
+                let (status, reports) = writer.wait();
+                // strace ends as its tracee did: killed on entry to the
+                // call, not failed or done before it.
+                assert!(
+                    status.signal() == Some(9) && reports.error.is_none(),
+                    "{p:?} never reached: {status}, {reports:?}"
+                );
+                power.cut();
+                break reports;
             }
-            let (_, reports) = writer.wait();
-            break reports;
+            None => {
+                let (status, reports) = writer.wait();
+                assert!(status.success(), "{status}: {reports:?}");
+                power.cut();
+                break reports;
+            }
         }
-        let (_, reports) = writer.wait();
-        power.cut();
-        break reports;
     };
     power.remount();
     match point {
@@ -481,17 +553,14 @@ fn crash_case(
         Some(_) => assert!(reports.acks.is_empty(), "{point:?}: {reports:?}"),
     }
     let left = temp_files(&dir);
-    if shape.unnamed {
-        assert!(left.is_empty(), "{shape:?} {point:?} left {left:?}");
-    }
     sweep_exactly(rt, &dir, &left);
     let found = found(&dir.join(TARGET));
     assert!(
         found == shape.old() || found == Found::Whole(NEW),
         "{shape:?}, {point:?}: {found:?} after the cut"
     );
-    let error = reports.error.map(|(_, op, message)| {
-        assert!(message.contains("os error 5"), "{op}: {message}");
+    let error = reports.error.map(|Failed { op, message, .. }| {
+        assert!(failed_by_the_cut(&message), "{op}: {message}");
         op
     });
     Case {
@@ -522,6 +591,7 @@ fn every_crash_point_of_a_commit_leaves_old_or_new() {
     }
     let rt = runtime();
     let mut rows = Vec::new();
+    let mut unnamed_leftovers = 0;
     for fs in ["ext4", "xfs"] {
         let Some(mut power) = PowerFs::new(fs, "") else {
             continue;
@@ -529,15 +599,9 @@ fn every_crash_point_of_a_commit_leaves_old_or_new() {
         for shape in SHAPES {
             let points = crash_points(CRASH_POINTS, &power, shape, &rt);
             let steps: Vec<&str> = points.iter().map(|p| p.op).collect();
+            assert_eq!(steps, expected_steps(shape), "{fs} {shape:?}: {points:?}");
             // The publishing call: the last link or rename.
-            let publish = steps
-                .iter()
-                .rposition(|s| *s == "Link" || *s == "Rename")
-                .unwrap_or_else(|| panic!("{shape:?}: nothing publishes: {points:?}"));
-            assert!(
-                steps[..publish].contains(&"SyncTemp") && steps[publish + 1..] == ["SyncDir"],
-                "{fs} {shape:?}: {points:?}"
-            );
+            let publish = steps.len() - 2;
             let done = crash_case(CRASH_POINTS, &mut power, shape, None, &rt);
             assert_eq!(
                 done.found,
@@ -556,9 +620,26 @@ fn every_crash_point_of_a_commit_leaves_old_or_new() {
                     assert_eq!(killed.found, shape.old(), "{fs} {shape:?} {p:?}, killed");
                     assert_eq!(alive.found, shape.old(), "{fs} {shape:?} {p:?}, cut alive");
                 }
+                for case in [&killed, &alive] {
+                    match (shape.unnamed, shape.no_clobber, p.op) {
+                        // No name is ever given to the temp file, or none
+                        // yet: nothing can be left.
+                        (true, true, _) | (true, false, "SyncTemp" | "Link") => {
+                            assert_eq!(case.leftovers, 0, "{fs} {shape:?} {p:?}")
+                        }
+                        // Between the link and the rename: only if the
+                        // journal committed in between (counted).
+                        (true, false, _) => unnamed_leftovers += case.leftovers,
+                        // A named temp file is on the disk once synced,
+                        // and until its rename is.
+                        (false, _, "SyncTemp") => assert_eq!(case.leftovers, 0),
+                        (false, _, "Rename") => assert_eq!(case.leftovers, 1, "{fs} {p:?}"),
+                        (false, _, _) => assert!(case.leftovers <= 1, "{fs} {p:?}"),
+                    }
+                }
                 rows.push(format!(
-                    "{fs:4} {:8} {:11} {:>9}#{} {:8}: killed -> {:?} ({} left), cut alive -> {:?} \
-                     ({} left), Err({})",
+                    "{fs:4} {:9} {:10} {:>9}#{} {:8}: killed -> {:?} ({} left), cut alive -> \
+                     {:?} ({} left), Err({})",
                     if shape.unnamed { "O_TMPFILE" } else { "named" },
                     if shape.no_clobber {
                         "no-clobber"
@@ -572,7 +653,7 @@ fn every_crash_point_of_a_commit_leaves_old_or_new() {
                     killed.leftovers,
                     alive.found,
                     alive.leftovers,
-                    p.op
+                    alive.error.as_deref().unwrap_or("none")
                 ));
             }
         }
@@ -584,4 +665,9 @@ fn every_crash_point_of_a_commit_leaves_old_or_new() {
     for row in &rows {
         eprintln!("  {row}");
     }
+    // Rare: a journal commit from elsewhere between two calls in a row.
+    assert!(
+        unnamed_leftovers <= 1,
+        "O_TMPFILE temp names left: {unnamed_leftovers}"
+    );
 }

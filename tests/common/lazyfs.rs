@@ -312,24 +312,22 @@ impl State {
             }
             nodes.insert(ino, node);
         }
-        // Entries pointing at nodes that did not come back are dropped; the
-        // rest count as links.
-        let names: Vec<(u64, OsString, u64)> = nodes
-            .iter()
-            .filter_map(|(p, n)| n.entries().map(|e| (*p, e)))
-            .flat_map(|(p, e)| e.iter().map(move |(name, ino)| (p, name.clone(), *ino)))
+        // Every name of a node that came back counts as a link; the walk
+        // brought back every node named.
+        let named: Vec<u64> = nodes
+            .values()
+            .filter_map(Node::entries)
+            .flat_map(|e| e.values().copied())
             .collect();
-        for (parent, name, ino) in names {
-            if nodes.contains_key(&ino) {
-                let n = nodes.get_mut(&ino).unwrap();
-                n.nlink += if matches!(n.content, Content::Dir(_)) {
-                    2
-                } else {
-                    1
-                };
-            } else if let Some(Content::Dir(e)) = nodes.get_mut(&parent).map(|n| &mut n.content) {
-                e.remove(&name);
-            }
+        for ino in named {
+            let n = nodes
+                .get_mut(&ino)
+                .expect("the walk brings back every node named");
+            n.nlink += if matches!(n.content, Content::Dir(_)) {
+                2
+            } else {
+                1
+            };
         }
         nodes.get_mut(&ROOT).unwrap().nlink = 2;
         self.durable.retain(|ino, _| nodes.contains_key(ino));
@@ -866,19 +864,14 @@ impl LazyFs {
     }
 }
 
-/// Unmounts the mount of `session` at `at` and joins its thread. A busy
-/// mount is retried for a while: a process forked by a test running in
-/// parallel holds this process's descriptors until its `exec` closes them.
+/// Unmounts the mount of `session` at `at` (retried while busy, see
+/// [`super::unmount`]) and joins its thread.
 fn unmount(session: fuser::BackgroundSession, at: &Path) -> std::io::Result<()> {
-    for _ in 0..200 {
-        let out = std::process::Command::new("umount").arg(at).output()?;
-        if out.status.success() {
-            // The session's thread sees the unmount and ends.
-            return session.join();
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    match super::unmount(at) {
+        // The session's thread sees the unmount and ends.
+        true => session.join(),
+        false => session.umount_and_join(),
     }
-    session.umount_and_join()
 }
 
 impl Drop for LazyFs {
@@ -887,10 +880,7 @@ impl Drop for LazyFs {
             let path = self.mountpoint.path();
             if let Err(e) = unmount(session, path) {
                 eprintln!("lazyfs: unmount {}: {e}", path.display());
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(path)
-                    .status();
+                super::unmount_or_detach(path);
             }
         }
     }

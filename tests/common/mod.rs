@@ -167,11 +167,10 @@ pub fn is_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some()
 }
 
-/// Re-runs the single test `name` of the current test binary in a child
-/// process, through `wrap` (e.g. `["strace", "-f", ...]` or `["sh", "-c",
-/// "umask 022; exec \"$0\" \"$@\""]`). The child sees `CHILD_ENV` set.
-pub fn run_child(name: &str, wrap: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Output {
-    use std::os::unix::process::CommandExt;
+/// The command that re-runs the single test `name` of this test binary
+/// as a child (`CHILD_ENV` set), through `wrap` (a program and its
+/// arguments, e.g. strace's), if any.
+pub fn child_command(name: &str, wrap: &[&str]) -> Command {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = match wrap.split_first() {
         Some((first, rest)) => {
@@ -183,6 +182,15 @@ pub fn run_child(name: &str, wrap: &[&str], env: &[(&str, &str)], uid: Option<u3
     };
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1");
+    cmd
+}
+
+/// Re-runs the single test `name` of the current test binary in a child
+/// process, through `wrap` (e.g. `["strace", "-f", ...]` or `["sh", "-c",
+/// "umask 022; exec \"$0\" \"$@\""]`). The child sees `CHILD_ENV` set.
+pub fn run_child(name: &str, wrap: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = child_command(name, wrap);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -306,11 +314,32 @@ pub struct OtherFs {
 impl Drop for OtherFs {
     fn drop(&mut self) {
         if let Some(m) = &self.mounted {
-            let unmounted = Command::new("umount").arg(m).status();
-            if !unmounted.is_ok_and(|s| s.success()) {
-                let _ = Command::new("umount").arg("-l").arg(m).status();
-            }
+            unmount_or_detach(m);
         }
+    }
+}
+
+/// Unmounts `path`, retrying for up to 2 s while it is busy: a process
+/// forked by a test running in parallel holds this process's descriptors
+/// until its `exec` closes them. Whether it worked.
+pub fn unmount(path: &Path) -> bool {
+    let mut last = None;
+    for _ in 0..200 {
+        match Command::new("umount").arg(path).output() {
+            Ok(out) if out.status.success() => return true,
+            out => last = Some(out),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    eprintln!("umount {}: {last:?}", path.display());
+    false
+}
+
+/// [`unmount`], or else a lazy unmount, so that a failing test leaves no
+/// mount behind.
+pub fn unmount_or_detach(path: &Path) {
+    if !unmount(path) {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
     }
 }
 

@@ -9,15 +9,16 @@
 //! {error}` when it returned an error, after which the writer stops.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{check_tagged, crash_body_len, listing, tagged_version, CHILD_ENV};
+use super::{check_tagged, child_command, crash_body_len, listing, tagged_version};
 
 /// The file the writer commits, in its directory.
 pub const TARGET: &str = "versions.bin";
@@ -33,7 +34,8 @@ pub struct Plan {
     pub no_clobber: bool,
     /// How many versions to commit before exiting; `u32::MAX`, until killed.
     pub count: u32,
-    /// The largest body: `crash_body_len(id)` is cut down to it.
+    /// The largest body: the body of version `id` is `crash_body_len(id)`
+    /// modulo `max_body + 1`.
     pub max_body: usize,
 }
 
@@ -106,7 +108,8 @@ pub fn writer_main() {
             match commit(&target, id, &plan).await {
                 Ok(()) => say(format!("ack {id}")),
                 Err(e) => {
-                    say(format!("err {id} {:?} {e}: {}", e.op(), e.io_error()));
+                    let (op, published) = (e.op(), e.is_published());
+                    say(format!("err {id} {op:?} {published} {e}: {}", e.io_error()));
                     return;
                 }
             }
@@ -139,8 +142,8 @@ pub struct Reports {
     pub pid: Option<u32>,
     /// Acknowledged versions, in order.
     pub acks: Vec<u32>,
-    /// `(id, op, message)` of the commit that failed, if one did.
-    pub error: Option<(u32, String, String)>,
+    /// The commit that failed, if one did.
+    pub error: Option<Failed>,
     /// Whether its stdout is closed: it has exited.
     pub closed: bool,
 }
@@ -151,9 +154,25 @@ impl Reports {
     }
 }
 
+/// A commit that returned an error.
+#[derive(Clone, Debug)]
+pub struct Failed {
+    pub id: u32,
+    /// The step it names (`Op`'s `Debug`).
+    pub op: String,
+    /// Whether the target may hold the new version already.
+    pub published: bool,
+    /// The error and its cause.
+    pub message: String,
+}
+
 /// The parent's side: a running writer.
 pub struct Writer {
     child: Child,
+    /// A pidfd of the writer itself: a signal sent through it cannot reach
+    /// another process that reused the pid once a wrapping strace has
+    /// reaped the writer.
+    pidfd: OwnedFd,
     reports: Arc<(Mutex<Reports>, Condvar)>,
     reader: Option<JoinHandle<()>>,
 }
@@ -164,18 +183,7 @@ impl Writer {
     /// `dir` as `plan` says. Returns once it has reported its pid, so that
     /// the writer itself (not a wrapper) can be killed.
     pub fn spawn(test: &str, wrap: &[&str], dir: &Path, plan: Plan) -> Writer {
-        let exe = std::env::current_exe().unwrap();
-        let mut cmd = match wrap.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let mut child = cmd
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, "1")
+        let mut child = child_command(test, wrap)
             .env(DIR_ENV, dir)
             .env(PLAN_ENV, plan.to_env())
             .stdout(Stdio::piped())
@@ -203,10 +211,13 @@ impl Writer {
                         r.acks.push(id);
                     }
                     "err" => {
-                        let mut f = rest.splitn(3, ' ');
-                        let id = f.next().unwrap().parse().unwrap();
-                        let op = f.next().unwrap().to_string();
-                        r.error = Some((id, op, f.next().unwrap_or("").to_string()));
+                        let mut f = rest.splitn(4, ' ');
+                        r.error = Some(Failed {
+                            id: f.next().unwrap().parse().unwrap(),
+                            op: f.next().unwrap().to_string(),
+                            published: f.next().unwrap().parse().unwrap(),
+                            message: f.next().unwrap_or("").to_string(),
+                        });
                     }
                     other => panic!("unknown report {other:?}"),
                 }
@@ -215,17 +226,28 @@ impl Writer {
             lock.lock().unwrap().closed = true;
             changed.notify_all();
         });
-        let writer = Writer {
+        let (lock, changed) = &*reports;
+        let started = changed
+            .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(60), |r| {
+                r.pid.is_none() && !r.closed
+            })
+            .unwrap()
+            .0
+            .clone();
+        let pid = started.pid.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("the writer did not start: {started:?}")
+        });
+        let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        // The writer runs on after reporting its pid: this is the writer.
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .expect("pidfd_open");
+        Writer {
             child,
+            pidfd,
             reports,
             reader: Some(reader),
-        };
-        let started = writer.wait_for(Duration::from_secs(60), |r| r.pid.is_some() || r.closed);
-        assert!(
-            started.pid.is_some(),
-            "the writer did not start: {started:?}"
-        );
-        writer
+        }
     }
 
     /// The reports so far.
@@ -252,10 +274,13 @@ impl Writer {
     /// SIGKILLs the writer if it still runs, waits for it (and its
     /// wrapper), and returns its exit status and everything it reported.
     pub fn kill(mut self) -> (ExitStatus, Reports) {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
-        // ESRCH when it has exited already.
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        self.signal_kill();
         self.wait()
+    }
+
+    fn signal_kill(&self) {
+        // ESRCH when it has exited already.
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
     }
 
     /// Waits for the writer to exit on its own.
@@ -273,11 +298,7 @@ impl Drop for Writer {
         if self.reader.is_some() {
             // A test failed with the writer running: do not leave it behind
             // holding a mount busy.
-            if let Some(pid) = self.reports().pid {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
+            self.signal_kill();
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -300,21 +321,65 @@ pub fn found(target: &Path) -> Found {
     }
 }
 
+/// What a crash lost, by the judge's account.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Loss {
+    /// A whole version older than the last acknowledged one.
+    AckLost { found: u32, acked: u32 },
+    /// Not a whole version.
+    Torn { len: usize, acked: u32 },
+    /// No target at all.
+    Gone { acked: u32 },
+    /// A version that no commit had started.
+    TooNew { found: u32 },
+    /// The version of a commit that failed before its publishing step.
+    FailedButPublished { found: u32, op: String },
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loss::AckLost { found, acked } => write!(
+                f,
+                "acknowledged commit lost: version {found} on disk, {acked} acknowledged"
+            ),
+            Loss::Torn { len, acked } => {
+                write!(f, "torn target: {len} bytes, {acked} acknowledged")
+            }
+            Loss::Gone { acked } => write!(f, "target gone, {acked} acknowledged"),
+            Loss::TooNew { found } => {
+                write!(f, "version {found} on disk, newer than any in flight")
+            }
+            Loss::FailedButPublished { found, op } => write!(
+                f,
+                "version {found} on disk, but its commit failed at {op}, before publishing"
+            ),
+        }
+    }
+}
+
 /// Judges what a cut left against what the writer reported: the target
 /// must be whole, and the last acknowledged version (`on_disk` when there
-/// was none) or the one in flight after it. Every `Ok` counts, also one
-/// reported after the cut: a commit returns `Ok` only once it is durable.
-/// Returns the version found, or what was lost.
-pub fn judge(found: Found, on_disk: u32, reports: &Reports) -> Result<u32, String> {
+/// was none) or the one in flight after it, unless that one failed before
+/// its publishing step, which leaves the target alone. Every `Ok` counts,
+/// also one reported after the cut: a commit returns `Ok` only once it is
+/// durable. Returns the version found, or what was lost.
+pub fn judge(found: Found, on_disk: u32, reports: &Reports) -> Result<u32, Loss> {
     let acked = reports.last_ack().unwrap_or(on_disk);
+    let unpublished = reports.error.as_ref().filter(|f| !f.published);
     match found {
-        Found::Whole(id) if id == acked || id == acked + 1 => Ok(id),
-        Found::Whole(id) if id < acked => Err(format!(
-            "acknowledged commit lost: version {id} on disk, {acked} acknowledged"
-        )),
-        Found::Whole(id) => Err(format!("version {id} on disk, newer than any in flight")),
-        Found::Torn(len) => Err(format!("torn target: {len} bytes, {acked} acknowledged")),
-        Found::Absent => Err(format!("target gone, {acked} acknowledged")),
+        Found::Whole(id) if id == acked => Ok(id),
+        Found::Whole(id) if id == acked + 1 => match unpublished {
+            None => Ok(id),
+            Some(f) => Err(Loss::FailedButPublished {
+                found: id,
+                op: f.op.clone(),
+            }),
+        },
+        Found::Whole(id) if id < acked => Err(Loss::AckLost { found: id, acked }),
+        Found::Whole(id) => Err(Loss::TooNew { found: id }),
+        Found::Torn(len) => Err(Loss::Torn { len, acked }),
+        Found::Absent => Err(Loss::Gone { acked }),
     }
 }
 
@@ -324,11 +389,14 @@ pub fn sweep_exactly(rt: &tokio::runtime::Runtime, dir: &Path, left: &[std::ffi:
     let report = rt
         .block_on(tokio_atomic_write::sweep(dir, Duration::ZERO))
         .unwrap();
-    let removed: Vec<_> = report
+    let mut removed: Vec<_> = report
         .removed
         .iter()
         .map(|p| p.file_name().unwrap().to_owned())
         .collect();
+    removed.sort();
+    let mut left = left.to_vec();
+    left.sort();
     assert_eq!(removed, left, "sweep removes exactly the leftovers");
     assert!(
         report.in_use.is_empty() && report.failed.is_empty(),
@@ -383,20 +451,26 @@ impl Weakened {
         .collect()
     }
 
-    /// Checks in strace's log that only the intended fsyncs were skipped;
-    /// returns how many were.
+    /// Checks in strace's log that the fsyncs meant, and only they, were
+    /// skipped: every completed fsync of the directory (SkipDirSync) or of
+    /// a file (SkipFileSync). Returns how many were.
     pub fn check_log(self, log: &Path, dir: &Path) -> usize {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if self == Weakened::No {
+            return 0;
+        }
+        let text = std::fs::read_to_string(log).unwrap();
         let dir = format!("<{}>", dir.display());
         let mut skipped = 0;
-        for line in text.lines().filter(|l| l.contains("INJECTED")) {
-            let on_dir = line.contains(&dir);
+        // A call cut short by the kill has no result ("= ?").
+        let completed = |l: &&str| l.contains("fsync(") && l.contains(" = ") && !l.ends_with("= ?");
+        for line in text.lines().filter(completed) {
+            let meant = line.contains(&dir) == (self == Weakened::SkipDirSync);
             assert_eq!(
-                on_dir,
-                self == Weakened::SkipDirSync,
-                "{self:?} skipped the wrong fsync: {line}"
+                line.ends_with("(INJECTED)"),
+                meant,
+                "{self:?}: an fsync skipped or run wrongly: {line}"
             );
-            skipped += 1;
+            skipped += usize::from(meant);
         }
         skipped
     }
