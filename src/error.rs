@@ -36,6 +36,9 @@ pub enum Op {
     Rename,
     /// Flushing the directory after the rename. When this fails the new
     /// content **is visible** at the target; only its durability is unknown.
+    /// On Linux an `EIO` from an `fstat` of the directory right after its
+    /// `fsync` counts too: xfs reports a directory `fsync` as done once it
+    /// has shut down (after an I/O error), without writing anything.
     SyncDir,
     /// Removing the temp file on rollback.
     RemoveTemp,
