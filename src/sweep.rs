@@ -19,7 +19,8 @@ pub struct SweepReport {
     /// still holds them open: never removed, however old.
     pub in_use: Vec<PathBuf>,
     /// Temp files that could not be examined or removed (permissions, a
-    /// read-only filesystem), each error naming the file.
+    /// read-only filesystem), each error naming the file; or a failed sync
+    /// of the directory after the removals, naming it.
     pub failed: Vec<Error>,
 }
 
@@ -36,6 +37,9 @@ pub struct SweepReport {
 ///   process writing it lives, so a slow writer's file is never removed
 ///   under it, whatever its age. On filesystems without locks age alone
 ///   decides: keep `older_than` above the longest write.
+///
+/// When it removed anything, it syncs `dir` before returning, so that a
+/// power cut does not bring the removed files back.
 ///
 /// Only `dir` itself is looked at, not its subdirectories. Run it when a
 /// service starts, for the directories it writes to. With the default
@@ -112,6 +116,12 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
             Err(e) => report.failed.push(Error::new(Op::Sweep, entry, e)),
         }
         // `found` drops here: our lock on the removed file goes with it.
+    }
+    if !report.removed.is_empty() {
+        // Otherwise a power cut can bring the removed names back.
+        if let Err(e) = dir.sync() {
+            report.failed.push(Error::new(Op::Sweep, path, e));
+        }
     }
     Ok(report)
 }

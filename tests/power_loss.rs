@@ -218,6 +218,28 @@ fn a_commit_weakened_by_a_skipped_fsync_is_caught() {
     }
 }
 
+/// `sweep` syncs the directory after removing leftovers: a power cut
+/// right after it does not bring them back.
+#[test]
+fn what_sweep_removed_stays_removed_after_a_power_cut() {
+    for fs in ["ext4", "xfs"] {
+        let Some(mut power) = PowerFs::new(fs, "") else {
+            return;
+        };
+        let dir = power.work();
+        let leftover = dir.join(".versions.bin.abcdefghijkl.tmp");
+        std::fs::write(&leftover, b"left by a killed writer").unwrap();
+        power.sync();
+        let report = runtime()
+            .block_on(tokio_atomic_write::sweep(&dir, Duration::ZERO))
+            .unwrap();
+        assert_eq!(report.removed, [leftover.clone()], "{report:?}");
+        power.cut();
+        power.remount();
+        assert!(!leftover.exists(), "{fs}: the leftover came back");
+    }
+}
+
 #[test]
 fn btrfs_has_no_shutdown_ioctl() {
     if !require(have("xfs_io"), "xfs_io") {
