@@ -296,12 +296,8 @@ fn crashes_of_the_lazy_filesystem_lose_no_acknowledged_commit() {
         let t = crash_loop(20, weak).unwrap();
         assert!(t.skipped > 0, "strace skipped no fsync: {t:?}");
         // The loss that the missing fsync causes, not just any.
-        let expected = |l: &Loss| match weak {
-            Weakened::SkipFileSync => matches!(l, Loss::Torn { .. }),
-            _ => matches!(l, Loss::AckLost { .. }),
-        };
         assert!(
-            t.losses.iter().any(|(_, l)| expected(l)),
+            t.losses.iter().any(|(_, l)| weak.causes(l)),
             "the checker missed {weak:?}: {t:?}"
         );
     }

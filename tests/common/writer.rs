@@ -451,6 +451,17 @@ impl Weakened {
         .collect()
     }
 
+    /// Whether `loss` is what skipping this fsync causes: a torn (empty)
+    /// target without the temp file's, a lost acknowledged commit without
+    /// the directory's.
+    pub fn causes(self, loss: &Loss) -> bool {
+        match self {
+            Weakened::No => false,
+            Weakened::SkipFileSync => matches!(loss, Loss::Torn { .. }),
+            Weakened::SkipDirSync => matches!(loss, Loss::AckLost { .. }),
+        }
+    }
+
     /// Checks in strace's log that the fsyncs meant, and only they, were
     /// skipped: every completed fsync of the directory (SkipDirSync) or of
     /// a file (SkipFileSync). Returns how many were.
