@@ -14,7 +14,14 @@ use super::{have, is_root, make_image, mount_loop, require, scratch, unmount, un
 
 /// A loop-mounted filesystem that can lose power.
 pub struct PowerFs {
+    /// What `new` was asked for: "ext4", "xfs", or "ext4-nojournal".
     pub fs: &'static str,
+    /// The type to mount.
+    mount_fs: &'static str,
+    /// Whether `e2fsck -fy` runs before every mount again (no journal to
+    /// replay), and how many times it had to repair something.
+    fsck: bool,
+    pub fsck_repairs: u32,
     image: PathBuf,
     _images: tempfile::TempDir,
     mnt: tempfile::TempDir,
@@ -23,20 +30,23 @@ pub struct PowerFs {
 }
 
 impl PowerFs {
-    /// A fresh `fs` (ext4 or xfs), mounted with the extra `options`, with
-    /// an empty directory `work` in it. A visible skip (a failure in CI)
-    /// where that cannot be done: not root, no mkfs or `xfs_io`.
+    /// A fresh `fs` (ext4, xfs, or "ext4-nojournal": an ext4 made without
+    /// a journal, which `e2fsck -fy` repairs before every mount), mounted
+    /// with the extra `options`, with an empty directory `work` in it. A
+    /// visible skip (a failure in CI) where that cannot be done: not root,
+    /// no mkfs or `xfs_io`.
     pub fn new(fs: &'static str, options: &'static str) -> Option<PowerFs> {
         let ready = is_root() && have("xfs_io");
         // ext4 made without lazy init: no background thread writing
         // inode tables and committing the journal at random moments.
-        let mkfs_args: &[&str] = match fs {
-            "ext4" => &["-E", "lazy_itable_init=0,lazy_journal_init=0"],
-            _ => &[],
+        let (mount_fs, mkfs_args): (&str, &[&str]) = match fs {
+            "ext4" => ("ext4", &["-E", "lazy_itable_init=0,lazy_journal_init=0"]),
+            "ext4-nojournal" => ("ext4", &["-O", "^has_journal", "-E", "lazy_itable_init=0"]),
+            other => (other, &[]),
         };
-        let made = ready.then(|| make_image(fs, mkfs_args)).flatten();
+        let made = ready.then(|| make_image(mount_fs, mkfs_args)).flatten();
         let mnt = scratch();
-        let mounted = made.filter(|(_, image)| mount_loop(fs, image, mnt.path(), options));
+        let mounted = made.filter(|(_, image)| mount_loop(mount_fs, image, mnt.path(), options));
         if !require(
             mounted.is_some(),
             &format!("root, mkfs.{fs}, xfs_io and a loop device"),
@@ -46,6 +56,9 @@ impl PowerFs {
         let (images, image) = mounted.unwrap();
         let power = PowerFs {
             fs,
+            mount_fs,
+            fsck: fs == "ext4-nojournal",
+            fsck_repairs: 0,
             image,
             _images: images,
             mnt,
@@ -92,8 +105,21 @@ impl PowerFs {
     pub fn remount(&mut self) {
         assert!(unmount(self.mnt.path()), "umount");
         self.mounted = false;
+        if self.fsck {
+            let out = Command::new("e2fsck")
+                .args(["-f", "-y"])
+                .arg(&self.image)
+                .output()
+                .expect("e2fsck");
+            // 0: clean; 1: errors corrected; anything else: not repaired.
+            match out.status.code() {
+                Some(0) => {}
+                Some(1) => self.fsck_repairs += 1,
+                _ => panic!("e2fsck: {out:?}"),
+            }
+        }
         assert!(
-            mount_loop(self.fs, &self.image, self.mnt.path(), self.options),
+            mount_loop(self.mount_fs, &self.image, self.mnt.path(), self.options),
             "mount again"
         );
         self.mounted = true;
