@@ -373,12 +373,14 @@ fn crash_loop(crashes: u32, weak: Weakened) -> Option<Tally> {
     let state = fs.state();
     eprintln!(
         "{CRASHES}: {weak:?}: {} crashes, {} acks, {} crashes leaving a temp file (all swept), \
-         {} fsyncs skipped, {} losses{}; the filesystem saw {} file and {} directory fsyncs",
+         {} fsyncs skipped, {} losses ({} of the kind the weakening causes){}; the filesystem \
+         saw {} file and {} directory fsyncs",
         state.crashes,
         t.acks,
         t.leftovers,
         t.skipped,
         t.losses.len(),
+        t.losses.iter().filter(|(_, l)| weak.causes(l)).count(),
         t.losses
             .first()
             .map_or(String::new(), |(c, l)| format!(", first: crash {c}: {l}")),
