@@ -1,5 +1,6 @@
 //! Issue #8: power cuts. A SIGKILL keeps the page cache; a power cut does
-//! not. These tests cut the power of loop-mounted ext4 and xfs with the
+//! not. These tests cut the power of loop-mounted ext4, xfs and ext4
+//! without a journal (repaired by `e2fsck` before each mount) with the
 //! filesystems' shutdown ioctl (`common::power`), mount them again, and
 //! check that the target is a whole version, no older than the last commit
 //! that returned `Ok`:
@@ -10,11 +11,14 @@
 //! - at every crash point of one commit (each fsync, rename and link),
 //!   the writer killed there, and the same points cut with the writer
 //!   alive, whose commit must then fail naming the step;
+//! - right after a `sweep`, whose removals must stay removed;
 //! - and btrfs, which has no shutdown ioctl here.
 //!
 //! Root, strace, xfs_io and the mkfs tools are needed: a visible skip
 //! elsewhere, a failure in CI. `TAW_CUTS` sets the random cuts per
-//! filesystem (100 by default, what CI runs), `TAW_SEED` the seed.
+//! filesystem (100 by default, what CI runs), `TAW_POWER_FS` the
+//! filesystems of the random loop (`ext4,xfs,ext4-nojournal`), `TAW_SEED`
+//! the seed.
 
 mod common;
 

@@ -36,7 +36,7 @@ impl PowerFs {
     /// visible skip (a failure in CI) where that cannot be done: not root,
     /// no mkfs or `xfs_io`.
     pub fn new(fs: &'static str, options: &'static str) -> Option<PowerFs> {
-        let ready = is_root() && have("xfs_io");
+        let ready = is_root() && have("xfs_io") && (fs != "ext4-nojournal" || have("e2fsck"));
         // ext4 made without lazy init: no background thread writing
         // inode tables and committing the journal at random moments.
         let (mount_fs, mkfs_args): (&str, &[&str]) = match fs {
@@ -49,7 +49,7 @@ impl PowerFs {
         let mounted = made.filter(|(_, image)| mount_loop(mount_fs, image, mnt.path(), options));
         if !require(
             mounted.is_some(),
-            &format!("root, mkfs.{fs}, xfs_io and a loop device"),
+            &format!("root, mkfs and e2fsck for {fs}, xfs_io and a loop device"),
         ) {
             return None;
         }
