@@ -1,11 +1,19 @@
 //! Power cuts on a loop-mounted filesystem, with the shutdown ioctl the
 //! kernel's own filesystem tests use (`XFS_IOC_GOINGDOWN`, which ext4 also
-//! answers as `EXT4_IOC_SHUTDOWN`), through `xfs_io -x -c shutdown`:
-//! without `-f` the log is not flushed, so what the filesystem had not
-//! written to its device is lost. Unmounting and mounting again replays
-//! the journal. What the filesystem had sent to the loop device survives
-//! (it sits in the image file's page cache): a disk's volatile write
-//! cache, and a missing flush of it, are not simulated.
+//! answers as `EXT4_IOC_SHUTDOWN`), through `xfs_io -x -c shutdown`
+//! (without `-f`, so the log is not flushed).
+//!
+//! The moment the filesystem has shut down, the image file is copied: the
+//! copy holds what had reached the (loop) device then, which is what a
+//! machine would find after a power failure. The filesystem is then
+//! mounted from the copy, which replays its journal. Mounting the original
+//! again would not do: unmounting writes out the block device's dirty
+//! buffers, and an ext4 without a journal keeps its unsynced metadata
+//! there, so none of it would be lost.
+//!
+//! Not simulated: a disk's volatile write cache and a missing flush of it
+//! (what reached the loop device is in the image file's page cache), and a
+//! torn write of one block.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,7 +31,11 @@ pub struct PowerFs {
     fsck: bool,
     pub fsck_repairs: u32,
     image: PathBuf,
-    _images: tempfile::TempDir,
+    /// Holds the image, and the copy taken at a cut.
+    images: tempfile::TempDir,
+    /// The copy of the image taken at the last cut, mounted by the next
+    /// [`PowerFs::remount`].
+    at_cut: Option<PathBuf>,
     mnt: tempfile::TempDir,
     options: &'static str,
     mounted: bool,
@@ -60,7 +72,8 @@ impl PowerFs {
             fsck: fs == "ext4-nojournal",
             fsck_repairs: 0,
             image,
-            _images: images,
+            images,
+            at_cut: None,
             mnt,
             options,
             mounted: true,
@@ -85,14 +98,23 @@ impl PowerFs {
         rustix::fs::syncfs(&fd).unwrap();
     }
 
-    /// Cuts the power: what was not on the disk yet never will be, and
+    /// Cuts the power: what was not on the disk yet never will be (the
+    /// next [`PowerFs::remount`] mounts a copy of the image taken now), and
     /// from now on calls into the filesystem fail, mostly with `EIO` (ext4
     /// may say `EROFS` once its aborted journal made it read-only; xfs
     /// answers a directory's fsync with success, see `Dir::sync`).
-    pub fn cut(&self) {
+    pub fn cut(&mut self) {
         if let Err(e) = self.try_cut() {
             panic!("shutdown of {}: {e}", self.mnt.path().display());
         }
+        let copy = self.images.path().join("at-cut.img");
+        let copied = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.image)
+            .arg(&copy)
+            .status();
+        assert!(copied.is_ok_and(|s| s.success()), "copy of the image");
+        self.at_cut = Some(copy);
     }
 
     /// [`PowerFs::cut`], or what the filesystem answered.
@@ -100,11 +122,16 @@ impl PowerFs {
         try_shutdown(self.mnt.path())
     }
 
-    /// Unmounts and mounts again: the journal is replayed, and the tree is
-    /// what survived the cut. No process may have a file open in it.
+    /// Unmounts and mounts again, after a cut from the image as it was at
+    /// the cut: the journal is replayed (or e2fsck repairs a filesystem
+    /// without one), and the tree is what survived the cut. No process may
+    /// have a file open in it.
     pub fn remount(&mut self) {
         assert!(unmount(self.mnt.path()), "umount");
         self.mounted = false;
+        if let Some(copy) = self.at_cut.take() {
+            std::fs::rename(copy, &self.image).unwrap();
+        }
         if self.fsck {
             let out = Command::new("e2fsck")
                 .args(["-f", "-y"])
