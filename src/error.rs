@@ -42,7 +42,9 @@ pub enum Op {
     SyncDir,
     /// Removing the temp file on rollback.
     RemoveTemp,
-    /// Looking at or removing a leftover temp file in [`sweep`](crate::sweep).
+    /// Looking at or removing a leftover temp file in [`sweep`](crate::sweep)
+    /// (the path is the file), or syncing the directory after removing some
+    /// (the path is the directory).
     Sweep,
 }
 
@@ -65,7 +67,7 @@ impl Op {
                 "failed to sync directory after publishing `{p}` (new content visible, durability unknown)"
             ),
             Op::RemoveTemp => write!(f, "failed to remove temp file `{p}`"),
-            Op::Sweep => write!(f, "failed to sweep leftover temp file `{p}`"),
+            Op::Sweep => write!(f, "failed to sweep leftover temp files at `{p}`"),
         }
     }
 }
@@ -124,7 +126,7 @@ impl Error {
 
     /// The path the step worked on: the target for most steps, the directory
     /// for [`Op::OpenDir`] and [`Op::CreateTemp`], the temp file for
-    /// [`Op::RemoveTemp`] and [`Op::Sweep`].
+    /// [`Op::RemoveTemp`], the temp file or its directory for [`Op::Sweep`].
     pub fn path(&self) -> &Path {
         &self.path
     }

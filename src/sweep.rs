@@ -11,7 +11,8 @@ use crate::{Error, Op};
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct SweepReport {
-    /// The leftover temp files removed.
+    /// The leftover temp files removed. If the directory could not be
+    /// synced afterwards (in `failed`), a power cut may bring them back.
     pub removed: Vec<PathBuf>,
     /// Temp files kept because they were modified less than `older_than` ago.
     pub too_recent: Vec<PathBuf>,
@@ -38,8 +39,9 @@ pub struct SweepReport {
 ///   under it, whatever its age. On filesystems without locks age alone
 ///   decides: keep `older_than` above the longest write.
 ///
-/// When it removed anything, it syncs `dir` before returning, so that a
-/// power cut does not bring the removed files back.
+/// When it removed anything, it syncs `dir` before returning (where the
+/// platform can sync a directory: not on Windows), so that a power cut does
+/// not bring the removed files back.
 ///
 /// Only `dir` itself is looked at, not its subdirectories. Run it when a
 /// service starts, for the directories it writes to. With the default
