@@ -129,8 +129,9 @@ fn cut_loop(
     );
     if power.fsck_repairs > 0 {
         eprintln!(
-            "{test}: {fs}: e2fsck repaired the filesystem after {} of {} cuts",
-            power.fsck_repairs, t.cuts
+            "{test}: {fs}: e2fsck repaired the filesystem after {} of {} cuts, and put {} files \
+             with no name in lost+found (removed)",
+            power.fsck_repairs, t.cuts, power.fsck_salvaged
         );
     }
     if weak == Weakened::No && fs != "ext4-nojournal" {

@@ -30,6 +30,10 @@ pub struct PowerFs {
     /// replay), and how many times it had to repair something.
     fsck: bool,
     pub fsck_repairs: u32,
+    /// Files e2fsck found with no name and put in `lost+found` (the temp
+    /// files of killed commits, which a journal's orphan list would have
+    /// freed), removed after each mount so that they do not fill the disk.
+    pub fsck_salvaged: u32,
     image: PathBuf,
     /// Holds the image, and the copy taken at a cut.
     images: tempfile::TempDir,
@@ -71,6 +75,7 @@ impl PowerFs {
             mount_fs,
             fsck: fs == "ext4-nojournal",
             fsck_repairs: 0,
+            fsck_salvaged: 0,
             image,
             images,
             at_cut: None,
@@ -150,6 +155,14 @@ impl PowerFs {
             "mount again"
         );
         self.mounted = true;
+        if self.fsck {
+            let lost = self.mnt.path().join("lost+found");
+            for entry in std::fs::read_dir(&lost).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::remove_file(&path).unwrap();
+                self.fsck_salvaged += 1;
+            }
+        }
     }
 }
 
