@@ -22,6 +22,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::power::{try_shutdown, PowerFs};
@@ -398,19 +399,8 @@ fn crash_points(
 ) -> Vec<Point> {
     shape.prepare(rt, power);
     let log = tempfile::NamedTempFile::new().unwrap();
-    let log_path = log.path().to_str().unwrap();
-    let wrap = [
-        "strace",
-        "-f",
-        "--seccomp-bpf",
-        "-qq",
-        "-y",
-        "-o",
-        log_path,
-        "-e",
-    ];
-    let trace = format!("trace={CRASH_CALLS}");
-    let wrap: Vec<&str> = wrap.iter().copied().chain([trace.as_str()]).collect();
+    let wrap = strace_args(CRASH_CALLS, log.path(), &["--seccomp-bpf", "-y"]);
+    let wrap: Vec<&str> = wrap.iter().map(String::as_str).collect();
     let mut writer = Writer::spawn(test, &wrap, &power.work(), shape.plan());
     let (status, reports) = writer.wait();
     assert!(
@@ -530,23 +520,15 @@ fn crash_case(
                 p.nth
             )),
         };
-        let trace = point.map(|(p, _)| format!("trace={}", p.call));
         // Not `--seccomp-bpf`: strace 6.1 then drops an injected signal on
         // any call but a thread's first of its name.
-        let wrap: Vec<&str> = match (&inject, &trace) {
-            (Some(inject), Some(trace)) => vec![
-                "strace",
-                "-f",
-                "-qq",
-                "-o",
-                "/dev/null",
-                "-e",
-                trace,
-                "-e",
-                inject,
-            ],
+        let wrap = match (point, &inject) {
+            (Some((p, _)), Some(inject)) => {
+                strace_args(&p.call, Path::new("/dev/null"), &["-e", inject])
+            }
             _ => Vec::new(),
         };
+        let wrap: Vec<&str> = wrap.iter().map(String::as_str).collect();
         let mut writer = Writer::spawn(test, &wrap, &dir, shape.plan());
         match point {
             Some((p, At::Alive)) => {

@@ -334,27 +334,6 @@ impl State {
         self.nodes = nodes;
         self.crashes += 1;
     }
-
-    /// Every path under the root with its content (files' bytes, symlinks'
-    /// targets), in the volatile view: for checking against a model.
-    pub fn tree(&self) -> BTreeMap<PathBuf, Content> {
-        let mut out = BTreeMap::new();
-        let mut todo = vec![(PathBuf::from("/"), ROOT)];
-        while let Some((path, ino)) = todo.pop() {
-            let Some(n) = self.nodes.get(&ino) else {
-                continue;
-            };
-            if let Content::Dir(e) = &n.content {
-                out.insert(path.clone(), Content::Dir(BTreeMap::new()));
-                for (name, child) in e {
-                    todo.push((path.join(name), *child));
-                }
-            } else {
-                out.insert(path, n.content.clone());
-            }
-        }
-        out
-    }
 }
 
 /// The FUSE side: every operation locks the shared [`State`].

@@ -93,10 +93,6 @@ impl PowerFs {
         self.mnt.path().join("work")
     }
 
-    pub fn mount_point(&self) -> &Path {
-        self.mnt.path()
-    }
-
     /// Makes everything so far durable (`syncfs`).
     pub fn sync(&self) {
         let fd = std::fs::File::open(self.mnt.path()).unwrap();
@@ -109,7 +105,7 @@ impl PowerFs {
     /// may say `EROFS` once its aborted journal made it read-only; xfs
     /// answers a directory's fsync with success, see `Dir::sync`).
     pub fn cut(&mut self) {
-        if let Err(e) = self.try_cut() {
+        if let Err(e) = try_shutdown(self.mnt.path()) {
             panic!("shutdown of {}: {e}", self.mnt.path().display());
         }
         let copy = self.images.path().join("at-cut.img");
@@ -120,11 +116,6 @@ impl PowerFs {
             .status();
         assert!(copied.is_ok_and(|s| s.success()), "copy of the image");
         self.at_cut = Some(copy);
-    }
-
-    /// [`PowerFs::cut`], or what the filesystem answered.
-    pub fn try_cut(&self) -> Result<(), String> {
-        try_shutdown(self.mnt.path())
     }
 
     /// Unmounts and mounts again, after a cut from the image as it was at

@@ -321,6 +321,23 @@ pub fn found(target: &Path) -> Found {
     }
 }
 
+/// The arguments that run a child under strace: threads followed, quiet,
+/// tracing `calls`, logging to `log`, with the `extra` options (such as
+/// `-e inject=...`).
+pub fn strace_args(calls: &str, log: &Path, extra: &[&str]) -> Vec<String> {
+    let head = ["strace", "-f", "-qq"]
+        .into_iter()
+        .chain(extra.iter().copied());
+    head.map(String::from)
+        .chain([
+            "-o".into(),
+            log.display().to_string(),
+            "-e".into(),
+            format!("trace={calls}"),
+        ])
+        .collect()
+}
+
 /// What a crash lost, by the judge's account.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Loss {
@@ -431,24 +448,8 @@ impl Weakened {
             Weakened::SkipFileSync => "1+2",
             Weakened::SkipDirSync => "2+2",
         };
-        [
-            "strace",
-            "-f",
-            "--seccomp-bpf",
-            "-qq",
-            "-y",
-            "-e",
-            "trace=fsync",
-        ]
-        .into_iter()
-        .map(String::from)
-        .chain([
-            "-e".into(),
-            format!("inject=fsync:retval=0:when={when}"),
-            "-o".into(),
-            log.display().to_string(),
-        ])
-        .collect()
+        let inject = format!("inject=fsync:retval=0:when={when}");
+        strace_args("fsync", log, &["--seccomp-bpf", "-y", "-e", &inject])
     }
 
     /// Whether `loss` is what skipping this fsync causes: a torn (empty)
