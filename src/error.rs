@@ -16,9 +16,12 @@ pub enum Op {
     Open,
     /// Opening the directory that holds the target (or the `temp_dir`).
     OpenDir,
-    /// Creating the temp file, or checking that `temp_dir` shares the
-    /// target's filesystem.
+    /// Creating the temp file (or an atomic directory's temp tree), or
+    /// checking that `temp_dir` shares the target's filesystem.
     CreateTemp,
+    /// Creating a file inside an atomic directory's temp tree
+    /// ([`AsyncAtomicDir::file`](crate::AsyncAtomicDir::file)).
+    CreateFile,
     /// Writing buffered bytes to the temp file (including disk full).
     Write,
     /// Applying the final mode to the temp file.
@@ -56,6 +59,7 @@ impl Op {
             Op::Open => write!(f, "failed to open `{p}` for atomic replacement"),
             Op::OpenDir => write!(f, "failed to open directory `{p}`"),
             Op::CreateTemp => write!(f, "failed to create temp file in `{p}`"),
+            Op::CreateFile => write!(f, "failed to create `{p}` in the temp tree"),
             Op::Write => write!(f, "failed to write temp file for `{p}`"),
             Op::SetPermissions => write!(f, "failed to set permissions of temp file for `{p}`"),
             Op::SyncTemp => write!(f, "failed to sync temp file for `{p}`"),
@@ -187,6 +191,7 @@ mod tests {
             Op::Open,
             Op::OpenDir,
             Op::CreateTemp,
+            Op::CreateFile,
             Op::Write,
             Op::SetPermissions,
             Op::SyncTemp,

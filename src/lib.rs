@@ -127,6 +127,8 @@
 
 mod blocking;
 mod core;
+#[cfg(unix)]
+mod dir;
 mod error;
 mod file;
 mod options;
@@ -136,6 +138,9 @@ mod sys;
 
 use std::path::Path;
 
+#[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
+pub use dir::{AsyncAtomicDir, AsyncDirFile, DirOptions, Exists, Published};
 pub use error::{Error, Op};
 pub use file::AsyncAtomicFile;
 pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};

@@ -1,5 +1,6 @@
 //! [`sweep`]: removes the temp files that killed processes left behind.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -111,7 +112,7 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
             report.too_recent.push(entry);
             continue;
         }
-        match dir.remove(&name) {
+        match remove_leftover(&dir, &name, found.tree) {
             Ok(()) => report.removed.push(entry),
             // Removed meanwhile, by another sweep.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -126,4 +127,14 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
         }
     }
     Ok(report)
+}
+
+/// Removes a leftover: a temp file, or a whole temp tree.
+fn remove_leftover(dir: &Dir, name: &OsStr, tree: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if tree {
+        return crate::core::tree::remove_tree(dir, name, None);
+    }
+    debug_assert!(!tree, "trees only on unix");
+    dir.remove(name)
 }

@@ -7,6 +7,8 @@
 
 mod group;
 pub(crate) mod name;
+#[cfg(unix)]
+pub(crate) mod tree;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

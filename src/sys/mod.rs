@@ -54,6 +54,8 @@ pub(crate) enum NoReplace {
 pub(crate) struct Leftover {
     /// Its last modification.
     pub(crate) modified: std::time::SystemTime,
+    /// A directory: a temp tree of `AsyncAtomicDir`, or a tree it replaced.
+    pub(crate) tree: bool,
     /// A live writer holds its lock.
     pub(crate) held: bool,
     /// The lock taken by the probe, held until this is dropped, after the

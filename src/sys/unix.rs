@@ -124,8 +124,9 @@ impl Dir {
         Ok(names)
     }
 
-    /// Looks at `name` for `sweep`: `None` unless it is a regular file (a
-    /// symlink is neither followed nor a leftover). Opens it without
+    /// Looks at `name` for `sweep`: `None` unless it is a regular file or
+    /// a directory (a temp tree; a symlink is neither followed nor a
+    /// leftover). Opens it without
     /// following links or blocking (a FIFO swapped in meanwhile) and tries
     /// the lock that [`lock_temp`] takes: held means a live writer has it.
     /// A file that cannot be opened or locked (no read or write permission,
@@ -136,14 +137,16 @@ impl Dir {
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
-            return Ok(None);
-        }
+        let tree = match FileType::from_raw_mode(st.st_mode as _) {
+            FileType::RegularFile => false,
+            FileType::Directory => true,
+            _ => return Ok(None),
+        };
         let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let open = |access| rustix::fs::openat(&self.fd, name, flags | access, Mode::empty());
-        let fd = match open(OFlags::RDONLY) {
-            Err(Errno::ACCESS) | Err(Errno::PERM) => open(OFlags::WRONLY),
-            other => other,
+        let fd = match (tree, open(OFlags::RDONLY)) {
+            (false, Err(Errno::ACCESS) | Err(Errno::PERM)) => open(OFlags::WRONLY),
+            (_, other) => other,
         };
         let (held, lock) = match fd {
             Ok(fd) => {
@@ -170,6 +173,7 @@ impl Dir {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         Ok(Some(Leftover {
             modified,
+            tree,
             held,
             _lock: lock,
         }))
@@ -273,26 +277,62 @@ pub(crate) fn rename_noreplace(
     to_dir: &Dir,
     to: &OsStr,
 ) -> io::Result<NoReplace> {
-    let dev = to_dir.dev;
-    let known_unsupported = NO_RENAME_NOREPLACE_SYSCALL.load(Ordering::Relaxed)
-        || lock(&NO_RENAME_NOREPLACE_DEVICES).contains(&dev);
-    if !known_unsupported {
-        match renameat_noreplace(&from_dir.fd, from, &to_dir.fd, to) {
-            Ok(()) => return Ok(NoReplace::Renamed),
-            Err(Errno::NOSYS) => NO_RENAME_NOREPLACE_SYSCALL.store(true, Ordering::Relaxed),
-            // EINVAL: the filesystem does not take the flag (FUSE, older
-            // NFS); EOPNOTSUPP/ENOTSUP (distinct on macOS): likewise.
-            Err(e) if e == Errno::INVAL || e == Errno::OPNOTSUPP || e == Errno::NOTSUP => {
-                let mut devices = lock(&NO_RENAME_NOREPLACE_DEVICES);
-                if !devices.contains(&dev) {
-                    devices.push(dev);
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if try_rename_noreplace(from_dir, from, to_dir, to)? {
+        return Ok(NoReplace::Renamed);
     }
     link_noreplace(from_dir, from, to_dir, to)?;
     Ok(NoReplace::Linked)
+}
+
+/// `renameat2(RENAME_NOREPLACE)` unless the kernel or the filesystem of
+/// `to_dir` is known to lack it: `Ok(false)` when it does (now or before),
+/// for the caller's fallback.
+fn try_rename_noreplace(
+    from_dir: &Dir,
+    from: &OsStr,
+    to_dir: &Dir,
+    to: &OsStr,
+) -> io::Result<bool> {
+    let dev = to_dir.dev;
+    if NO_RENAME_NOREPLACE_SYSCALL.load(Ordering::Relaxed)
+        || lock(&NO_RENAME_NOREPLACE_DEVICES).contains(&dev)
+    {
+        return Ok(false);
+    }
+    match renameat_noreplace(&from_dir.fd, from, &to_dir.fd, to) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if unsupported(
+                e,
+                &NO_RENAME_NOREPLACE_SYSCALL,
+                &NO_RENAME_NOREPLACE_DEVICES,
+                dev,
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `e`, from a flagged rename into a directory on device `dev`,
+/// says the flag is unsupported; if so, remembers it: `ENOSYS` for the
+/// process (`no_syscall`), the rest for the device (`devices`).
+fn unsupported(e: Errno, no_syscall: &AtomicBool, devices: &Mutex<Vec<u64>>, dev: u64) -> bool {
+    if e == Errno::NOSYS {
+        no_syscall.store(true, Ordering::Relaxed);
+        return true;
+    }
+    // EINVAL: the filesystem does not take the flag (FUSE, older NFS);
+    // EOPNOTSUPP/ENOTSUP (distinct on macOS): likewise.
+    if e == Errno::INVAL || e == Errno::OPNOTSUPP || e == Errno::NOTSUP {
+        let mut devices = lock(devices);
+        if !devices.contains(&dev) {
+            devices.push(dev);
+        }
+        return true;
+    }
+    false
 }
 
 /// `renameat2(RENAME_NOREPLACE)` on Linux, `renameatx_np(RENAME_EXCL)` on
@@ -380,6 +420,207 @@ pub(crate) fn sync_after_link(file: &File, policy: super::AfterLink) -> io::Resu
 #[cfg(not(target_os = "macos"))]
 pub(crate) fn sync_file(file: &File) -> io::Result<()> {
     Ok(rustix::fs::fsync(file)?)
+}
+
+/// The primitives of [`AsyncAtomicDir`](crate::AsyncAtomicDir): a temp
+/// tree built beside the target, walked without following links, and
+/// published by one rename or exchange.
+impl Dir {
+    /// A second descriptor for the same directory.
+    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+            dev: self.dev,
+            ino: self.ino,
+        })
+    }
+
+    /// `mkdirat`: a new directory, `EEXIST` if anything is at `name` (a
+    /// planted symlink included, which is never followed).
+    pub(crate) fn create_dir(&self, name: &OsStr, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::mkdirat(
+            &self.fd,
+            name,
+            Mode::from_raw_mode(mode as _),
+        )?)
+    }
+
+    /// Opens the directory at `name` without following a symlink there
+    /// (`O_NOFOLLOW`: `ELOOP` or `ENOTDIR` for a link).
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        #[allow(clippy::unnecessary_cast)] // st_dev is i32 on macOS
+        let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+        Ok(Dir { fd, dev, ino })
+    }
+
+    /// Creates (or truncates) the regular file `name` for writing, mode
+    /// `0o666` less the umask, without following a symlink there.
+    pub(crate) fn create_file(&self, name: &OsStr) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens the regular file `name` to `fsync` it: read-only, or
+    /// write-only when it cannot be read; never following a link nor
+    /// blocking on a FIFO.
+    pub(crate) fn open_to_sync(&self, name: &OsStr) -> io::Result<File> {
+        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let open = |access| rustix::fs::openat(&self.fd, name, flags | access, Mode::empty());
+        let fd = match open(OFlags::RDONLY) {
+            Err(Errno::ACCESS) | Err(Errno::PERM) => open(OFlags::WRONLY),
+            other => other,
+        }?;
+        Ok(File::from(fd))
+    }
+
+    /// `unlinkat(AT_REMOVEDIR)` of an empty directory.
+    pub(crate) fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+    }
+
+    /// The entries, `.` and `..` left out, each with its kind (from the
+    /// directory entry, or an `lstat` where the filesystem leaves it out).
+    /// An entry removed meanwhile is left out.
+    pub(crate) fn entries(&self) -> io::Result<Vec<(OsString, Kind)>> {
+        use std::os::unix::ffi::OsStringExt;
+        let mut entries = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd)? {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = OsString::from_vec(name.to_vec());
+            let kind = match entry.file_type() {
+                FileType::RegularFile => Kind::File,
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => Kind::Symlink,
+                FileType::Unknown => match self.stat(&name)? {
+                    Some(meta) => meta.kind,
+                    None => continue,
+                },
+                _ => Kind::Other,
+            };
+            entries.push((name, kind));
+        }
+        Ok(entries)
+    }
+
+    /// `fchmod` of the directory: the exact mode, umask not applied.
+    pub(crate) fn set_mode(&self, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(
+            &self.fd,
+            Mode::from_raw_mode(mode as _),
+        )?)
+    }
+
+    /// Marks a new temp tree as a live writer's, as [`lock_temp`] does a
+    /// temp file: `false` when a sweep got to it first (it holds the lock,
+    /// or removed the directory).
+    pub(crate) fn lock_temp(&self) -> bool {
+        match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
+            Err(Errno::WOULDBLOCK) => false,
+            Err(_) => true,
+            Ok(()) => rustix::fs::fstat(&self.fd).map_or(true, |st| st.st_nlink > 0),
+        }
+    }
+}
+
+/// Set when the kernel has no `renameat2` at all (`ENOSYS`).
+static NO_RENAME_EXCHANGE_SYSCALL: AtomicBool = AtomicBool::new(false);
+/// Devices whose filesystem refused `RENAME_EXCHANGE`.
+static NO_RENAME_EXCHANGE_DEVICES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Swaps the entries `from` and `to` atomically:
+/// `renameat2(RENAME_EXCHANGE)` (`renameatx_np(RENAME_SWAP)` on macOS).
+/// `ENOENT` when either is missing. `ErrorKind::Unsupported` where the
+/// kernel or the filesystem cannot (remembered per device, or for the
+/// process on `ENOSYS`), for the caller's fallback.
+#[doc(alias = "renameat2")]
+pub(crate) fn rename_exchange(
+    from_dir: &Dir,
+    from: &OsStr,
+    to_dir: &Dir,
+    to: &OsStr,
+) -> io::Result<()> {
+    let dev = to_dir.dev;
+    if NO_RENAME_EXCHANGE_SYSCALL.load(Ordering::Relaxed)
+        || lock(&NO_RENAME_EXCHANGE_DEVICES).contains(&dev)
+    {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    match renameat_exchange(&from_dir.fd, from, &to_dir.fd, to) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if unsupported(
+                e,
+                &NO_RENAME_EXCHANGE_SYSCALL,
+                &NO_RENAME_EXCHANGE_DEVICES,
+                dev,
+            ) =>
+        {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn renameat_exchange(
+    from_dir: &OwnedFd,
+    from: &OsStr,
+    to_dir: &OwnedFd,
+    to: &OsStr,
+) -> Result<(), Errno> {
+    rustix::fs::renameat_with(
+        from_dir,
+        from,
+        to_dir,
+        to,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn renameat_exchange(_: &OwnedFd, _: &OsStr, _: &OwnedFd, _: &OsStr) -> Result<(), Errno> {
+    Err(Errno::NOSYS)
+}
+
+/// Moves the directory `from` to `to` only if nothing is at `to`:
+/// `EEXIST` (`ErrorKind::AlreadyExists`) otherwise.
+///
+/// `renameat2(RENAME_NOREPLACE)` where the filesystem takes it. Elsewhere
+/// directories cannot be hard-linked, so the fallback is a plain
+/// `renameat`, which refuses, atomically, any target but an **empty**
+/// directory (`ENOTEMPTY`, `EEXIST`, `ENOTDIR`, all reported as
+/// `EEXIST`), and replaces an empty one.
+#[doc(alias = "renameat2")]
+pub(crate) fn rename_dir_noreplace(
+    from_dir: &Dir,
+    from: &OsStr,
+    to_dir: &Dir,
+    to: &OsStr,
+) -> io::Result<()> {
+    if try_rename_noreplace(from_dir, from, to_dir, to)? {
+        return Ok(());
+    }
+    match rustix::fs::renameat(&from_dir.fd, from, &to_dir.fd, to) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOTEMPTY) | Err(Errno::EXIST) | Err(Errno::NOTDIR) => Err(Errno::EXIST.into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

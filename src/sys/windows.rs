@@ -124,6 +124,7 @@ impl Dir {
         };
         Ok(Some(Leftover {
             modified: meta.modified()?,
+            tree: false,
             held,
             _lock: None,
         }))

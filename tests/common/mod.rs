@@ -3,6 +3,7 @@
 
 pub mod lazyfs;
 pub mod power;
+pub mod tree;
 pub mod writer;
 
 use std::ffi::OsString;

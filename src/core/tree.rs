@@ -1,0 +1,471 @@
+//! The synchronous engine of [`AsyncAtomicDir`](crate::AsyncAtomicDir): a
+//! temp tree built beside the target, synced whole, and published by one
+//! rename (or exchange); the removal of temp and replaced trees.
+//!
+//! A [`Tree`] is the cleanup guard: until it has published, dropping it
+//! removes the temp tree, whichever thread drops it.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::{dir_failures, split, sync_dir, with_fresh_name};
+use crate::sys::{self, Dir, Kind};
+use crate::{Durability, Error, Exists, Op, Published};
+
+/// How many times a `Replace` retries when other writers keep changing the
+/// target between its attempts.
+const REPLACE_ATTEMPTS: usize = 64;
+
+/// A temp tree being built, and where it will be published: the cleanup
+/// guard.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    /// The target's directory.
+    parent: Dir,
+    /// The target's name in `parent`.
+    name: OsString,
+    /// The temp tree's name in `parent`.
+    temp_name: OsString,
+    /// The temp tree, open; its descriptor holds the lock that tells
+    /// `sweep` a live writer has it.
+    root: Arc<Dir>,
+    /// The target as given: what errors name.
+    target: PathBuf,
+    /// The temp tree's path: `parent` as given, joined with `temp_name`.
+    temp_path: PathBuf,
+    durability: Durability,
+    /// The root's final mode, when it differs from its mode while built.
+    mode_at_commit: Option<u32>,
+    /// Set once the target name refers to the temp tree: nothing to remove.
+    published: bool,
+}
+
+/// A replaced tree, moved to a temp name: dropping it removes it.
+#[derive(Debug)]
+pub(crate) struct Replaced {
+    parent: Dir,
+    name: OsString,
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        // Off the caller's path; what cannot be removed stays for `sweep`.
+        let _ = remove_tree(&self.parent, &self.name, None);
+    }
+}
+
+impl Tree {
+    /// Checks the target and creates the temp tree beside it: the whole of
+    /// `create`, run on the blocking pool. Nothing on disk changes on error.
+    /// `mode`: the root's exact mode; `None` keeps a replaced directory's,
+    /// or gives a new one `0o777` less the umask.
+    pub(crate) fn create(
+        target: PathBuf,
+        mode: Option<u32>,
+        durability: Durability,
+    ) -> Result<Tree, Error> {
+        let (parent_path, name) = split(&target).map_err(|e| Error::new(Op::Open, &target, e))?;
+        let parent = Dir::open(parent_path).map_err(|e| Error::new(Op::OpenDir, parent_path, e))?;
+        let existing = parent
+            .stat(name)
+            .map_err(|e| Error::new(Op::Open, &target, e))?;
+        let existing_mode = match existing {
+            None => None,
+            Some(meta) if meta.kind == Kind::Dir => Some(meta.mode),
+            Some(_) => {
+                let msg = "exists and is not a directory (symlinks are not followed)";
+                let err = io::Error::new(io::ErrorKind::NotADirectory, msg);
+                return Err(Error::new(Op::Open, &target, err));
+            }
+        };
+        // Created with at most the replaced directory's permissions and at
+        // most the final ones, so that the tree is never open wider than
+        // the one it replaces, from its first entry.
+        let final_mode = mode.map(|m| m & 0o7777).or(existing_mode);
+        let create_mode = match (final_mode, existing_mode) {
+            (Some(f), Some(e)) => f & e & 0o777,
+            (Some(f), None) => f & 0o777,
+            (None, _) => 0o777,
+        };
+        let parent_path = parent_path.to_path_buf();
+        let create_err = |e| Error::new(Op::CreateTemp, &parent_path, e);
+        let mut root = None;
+        let temp_name = with_fresh_name(name, |temp| {
+            parent.create_dir(temp, create_mode)?;
+            let opened = match parent.open_dir(temp) {
+                Ok(dir) if dir.lock_temp() => dir,
+                // A sweep found it before the lock: let it go, take another
+                // name.
+                Ok(_) => {
+                    let _ = parent.remove_dir(temp);
+                    return Err(io::ErrorKind::AlreadyExists.into());
+                }
+                Err(e) => {
+                    let _ = parent.remove_dir(temp);
+                    return Err(e);
+                }
+            };
+            root = Some(opened);
+            Ok(())
+        })
+        .map_err(create_err)?;
+        let root = root.expect("created");
+        let temp_path = parent_path.join(&temp_name);
+        Ok(Tree {
+            parent,
+            name: name.to_owned(),
+            temp_name,
+            root: Arc::new(root),
+            target: target.clone(),
+            temp_path,
+            durability,
+            // Special bits, what the umask took, and bits held back while
+            // the replaced directory was narrower: set at commit.
+            mode_at_commit: final_mode.filter(|m| *m != create_mode),
+            published: false,
+        })
+    }
+
+    /// The temp tree's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    /// The temp tree's root, for [`create_file`] on the pool.
+    pub(crate) fn root(&self) -> Arc<Dir> {
+        Arc::clone(&self.root)
+    }
+
+    /// Syncs the tree (with [`Durability::Full`]) and publishes it at the
+    /// target as `exists` says, syncing the target's directory after. The
+    /// whole commit, run in one blocking-pool hop. Until the publishing
+    /// step the target is untouched and an error removes the temp tree (by
+    /// dropping `self`). A replaced tree comes back with the result, to be
+    /// removed by dropping it.
+    pub(crate) fn commit(mut self, exists: Exists) -> Result<(Published, Vec<Replaced>), Error> {
+        if let Some(mode) = self.mode_at_commit {
+            self.root
+                .set_mode(mode)
+                .map_err(|e| Error::new(Op::SetPermissions, &self.temp_path, e))?;
+        }
+        let durable = self.durability == Durability::Full;
+        if durable {
+            // Every file and directory of the tree on the disk before a
+            // name points at it: otherwise a power cut after the rename can
+            // leave the target with empty files or missing entries.
+            sync_tree(&self.root, &self.temp_path)?;
+        }
+        let seen = match durable {
+            true => dir_failures(&self.parent),
+            false => 0,
+        };
+        let (published, replaced) = match exists {
+            Exists::Fail | Exists::Keep => match self.rename_noreplace() {
+                Ok(()) => (Published::Ours, Vec::new()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let there = self.what_is_there(e)?;
+                    if exists == Exists::Fail {
+                        // Dropping `self` removes the temp tree.
+                        return Err(there);
+                    }
+                    // Losing is success: the caller learns of a temp tree
+                    // that could not be removed, not of the loss.
+                    self.remove()?;
+                    (Published::Existing, Vec::new())
+                }
+                Err(e) => return Err(Error::new(Op::Rename, &self.target, e)),
+            },
+            Exists::Replace => (Published::Ours, self.replace()?),
+        };
+        if durable {
+            // The rename lives in the directory: until it is synced a power
+            // cut can bring the old tree back. After `Existing`, this makes
+            // the winner's rename durable before the caller relies on it.
+            let after = |e| match published {
+                Published::Ours => Error::after_publish(Op::SyncDir, &self.target, e),
+                Published::Existing => Error::new(Op::SyncDir, &self.target, e),
+            };
+            sync_dir(&self.parent, seen).map_err(after)?;
+        }
+        Ok((published, replaced))
+    }
+
+    /// `EEXIST` from a no-clobber publish: the error for `Exists::Fail`, or
+    /// for a target that is not a directory, which `Keep` must not take
+    /// for a finished tree.
+    fn what_is_there(&self, e: io::Error) -> Result<Error, Error> {
+        let exists = Error::new(Op::Rename, &self.target, e);
+        match self.parent.stat(&self.name) {
+            Ok(Some(meta)) if meta.kind != Kind::Dir => {
+                let msg = "exists and is not a directory";
+                let err = io::Error::new(io::ErrorKind::AlreadyExists, msg);
+                Err(Error::new(Op::Rename, &self.target, err))
+            }
+            _ => Ok(exists),
+        }
+    }
+
+    fn rename_noreplace(&mut self) -> io::Result<()> {
+        sys::rename_dir_noreplace(&self.parent, &self.temp_name, &self.parent, &self.name)?;
+        self.published = true;
+        Ok(())
+    }
+
+    /// Swaps the tree in with `RENAME_EXCHANGE`; a rename without replace
+    /// when nothing is there. Where the filesystem cannot swap: moves what
+    /// is there aside to a temp name, then renames (the window in which the
+    /// target is missing). Returns what was replaced, under temp names.
+    fn replace(&mut self) -> Result<Vec<Replaced>, Error> {
+        let target = self.target.clone();
+        let err = |e| Error::new(Op::Rename, &target, e);
+        let mut replaced = Vec::new();
+        for _ in 0..REPLACE_ATTEMPTS {
+            match sys::rename_exchange(&self.parent, &self.temp_name, &self.parent, &self.name) {
+                Ok(()) => {
+                    self.published = true;
+                    // The old tree has our temp name now.
+                    let name = std::mem::take(&mut self.temp_name);
+                    replaced.push(self.replaced(name)?);
+                    return Ok(replaced);
+                }
+                // Nothing at the target (yet, or any more).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    let aside =
+                        with_fresh_name(&self.name, |aside| {
+                            match sys::rename_dir_noreplace(
+                                &self.parent,
+                                &self.name,
+                                &self.parent,
+                                aside,
+                            ) {
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                                other => other,
+                            }
+                        })
+                        .map_err(err)?;
+                    if self.parent.stat(&aside).map_err(err)?.is_some() {
+                        replaced.push(self.replaced(aside)?);
+                    }
+                }
+                Err(e) => return Err(err(e)),
+            }
+            match self.rename_noreplace() {
+                Ok(()) => return Ok(replaced),
+                // Another writer published meanwhile: swap again.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Err(err(io::Error::other(
+            "the target kept changing under the replace",
+        )))
+    }
+
+    fn replaced(&self, name: OsString) -> Result<Replaced, Error> {
+        let parent = self
+            .parent
+            .try_clone()
+            .map_err(|e| Error::after_publish(Op::Rename, &self.target, e))?;
+        Ok(Replaced { parent, name })
+    }
+
+    /// Removes the unpublished temp tree, reporting what dropping would
+    /// swallow.
+    fn remove(&mut self) -> Result<(), Error> {
+        let id = self.root.id();
+        let name = std::mem::take(&mut self.temp_name);
+        remove_tree(&self.parent, &name, id)
+            .map_err(|e| Error::new(Op::RemoveTemp, &self.temp_path, e))
+    }
+
+    /// Removes the temp tree: `rollback`.
+    pub(crate) fn rollback(mut self) -> Result<(), Error> {
+        self.remove()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if !self.published && !self.temp_name.is_empty() {
+            // Cleanup must not fail a drop; `rollback` reports this error.
+            let _ = remove_tree(&self.parent, &self.temp_name, self.root.id());
+        }
+    }
+}
+
+/// `fsync`s every regular file and directory under `dir` (at `path`,
+/// for errors), each directory after its entries. Symlinks are not
+/// followed; other entries need only their directory's sync.
+fn sync_tree(dir: &Dir, path: &Path) -> Result<(), Error> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| Error::new(Op::SyncTemp, path, e)
+    };
+    for (name, kind) in dir.entries().map_err(err(path))? {
+        let entry = path.join(&name);
+        match kind {
+            Kind::File => {
+                let file = dir.open_to_sync(&name).map_err(err(&entry))?;
+                sys::sync_file(&file).map_err(err(&entry))?;
+            }
+            Kind::Dir => {
+                let sub = dir.open_dir(&name).map_err(err(&entry))?;
+                sync_tree(&sub, &entry)?;
+            }
+            Kind::Symlink | Kind::Other => {}
+        }
+    }
+    dir.sync().map_err(err(path))
+}
+
+/// Removes the tree at `name` in `parent`: files, links and directories,
+/// depth first, never following a symlink, never crossing into another
+/// filesystem (a mount inside is an error, and nothing under it is
+/// touched). A tree already gone, or removed meanwhile by another remover
+/// (a sweep), is no error. `expected`: the tree's identity, when only that
+/// tree may be removed. Holds one descriptor per level of depth.
+pub(crate) fn remove_tree(
+    parent: &Dir,
+    name: &OsStr,
+    expected: Option<(u64, u64)>,
+) -> io::Result<()> {
+    let root = match parent.open_dir(name) {
+        Ok(root) => root,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            // Not a directory (a file swapped in by an exchange, or a
+            // link): one entry to remove.
+            return match parent.stat(name)? {
+                Some(meta) if meta.kind != Kind::Dir && expected.is_none() => {
+                    ignore_not_found(parent.remove(name))
+                }
+                _ => Err(e),
+            };
+        }
+    };
+    if expected.is_some_and(|id| root.id() != Some(id)) {
+        return Ok(()); // something else has the name now: not ours
+    }
+    if root.device() != parent.device() {
+        return Err(mount_inside());
+    }
+    empty_dir(&root)?;
+    ignore_not_found(parent.remove_dir(name))
+}
+
+fn empty_dir(dir: &Dir) -> io::Result<()> {
+    for (name, kind) in dir.entries()? {
+        if kind == Kind::Dir {
+            let sub = match dir.open_dir(&name) {
+                Ok(sub) => sub,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if sub.device() != dir.device() {
+                return Err(mount_inside());
+            }
+            empty_dir(&sub)?;
+            ignore_not_found(dir.remove_dir(&name))?;
+        } else {
+            ignore_not_found(dir.remove(&name))?;
+        }
+    }
+    Ok(())
+}
+
+fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn mount_inside() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        "another filesystem is mounted inside the tree: not removed",
+    )
+}
+
+/// Creates (or truncates) the file at `rel`, a relative path inside the
+/// tree `root` whose directories exist, without following any symlink on
+/// the way. `path`: `rel` under the tree's path, for errors.
+pub(crate) fn create_file(root: &Dir, rel: &Path, path: &Path) -> Result<TreeFile, Error> {
+    let err = |e| Error::new(Op::CreateFile, path, e);
+    let mut names = Vec::new();
+    for component in rel.components() {
+        match component {
+            Component::Normal(name) => names.push(name),
+            Component::CurDir => {}
+            _ => {
+                let msg = "not a relative path inside the tree (no `..`, no root)";
+                return Err(err(io::Error::new(io::ErrorKind::InvalidInput, msg)));
+            }
+        }
+    }
+    let Some(file_name) = names.pop() else {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "names no file",
+        )));
+    };
+    let mut opened = Vec::new();
+    for name in names {
+        let next = opened.last().unwrap_or(root).open_dir(name).map_err(err)?;
+        opened.push(next);
+    }
+    let file = opened
+        .last()
+        .unwrap_or(root)
+        .create_file(file_name)
+        .map_err(err)?;
+    Ok(TreeFile {
+        file: Some(file),
+        path: path.to_path_buf(),
+    })
+}
+
+/// A file being written inside a temp tree: the sink of
+/// [`AsyncDirFile`](crate::AsyncDirFile)'s pipeline.
+#[derive(Debug)]
+pub(crate) struct TreeFile {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl TreeFile {
+    fn file_mut(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until finished")
+    }
+
+    /// Writes the last buffered bytes and closes the file, reporting the
+    /// close error. Its `fsync` comes with the tree's, at commit.
+    pub(crate) fn finish(mut self, rest: &[u8]) -> Result<(), Error> {
+        if !rest.is_empty() {
+            let path = &self.path;
+            let file = self.file.as_mut().expect("open until finished");
+            file.write_all(rest)
+                .map_err(|e| Error::new(Op::Write, path, e))?;
+        }
+        let file = self.file.take().expect("open until finished");
+        sys::close(file).map_err(|e| Error::new(Op::Close, &self.path, e))
+    }
+}
+
+impl Write for TreeFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file_mut().write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file_mut().write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
