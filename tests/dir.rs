@@ -643,3 +643,130 @@ fn every_test_here_passes_on_every_filesystem() {
         assert!(n >= 15, "{n} tests on {fs}");
     }
 }
+
+/// The child half of the strace test: replaces tree 1 at `TAW_DIR/ab12`
+/// with tree 2.
+fn child_replace() {
+    let target = Path::new(&std::env::var("TAW_DIR").unwrap()).join(KEY);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = AsyncAtomicDir::create(&target).await.unwrap();
+        fill(&dir, 2).await;
+        dir.commit(Exists::Replace).await.unwrap();
+    });
+}
+
+/// Seen by strace: every file and directory of the tree is `fsync`ed
+/// before the publishing call, the target's directory after it; the old
+/// tree is removed only after it, and the target is never unlinked.
+/// Where `RENAME_EXCHANGE` is refused (the FUSE run), the fallback: the
+/// old tree renamed aside, then the new one renamed in.
+#[test]
+fn strace_shows_the_whole_tree_synced_before_the_publish() {
+    const NAME: &str = "strace_shows_the_whole_tree_synced_before_the_publish";
+    if is_child() {
+        return child_replace();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let scratch = scratch();
+    let target = scratch.path().join(KEY);
+    let exchange = supports_exchange(scratch.path());
+    runtime().block_on(async {
+        let dir = AsyncAtomicDir::create(&target).await.unwrap();
+        fill(&dir, 1).await;
+        dir.commit(Exists::Fail).await.unwrap();
+    });
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("strace.out");
+    let calls = "fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,rmdir";
+    let args = writer::strace_args(calls, &log, &["-y"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = child_command(NAME, &args)
+        .env("TAW_DIR", scratch.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read_tree(&target), Ok(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let dir = scratch.path().display().to_string();
+    let key = format!("\"{KEY}\"");
+    let publish = lines
+        .iter()
+        .position(|l| {
+            l.contains("rename")
+                && l.contains(&key)
+                && l.contains(" = 0")
+                && (!exchange || l.contains("RENAME_EXCHANGE"))
+                // The fallback's move-aside renames the target away.
+                && l.split(&key).nth(1).is_some_and(|rest| !rest.contains(".tmp\""))
+        })
+        .unwrap_or_else(|| panic!("no publish in\n{text}"));
+    // Which entries were synced before it, relative to the temp tree.
+    let temp_prefix = format!("{dir}/.{KEY}.");
+    let mut synced = std::collections::BTreeSet::new();
+    for l in &lines[..publish] {
+        if !(l.contains("fsync(") && l.ends_with("= 0")) {
+            continue;
+        }
+        let Some(path) = l.split_once('<').and_then(|(_, r)| r.split_once('>')) else {
+            continue;
+        };
+        if let Some(rest) = path.0.strip_prefix(&temp_prefix) {
+            let rel = rest.split_once(".tmp").map_or("?", |(_, rel)| rel);
+            synced.insert(rel.trim_start_matches('/').to_string());
+        }
+    }
+    let mut expected: std::collections::BTreeSet<String> = ["", "sub", "sub/deeper", "MANIFEST"]
+        .map(String::from)
+        .into();
+    for (path, _) in common::tree::tree_files(2) {
+        expected.insert(path);
+    }
+    assert_eq!(synced, expected, "synced before the publish:\n{text}");
+    let parent_synced = lines[publish..]
+        .iter()
+        .any(|l| l.contains("fsync(") && l.contains(&format!("<{dir}>)")) && l.ends_with("= 0"));
+    assert!(
+        parent_synced,
+        "the parent synced after the publish:\n{text}"
+    );
+    if exchange {
+        assert!(
+            lines[publish].contains("RENAME_EXCHANGE"),
+            "{}",
+            lines[publish]
+        );
+    } else {
+        assert!(
+            lines[..publish]
+                .iter()
+                .any(|l| l.contains("RENAME_EXCHANGE") && l.contains("EINVAL")),
+            "exchange tried first:\n{text}"
+        );
+        let aside = lines[..publish]
+            .iter()
+            .rposition(|l| {
+                l.contains("rename") && l.contains(&format!("{key}, ")) && l.contains(" = 0")
+            })
+            .unwrap_or_else(|| panic!("no move aside:\n{text}"));
+        assert!(aside < publish);
+    }
+    // Removing the old tree comes after the publish, and never names the
+    // target.
+    let first_removal = lines
+        .iter()
+        .position(|l| (l.contains("unlink") || l.contains("rmdir")) && l.contains(" = 0"))
+        .unwrap_or_else(|| panic!("the old tree was removed:\n{text}"));
+    assert!(first_removal > publish, "{text}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("unlinkat") && l.contains(&format!("<{dir}>, {key}"))),
+        "the target is never unlinked:\n{text}"
+    );
+}

@@ -34,7 +34,7 @@ async fn only_old_regular_files_with_the_temp_shape_are_removed() {
     let young = leftover_name("state.json", "BBBBBBBBBBBB");
     aged_file(&d.join(&old), 2 * HOUR);
     aged_file(&d.join(&young), Duration::from_secs(60));
-    // Old, but not ours: other names, and a directory with our shape.
+    // Old, but not ours: other names.
     let others = [
         "state.json",
         ".state.json.tmp",
@@ -45,18 +45,19 @@ async fn only_old_regular_files_with_the_temp_shape_are_removed() {
     for n in others {
         aged_file(&d.join(n), 2 * HOUR);
     }
+    // A directory with our shape is a temp tree (#5): this one is young.
     let dir_like = leftover_name("d", "EEEEEEEEEEEE");
     std::fs::create_dir(d.join(&dir_like)).unwrap();
 
     let report = sweep(d, HOUR).await.unwrap();
     assert_eq!(report.removed, vec![d.join(&old)]);
-    assert_eq!(report.too_recent, vec![d.join(&young)]);
+    assert_eq!(report.too_recent, vec![d.join(&dir_like), d.join(&young)]);
     assert!(
         report.in_use.is_empty() && report.failed.is_empty(),
         "{report:?}"
     );
     let mut expected: Vec<String> = others.iter().map(|s| s.to_string()).collect();
-    expected.push(dir_like);
+    expected.push(dir_like.clone());
     expected.push(young.clone());
     expected.sort();
     let left: Vec<String> = listing(d)
@@ -65,9 +66,55 @@ async fn only_old_regular_files_with_the_temp_shape_are_removed() {
         .collect();
     assert_eq!(left, expected);
 
-    // With no age limit the young one goes too.
+    // With no age limit the young ones go too.
     let report = sweep(d, Duration::ZERO).await.unwrap();
-    assert_eq!(report.removed, vec![d.join(&young)]);
+    assert_eq!(report.removed, vec![d.join(&dir_like), d.join(&young)]);
+}
+
+/// Issue #5: leftover temp trees (a filler killed mid-build, or a replaced
+/// tree not yet removed) are removed whole; a live `AsyncAtomicDir`'s tree
+/// is in use whatever its age; links inside a tree, and a temp-shaped link
+/// to a directory, are never followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_trees_are_removed_whole_and_live_ones_kept() {
+    use tokio_atomic_write::AsyncAtomicDir;
+    let dir = scratch();
+    let d = dir.path();
+    let outside = d.join("outside");
+    std::fs::create_dir_all(outside.join("deep")).unwrap();
+    std::fs::write(outside.join("deep/victim"), b"precious").unwrap();
+
+    let left = leftover_name("key", "AAAAAAAAAAAA");
+    std::fs::create_dir_all(d.join(&left).join("a/b")).unwrap();
+    std::fs::write(d.join(&left).join("a/b/file"), b"x").unwrap();
+    std::fs::write(d.join(&left).join("top"), b"x").unwrap();
+    std::os::unix::fs::symlink(&outside, d.join(&left).join("a/link")).unwrap();
+    let link = leftover_name("key", "BBBBBBBBBBBB");
+    std::os::unix::fs::symlink(&outside, d.join(&link)).unwrap();
+    let live = AsyncAtomicDir::create(d.join("key")).await.unwrap();
+    std::fs::write(live.path().join("data"), b"live").unwrap();
+
+    let report = sweep(d, Duration::ZERO).await.unwrap();
+    assert_eq!(report.removed, vec![d.join(&left)], "{report:?}");
+    assert_eq!(report.in_use, vec![live.path().to_path_buf()]);
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(std::fs::read(live.path().join("data")).unwrap(), b"live");
+    assert_eq!(
+        std::fs::read(outside.join("deep/victim")).unwrap(),
+        b"precious"
+    );
+    assert!(std::fs::symlink_metadata(d.join(&link))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    live.rollback().await.unwrap();
+    let mut expected = vec![link, "outside".to_string()];
+    expected.sort();
+    let left: Vec<String> = listing(d)
+        .into_iter()
+        .map(|n| n.into_string().unwrap())
+        .collect();
+    assert_eq!(left, expected);
 }
 
 /// A symlink planted at a temp-shaped name is neither followed nor removed,
