@@ -7,6 +7,7 @@
 mod common;
 
 use std::io::Read;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -50,6 +51,50 @@ fn said(out: &str, word: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Which tree a crash left at `KEY`.
+#[derive(Debug, PartialEq)]
+enum Found {
+    /// The last acknowledged one.
+    Acked,
+    /// The one in flight: published, not yet acknowledged.
+    InFlight,
+}
+
+/// Checks what a crash of the child (output `out`, first id `*next`)
+/// left in `dir`: `KEY` holds the last acknowledged tree or the one in
+/// flight, whole; every `Keep` key it started is whole or absent, and whole
+/// if acknowledged. Moves `*acked` and `*next` on.
+fn judge(dir: &Path, out: &str, acked: &mut u32, next: &mut u32) -> Result<Found, String> {
+    let (ack, kept) = (said(out, "ack"), said(out, "kept"));
+    if let Some(&last) = ack.last() {
+        *acked = last;
+    }
+    // The replace in flight when the child died: after its last ack, or
+    // its first.
+    let in_flight = ack.last().map_or(*next, |a| a + 1);
+    let first = std::mem::replace(next, in_flight + 1);
+    let found = match read_tree(&dir.join(KEY)) {
+        Ok(id) if id == *acked => Found::Acked,
+        Ok(id) if id == in_flight => {
+            *acked = id;
+            Found::InFlight
+        }
+        other => {
+            return Err(format!(
+                "{KEY}: {other:?}, acked {acked}, in flight {in_flight}"
+            ))
+        }
+    };
+    for id in first..=in_flight {
+        match read_tree(&dir.join(format!("k{id}"))) {
+            Ok(found) if found == id => {}
+            Err(Bad::NotFound(_)) if !kept.contains(&id) => {}
+            other => return Err(format!("k{id} (kept: {}): {other:?}", kept.contains(&id))),
+        }
+    }
+    Ok(found)
+}
+
 #[test]
 fn killed_fillers_leave_whole_trees_and_sweep_removes_the_rest() {
     if is_child() {
@@ -89,36 +134,12 @@ fn killed_fillers_leave_whole_trees_and_sweep_removes_the_rest() {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
-        let (ack, kept) = (said(&out, "ack"), said(&out, "kept"));
+        let ack = said(&out, "ack");
         acks += ack.len();
-        if let Some(&last) = ack.last() {
-            acked = last;
-            after_ack += 1;
-        }
-        // The replace in flight when killed: after the last ack, or the
-        // child's first.
-        let in_flight = ack.last().map_or(next, |a| a + 1);
-        match read_tree(&dir.join(KEY)) {
-            Ok(id) if id == acked => {}
-            Ok(id) if id == in_flight => {
-                in_flight_won += 1;
-                acked = id;
-            }
-            other => {
-                panic!("kill {kill} (seed {seed}): {other:?}, acked {acked}, in flight {in_flight}")
-            }
-        }
-        for id in next..=in_flight {
-            let key = dir.join(format!("k{id}"));
-            match read_tree(&key) {
-                Ok(found) => assert_eq!(found, id, "kill {kill}: k{id}"),
-                Err(Bad::NotFound(_)) => {
-                    assert!(!kept.contains(&id), "kill {kill}: k{id} kept, then lost")
-                }
-                Err(e) => panic!("kill {kill}: k{id}: {e:?}"),
-            }
-        }
-        next = in_flight + 1;
+        after_ack += usize::from(!ack.is_empty());
+        let found = judge(dir, &out, &mut acked, &mut next)
+            .unwrap_or_else(|e| panic!("kill {kill} (seed {seed}): {e}"));
+        in_flight_won += usize::from(found == Found::InFlight);
         // What the kill left: temp trees only, and sweep removes exactly
         // those.
         let temps = temp_files(dir);
@@ -153,4 +174,138 @@ fn killed_fillers_leave_whole_trees_and_sweep_removes_the_rest() {
         "{after_ack} of {kills} kills came after an ack"
     );
     assert!(kills_leaving > 0, "no kill struck mid-build or mid-commit");
+}
+
+const POWER: &str = "power_cuts_under_tree_fillers_lose_no_acknowledged_tree";
+const WEAK: &str = "power_cuts_under_fillers_without_fsync_are_caught";
+
+/// One power-cut run: `cuts` cuts of `fs` at random moments under the
+/// filler (wrapped in `wrap`, e.g. strace), each followed by a remount
+/// from the image as it was at the cut and [`judge`]. Returns the acks
+/// and the judge's complaints, with the cut each came from.
+fn cut_loop(
+    test: &str,
+    fs: &'static str,
+    cuts: usize,
+    wrap: &[&str],
+) -> Option<(usize, Vec<String>)> {
+    let mut power = common::power::PowerFs::new(fs, "")?;
+    let (mut rng, seed) = Rng::from_env();
+    let dir = power.work();
+    let rt = runtime();
+    rt.block_on(async {
+        let tree = AsyncAtomicDir::create(dir.join(KEY)).await.unwrap();
+        fill(&tree, 0).await;
+        tree.commit(Exists::Fail).await.unwrap();
+    });
+    power.sync();
+    let (mut acked, mut next, mut acks, mut losses) = (0u32, 1u32, 0, Vec::new());
+    for cut in 0..cuts {
+        let mut child = child_command(test, wrap)
+            .env("TAW_DIR", &dir)
+            .env("TAW_START", next.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(10 + rng.below(150)));
+        power.cut();
+        // Whatever it says after the cut counts too: an `Ok` after the cut
+        // is as binding as one before.
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        acks += said(&out, "ack").len();
+        power.remount();
+        if let Err(e) = judge(&dir, &out, &mut acked, &mut next) {
+            losses.push(format!("{fs} cut {cut} (seed {seed}): {e}"));
+            // Go on from what is there.
+            acked = read_tree(&dir.join(KEY)).unwrap_or(acked);
+        }
+        let temps = temp_files(&dir);
+        let report = rt.block_on(sweep(&dir, Duration::ZERO)).unwrap();
+        assert_eq!(
+            report.removed.len(),
+            temps.len(),
+            "{fs} cut {cut}: {report:?}"
+        );
+        assert!(temp_files(&dir).is_empty(), "{fs} cut {cut}");
+        if read_tree(&dir.join(KEY)).is_err() {
+            // A lost tree (only in weakened runs): start over from a whole one.
+            let _ = std::fs::remove_dir_all(dir.join(KEY));
+            rt.block_on(async {
+                let tree = AsyncAtomicDir::create(dir.join(KEY)).await.unwrap();
+                fill(&tree, next).await;
+                tree.commit(Exists::Fail).await.unwrap();
+            });
+            acked = next;
+            next += 1;
+        }
+        power.sync();
+    }
+    Some((acks, losses))
+}
+
+/// Power cuts (the shutdown ioctl, then a remount from the image as it
+/// was at the cut) at random moments under the filler of the kill loop:
+/// the replaced key is the last acknowledged tree or the one in flight,
+/// whole; a `Keep` key acknowledged is there, whole; `sweep` removes the
+/// temp trees left.
+#[test]
+fn power_cuts_under_tree_fillers_lose_no_acknowledged_tree() {
+    if is_child() {
+        return child_filler();
+    }
+    let cuts: usize = std::env::var("TAW_CUTS").map_or(30, |v| v.parse().unwrap());
+    for fs in ["ext4", "xfs"] {
+        let Some((acks, losses)) = cut_loop(POWER, fs, cuts, &[]) else {
+            continue;
+        };
+        eprintln!(
+            "{POWER}: {fs}: {cuts} cuts, {acks} acks, {} losses",
+            losses.len()
+        );
+        assert!(losses.is_empty(), "{losses:#?}");
+        assert!(acks >= cuts / 4, "{fs}: {acks} acks in {cuts} cuts");
+    }
+}
+
+/// The loop above must be able to fail: with every `fsync` made a no-op
+/// by strace, acknowledged trees are lost (or come back with empty files)
+/// and the judge says so.
+#[test]
+fn power_cuts_under_fillers_without_fsync_are_caught() {
+    if is_child() {
+        return child_filler();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let wrap = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=fsync",
+        "-e",
+        "inject=fsync:retval=0",
+    ];
+    let Some((acks, losses)) = cut_loop(WEAK, "xfs", 20, &wrap) else {
+        return;
+    };
+    eprintln!(
+        "without fsync on xfs: 20 cuts, {acks} acks, {} losses; first: {:?}",
+        losses.len(),
+        losses.first()
+    );
+    assert!(!losses.is_empty(), "20 cuts without fsync lost nothing");
 }
