@@ -24,9 +24,11 @@ pub enum Op {
     CreateFile,
     /// Writing buffered bytes to the temp file (including disk full).
     Write,
-    /// Applying the final mode to the temp file.
+    /// Applying the final mode to the temp file (or a temp tree's root).
     SetPermissions,
-    /// Flushing the temp file's data to the disk (`fsync`, `F_FULLFSYNC`).
+    /// Flushing the temp file's data to the disk (`fsync`, `F_FULLFSYNC`);
+    /// for an atomic directory, a file or directory of its temp tree (the
+    /// path names it).
     SyncTemp,
     /// Closing the temp file, which reports a failed write-back on some
     /// filesystems (NFS). Before the publishing rename when replacing; after
@@ -35,7 +37,8 @@ pub enum Op {
     Close,
     /// Linking an unnamed (`O_TMPFILE`) temp file into the directory.
     Link,
-    /// Renaming the temp file over (or, without overwrite, onto) the target.
+    /// Renaming the temp file over (or, without overwrite, onto) the target;
+    /// for an atomic directory, publishing its tree (rename or exchange).
     Rename,
     /// Flushing the directory after the rename. When this fails the new
     /// content **is visible** at the target; only its durability is unknown.
@@ -43,11 +46,12 @@ pub enum Op {
     /// `fsync` counts too: xfs reports a directory `fsync` as done once it
     /// has shut down (after an I/O error), without writing anything.
     SyncDir,
-    /// Removing the temp file on rollback.
+    /// Removing the temp file on rollback (or an atomic directory's temp
+    /// tree).
     RemoveTemp,
-    /// Looking at or removing a leftover temp file in [`sweep`](crate::sweep)
-    /// (the path is the file), or syncing the directory after removing some
-    /// (the path is the directory).
+    /// Looking at or removing a leftover temp file or temp tree in
+    /// [`sweep`](crate::sweep) (the path is that entry), or syncing the
+    /// directory after removing some (the path is the directory).
     Sweep,
 }
 
@@ -129,8 +133,11 @@ impl Error {
     }
 
     /// The path the step worked on: the target for most steps, the directory
-    /// for [`Op::OpenDir`] and [`Op::CreateTemp`], the temp file for
-    /// [`Op::RemoveTemp`], the temp file or its directory for [`Op::Sweep`].
+    /// for [`Op::OpenDir`] and [`Op::CreateTemp`], the temp file (or tree)
+    /// for [`Op::RemoveTemp`], the entry or its directory for [`Op::Sweep`];
+    /// for an atomic directory, the file or directory inside the temp tree
+    /// for [`Op::CreateFile`], [`Op::Write`], [`Op::Close`] and
+    /// [`Op::SyncTemp`].
     pub fn path(&self) -> &Path {
         &self.path
     }

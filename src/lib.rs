@@ -7,6 +7,11 @@
 //! writes so that they do not each cost a trip to the blocking pool, and
 //! cleans up after itself when dropped.
 //!
+//! [`AsyncAtomicDir`] does the same for a whole directory tree (a cache
+//! entry, a build output): built beside the target, published by one
+//! rename, with [`Exists`] deciding between first writer wins, last writer
+//! wins and an error when a tree is already there.
+//!
 //! # Examples
 //!
 //! ```
@@ -51,6 +56,22 @@
 //! drop     unlinkat(temp name) on the blocking pool (O_TMPFILE: close)
 //! ```
 //!
+//! An [`AsyncAtomicDir`] (unix):
+//!
+//! ```text
+//! create   open(parent, O_DIRECTORY); mkdirat(parent, ".{name}.{random}.tmp",
+//!          mode no wider than a replaced directory's); flock(tree)
+//! fill     anything, under path(); file(): openat per component with
+//!          O_NOFOLLOW, then the same buffered pipeline as a file
+//! commit   fsync every file and directory of the tree, depth first
+//!          Fail, Keep: renameat2(tree -> name, RENAME_NOREPLACE)
+//!                      (lost: the tree removed; Keep answers Existing)
+//!          Replace:    renameat2(tree <-> name, RENAME_EXCHANGE), or
+//!                      renameat2(RENAME_NOREPLACE) when nothing is there
+//!          fsync(parent); then, on the pool, the old tree removed
+//! drop     the temp tree removed on the blocking pool
+//! ```
+//!
 //! The temp file lives in the target's directory, so the rename never
 //! crosses a filesystem. It gets the target's owner and at most its
 //! permission bits before its first byte, so it is never readable wider than
@@ -75,6 +96,11 @@
 //!   temp file.
 //! - With `overwrite(false)`, of writers racing for one path exactly one
 //!   wins; no check-then-rename window.
+//! - An [`AsyncAtomicDir`] appears whole or not at all; with
+//!   [`Exists::Keep`] or [`Exists::Fail`] exactly one of the racing fillers
+//!   publishes, and with [`Exists::Replace`] (where the filesystem can
+//!   exchange) the target is the old tree or the new one at every moment.
+//!   No tree is removed once published, but the one a `Replace` replaced.
 //!
 //! Not promised:
 //! - Network filesystems (NFS, SMB) and FUSE shares: the rename is as
@@ -96,7 +122,9 @@
 //! Dropping the future of [`commit`](AsyncAtomicFile::commit) before the
 //! commit hop starts is the same as dropping the file. Once it has started,
 //! the commit runs to its end on the pool: the target ends up whole, old or
-//! new, and no temp file remains. Each async method documents its own case.
+//! new, and no temp file remains. An [`AsyncAtomicDir`] behaves alike: its
+//! temp tree is removed when it is dropped uncommitted. Each async method
+//! documents its own case.
 //!
 //! # Errors
 //!
@@ -115,7 +143,7 @@
 //! Linux is built and tested here. macOS (`F_FULLFSYNC`, `renameatx_np`)
 //! and Windows (`MoveFileExW` with `MOVEFILE_WRITE_THROUGH`, no directory
 //! sync) are written to compile but are neither built nor tested by this
-//! project's CI.
+//! project's CI. [`AsyncAtomicDir`] exists on unix only.
 //!
 //! # Feature flags
 //!

@@ -1,4 +1,5 @@
-//! [`sweep`]: removes the temp files that killed processes left behind.
+//! [`sweep`]: removes the temp files and temp trees that killed processes
+//! left behind.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use crate::{Error, Op};
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct SweepReport {
-    /// The leftover temp files removed. If the directory could not be
+    /// The leftover temp files (and trees) removed. If the directory could not be
     /// synced afterwards (in `failed`), a power cut may bring them back.
     pub removed: Vec<PathBuf>,
     /// Temp files kept because they were modified less than `older_than` ago.
@@ -27,13 +28,16 @@ pub struct SweepReport {
 }
 
 /// Removes this crate's leftover temp files from `dir`: the ones a process
-/// killed while writing (named temp files) or inside `commit` left behind.
+/// killed while writing (named temp files) or inside `commit` left behind;
+/// and on unix the temp trees of [`AsyncAtomicDir`](crate::AsyncAtomicDir)
+/// (a filler killed while building or committing, or a replaced tree not yet
+/// removed).
 ///
 /// A file is removed only when all of these hold:
 /// - its name has the crate's temp-name shape, `.{name}.{12 random
 ///   characters}.tmp`: nothing else in `dir` is touched;
-/// - it is a regular file, not a symlink (a link is neither followed nor
-///   removed) nor anything else;
+/// - it is a regular file or a directory, not a symlink (a link is neither
+///   followed nor removed) nor anything else;
 /// - it was last modified at least `older_than` ago;
 /// - no live writer holds it: every temp file is locked (`flock`) while the
 ///   process writing it lives, so a slow writer's file is never removed
@@ -44,7 +48,13 @@ pub struct SweepReport {
 /// platform can sync a directory: not on Windows), so that a power cut does
 /// not bring the removed files back.
 ///
-/// Only `dir` itself is looked at, not its subdirectories. Run it when a
+/// A temp tree is removed whole, depth first, without following any
+/// symlink inside it and without entering a mount inside it (another
+/// filesystem, or on Linux 5.8 and later a bind mount: that is a failure,
+/// and nothing under the mount is touched); its
+/// age is its root's modification time.
+///
+/// Only `dir` itself is searched for leftovers, not its subdirectories. Run it when a
 /// service starts, for the directories it writes to. With the default
 /// `O_TMPFILE` temp files on Linux, a crash leaves a file only if it struck
 /// between the link and the rename of a commit.

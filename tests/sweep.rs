@@ -224,3 +224,41 @@ fn an_unremovable_leftover_is_reported_not_fatal() {
     );
     assert_eq!(temp_files(d).len(), 1);
 }
+
+/// A mount inside a leftover tree (here a bind mount of another directory
+/// of the same filesystem, which the device number does not show) is never
+/// entered: the sweep reports the tree as failed and what the mount shows
+/// is untouched. Once it is unmounted, the tree goes.
+#[tokio::test]
+async fn a_mount_inside_a_leftover_tree_is_never_entered() {
+    if !require(is_root(), "root for a bind mount") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    let outside = d.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"precious").unwrap();
+    let left = leftover_name("key", "AAAAAAAAAAAA");
+    let mnt = d.join(&left).join("sub/mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    assert!(run_ok(
+        std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&outside)
+            .arg(&mnt)
+    ));
+    let report = sweep(d, Duration::ZERO).await;
+    let still_there = std::fs::read(outside.join("victim"));
+    assert!(unmount(&mnt), "umount");
+    let report = report.unwrap();
+    assert_eq!(still_there.unwrap(), b"precious");
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].op(), Op::Sweep);
+    assert_eq!(report.failed[0].path(), d.join(&left));
+    assert_eq!(report.failed[0].kind(), std::io::ErrorKind::ResourceBusy);
+    let report = sweep(d, Duration::ZERO).await.unwrap();
+    assert_eq!(report.removed, vec![d.join(&left)]);
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
+}

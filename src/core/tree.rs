@@ -323,9 +323,9 @@ fn sync_tree(dir: &Dir, path: &Path) -> Result<(), Error> {
 }
 
 /// Removes the tree at `name` in `parent`: files, links and directories,
-/// depth first, never following a symlink, never crossing into another
-/// filesystem (a mount inside is an error, and nothing under it is
-/// touched). A tree already gone, or removed meanwhile by another remover
+/// depth first, never following a symlink, never entering a mount (another
+/// filesystem, or a bind mount where the kernel tells: a mount inside is an
+/// error, and nothing under it is touched). A tree already gone, or removed meanwhile by another remover
 /// (a sweep), is no error. `expected`: the tree's identity, when only that
 /// tree may be removed. Holds one descriptor per level of depth.
 pub(crate) fn remove_tree(
@@ -350,7 +350,7 @@ pub(crate) fn remove_tree(
     if expected.is_some_and(|id| root.id() != Some(id)) {
         return Ok(()); // something else has the name now: not ours
     }
-    if root.device() != parent.device() {
+    if root.device() != parent.device() || root.is_mount_root() {
         return Err(mount_inside());
     }
     empty_dir(&root)?;
@@ -365,7 +365,7 @@ fn empty_dir(dir: &Dir) -> io::Result<()> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            if sub.device() != dir.device() {
+            if sub.device() != dir.device() || sub.is_mount_root() {
                 return Err(mount_inside());
             }
             empty_dir(&sub)?;

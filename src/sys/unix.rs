@@ -518,6 +518,23 @@ impl Dir {
         Ok(entries)
     }
 
+    /// Whether the directory is the root of a mount: another filesystem,
+    /// or a bind mount of the same one (same device). Linux's `statx`
+    /// tells (`STATX_ATTR_MOUNT_ROOT`, since 5.8); elsewhere, or on older
+    /// kernels, `false`, and only a change of device shows a mount.
+    pub(crate) fn is_mount_root(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{StatxAttributes, StatxFlags};
+            let flags = AtFlags::EMPTY_PATH | AtFlags::NO_AUTOMOUNT;
+            if let Ok(st) = rustix::fs::statx(&self.fd, "", flags, StatxFlags::empty()) {
+                return st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+                    && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+            }
+        }
+        false
+    }
+
     /// `fchmod` of the directory: the exact mode, umask not applied.
     pub(crate) fn set_mode(&self, mode: u32) -> io::Result<()> {
         Ok(rustix::fs::fchmod(
