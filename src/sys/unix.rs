@@ -299,7 +299,7 @@ fn try_rename_noreplace(
     {
         return Ok(false);
     }
-    match renameat_noreplace(&from_dir.fd, from, &to_dir.fd, to) {
+    match renameat_flagged(&from_dir.fd, from, &to_dir.fd, to, RenameFlag::NoReplace) {
         Ok(()) => Ok(true),
         Err(e)
             if unsupported(
@@ -335,28 +335,42 @@ fn unsupported(e: Errno, no_syscall: &AtomicBool, devices: &Mutex<Vec<u64>>, dev
     false
 }
 
-/// `renameat2(RENAME_NOREPLACE)` on Linux, `renameatx_np(RENAME_EXCL)` on
-/// macOS; errors stay `Errno` so the caller picks its fallback by number.
+/// The flag of a flagged rename.
+#[derive(Clone, Copy)]
+enum RenameFlag {
+    /// `RENAME_NOREPLACE` (`RENAME_EXCL` on macOS).
+    NoReplace,
+    /// `RENAME_EXCHANGE` (`RENAME_SWAP` on macOS).
+    Exchange,
+}
+
+/// `renameat2` with `flag` on Linux, `renameatx_np` on macOS; errors stay
+/// `Errno` so the caller picks its fallback by number.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 #[doc(alias = "renameat2", alias = "renameatx_np")]
-fn renameat_noreplace(
+fn renameat_flagged(
     from_dir: &OwnedFd,
     from: &OsStr,
     to_dir: &OwnedFd,
     to: &OsStr,
+    flag: RenameFlag,
 ) -> Result<(), Errno> {
-    rustix::fs::renameat_with(
-        from_dir,
-        from,
-        to_dir,
-        to,
-        rustix::fs::RenameFlags::NOREPLACE,
-    )
+    let flags = match flag {
+        RenameFlag::NoReplace => rustix::fs::RenameFlags::NOREPLACE,
+        RenameFlag::Exchange => rustix::fs::RenameFlags::EXCHANGE,
+    };
+    rustix::fs::renameat_with(from_dir, from, to_dir, to, flags)
 }
 
-/// No flagged rename on other unixes: always the link fallback.
+/// No flagged rename on other unixes: always the fallback.
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-fn renameat_noreplace(_: &OwnedFd, _: &OsStr, _: &OwnedFd, _: &OsStr) -> Result<(), Errno> {
+fn renameat_flagged(
+    _: &OwnedFd,
+    _: &OsStr,
+    _: &OwnedFd,
+    _: &OsStr,
+    _: RenameFlag,
+) -> Result<(), Errno> {
     Err(Errno::NOSYS)
 }
 
@@ -578,7 +592,7 @@ pub(crate) fn rename_exchange(
     {
         return Err(io::ErrorKind::Unsupported.into());
     }
-    match renameat_exchange(&from_dir.fd, from, &to_dir.fd, to) {
+    match renameat_flagged(&from_dir.fd, from, &to_dir.fd, to, RenameFlag::Exchange) {
         Ok(()) => Ok(()),
         Err(e)
             if unsupported(
@@ -592,27 +606,6 @@ pub(crate) fn rename_exchange(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-#[cfg(any(target_os = "linux", target_os = "macos"))]
-fn renameat_exchange(
-    from_dir: &OwnedFd,
-    from: &OsStr,
-    to_dir: &OwnedFd,
-    to: &OsStr,
-) -> Result<(), Errno> {
-    rustix::fs::renameat_with(
-        from_dir,
-        from,
-        to_dir,
-        to,
-        rustix::fs::RenameFlags::EXCHANGE,
-    )
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-fn renameat_exchange(_: &OwnedFd, _: &OsStr, _: &OwnedFd, _: &OsStr) -> Result<(), Errno> {
-    Err(Errno::NOSYS)
 }
 
 /// Moves the directory `from` to `to` only if nothing is at `to`:
