@@ -163,8 +163,9 @@ impl DirOptions {
     }
 
     /// The exact mode of the tree's root directory, umask not applied
-    /// (unix). While the tree is built, its root is never open wider than
-    /// the directory it will replace, nor than this mode.
+    /// (unix). While the tree is built, its root is never open to group or
+    /// others wider than the directory it will replace, nor than this
+    /// mode; its owner has full access until `commit` sets this mode.
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = Some(mode);
         self
@@ -247,8 +248,9 @@ impl AsyncAtomicDir {
     /// Creates (or truncates) the file at `name`, a relative path inside
     /// the tree whose directories exist, and returns it for writing.
     ///
-    /// No symlink on the way is followed, so nothing outside the tree is
-    /// written. Call [`AsyncDirFile::finish`] when done: a file dropped
+    /// No symlink on the way is followed, and a file already at `name` is
+    /// unlinked and created anew, never truncated (it may be a hard link to
+    /// a file outside), so nothing outside the tree is written. Call [`AsyncDirFile::finish`] when done: a file dropped
     /// before `finish` succeeded makes [`commit`](Self::commit) fail,
     /// since the tree may then be incomplete.
     ///
@@ -262,14 +264,21 @@ impl AsyncAtomicDir {
     /// # Cancel safety
     ///
     /// Dropping the future after its first poll may leave the file created,
-    /// empty, inside the temp tree.
+    /// empty, inside the temp tree; the tree's `commit` then fails, as
+    /// after dropping the file.
     pub async fn file(&self, name: impl AsRef<Path>) -> Result<AsyncDirFile<'_>, Error> {
         let path = self.path.join(name.as_ref());
         let root = self.tree().root();
         let (rel, p) = (name.as_ref().to_path_buf(), path.clone());
-        let sink = blocking::run(move || crate::core::tree::create_file(&root, &rel, &p))
-            .await
-            .map_err(|e| Error::new(Op::CreateFile, &path, e))??;
+        // Dropped while the file is being created, the future may leave it
+        // empty where an older one was: the tree then counts as unfinished.
+        let cancelled = Unfinished {
+            dir: Some(self),
+            path: &path,
+        };
+        let created = blocking::run(move || crate::core::tree::create_file(&root, &rel, &p)).await;
+        cancelled.disarm();
+        let sink = created.map_err(|e| Error::new(Op::CreateFile, &path, e))??;
         Ok(AsyncDirFile {
             pipeline: Pipeline::new(sink, self.buffer_size),
             path,
@@ -303,14 +312,16 @@ impl AsyncAtomicDir {
     ///   directory just as atomically, but replaces an **empty** one.
     /// - [`Exists::Replace`] swaps the trees with
     ///   `renameat2(RENAME_EXCHANGE)`: at every moment the target is the
-    ///   old tree or the new one. The old tree, now under the temp name, is
-    ///   removed on the blocking pool after `commit` returns; a reader
-    ///   still inside it (by an open directory handle) may see its files
-    ///   vanish. **Fallback** where the filesystem cannot exchange: the old
-    ///   tree is renamed aside to a temp name, then the new one renamed in.
-    ///   Between the two renames the target is **missing**; a reader then
-    ///   gets `NotFound`, and a crash there leaves no target, with both
-    ///   trees under temp names (which [`sweep`](crate::sweep) removes).
+    ///   old tree or the new one. Only a directory is replaced. The old
+    ///   tree, now under the temp name, is removed on the blocking pool
+    ///   after `commit` returns; a reader still inside it (by an open
+    ///   directory handle) may see its files vanish. **Fallback** where the
+    ///   filesystem cannot exchange: the old tree is renamed aside to
+    ///   `.{name}.{random}.old`, then the new one renamed in. Between the
+    ///   two renames the target is **missing**, and a reader gets
+    ///   `NotFound`. If the second rename fails, the old tree is renamed
+    ///   back; if the process dies between the two, [`sweep`](crate::sweep)
+    ///   renames it back ([`SweepReport::restored`](crate::SweepReport)).
     ///
     /// A reader that must see one whole tree opens the target directory
     /// once and reads relative to that handle (`openat`): a walk by path
@@ -328,8 +339,13 @@ impl AsyncAtomicDir {
     ///   not a directory.
     /// - [`Op::RemoveTemp`]: with `Keep`, the losing tree could not be
     ///   removed (the other tree is in place).
+    /// - [`Op::Rename`] of kind
+    ///   [`NotADirectory`](io::ErrorKind::NotADirectory) with `Replace`
+    ///   when something other than a directory is at the target: it is
+    ///   neither replaced nor removed.
     /// - [`Op::SyncDir`] comes after the publish: the new tree is visible,
-    ///   its durability unknown ([`Error::is_published`]).
+    ///   its durability unknown ([`Error::is_published`]); or, after
+    ///   `Existing`, the durability of the tree found there is.
     ///
     /// Until the publish the target is untouched, and an error removes the
     /// temp tree.
@@ -385,6 +401,26 @@ impl AsyncAtomicDir {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(|| file.to_path_buf());
+    }
+}
+
+/// Marks the tree unfinished when dropped armed.
+struct Unfinished<'a> {
+    dir: Option<&'a AsyncAtomicDir>,
+    path: &'a Path,
+}
+
+impl Unfinished<'_> {
+    fn disarm(mut self) {
+        self.dir = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir {
+            dir.note_unfinished(self.path);
+        }
     }
 }
 

@@ -16,6 +16,12 @@ pub struct SweepReport {
     /// The leftover temp files (and trees) removed. If the directory could not be
     /// synced afterwards (in `failed`), a power cut may bring them back.
     pub removed: Vec<PathBuf>,
+    /// Targets put back: an atomic directory's commit with
+    /// [`Exists::Replace`](crate::Exists::Replace), on a filesystem without
+    /// `RENAME_EXCHANGE`, moves the old tree aside to `.{name}.{random}.old`
+    /// for a moment; where its process died before the new tree was in, the
+    /// target was missing, and `sweep` renamed the old tree back.
+    pub restored: Vec<PathBuf>,
     /// Temp files kept because they were modified less than `older_than` ago.
     pub too_recent: Vec<PathBuf>,
     /// Temp files kept because a live writer, in this process or another,
@@ -99,7 +105,7 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
     let open_err = |e| Error::new(Op::OpenDir, path, e);
     let dir = Dir::open(path).map_err(open_err)?;
     let mut names = dir.names().map_err(open_err)?;
-    names.retain(|n| is_temp_name(n));
+    names.retain(|n| is_temp_name(n) || aside_target(n).is_some());
     names.sort();
     let mut report = SweepReport::default();
     for name in names {
@@ -122,7 +128,25 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
             report.too_recent.push(entry);
             continue;
         }
-        match remove_leftover(&dir, &name, found.tree) {
+        if let Some(target) = aside_target(&name).filter(|_| found.tree) {
+            // A tree moved aside by a replacing commit on a filesystem
+            // without `RENAME_EXCHANGE`, whose process died before the new
+            // tree was in: put it back where the target is missing.
+            match put_back(&dir, &name, target) {
+                Ok(()) => {
+                    report.restored.push(path.join(target));
+                    continue;
+                }
+                // The new tree is in (or another): this one is garbage.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    report.failed.push(Error::new(Op::Sweep, entry, e));
+                    continue;
+                }
+            }
+        }
+        match remove_leftover(&dir, &name, found.tree.then_some(found.id)) {
             Ok(()) => report.removed.push(entry),
             // Removed meanwhile, by another sweep.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -130,7 +154,7 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
         }
         // `found` drops here: our lock on the removed file goes with it.
     }
-    if !report.removed.is_empty() {
+    if !report.removed.is_empty() || !report.restored.is_empty() {
         // Otherwise a power cut can bring the removed names back.
         if let Err(e) = dir.sync() {
             report.failed.push(Error::new(Op::Sweep, path, e));
@@ -139,12 +163,38 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
     Ok(report)
 }
 
-/// Removes a leftover: a temp file, or a whole temp tree.
-fn remove_leftover(dir: &Dir, name: &OsStr, tree: bool) -> std::io::Result<()> {
+/// Removes a leftover: a temp file, or (`tree` holding the identity the
+/// probe saw, if any) a whole temp tree.
+fn remove_leftover(
+    dir: &Dir,
+    name: &OsStr,
+    tree: Option<Option<(u64, u64)>>,
+) -> std::io::Result<()> {
     #[cfg(unix)]
-    if tree {
-        return crate::core::tree::remove_tree(dir, name, None);
+    if let Some(id) = tree {
+        return crate::core::tree::remove_tree(dir, name, id);
     }
-    debug_assert!(!tree, "trees only on unix");
+    debug_assert!(tree.is_none(), "trees only on unix");
     dir.remove(name)
+}
+
+#[cfg(unix)]
+use crate::core::name::aside_target;
+
+/// Renames the tree moved aside at `name` back to `target`, only if
+/// nothing is there.
+#[cfg(unix)]
+fn put_back(dir: &Dir, name: &OsStr, target: &OsStr) -> std::io::Result<()> {
+    crate::sys::rename_dir_noreplace(dir, name, dir, target)
+}
+
+#[cfg(not(unix))]
+fn put_back(_: &Dir, _: &OsStr, _: &OsStr) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// No aside names outside unix.
+#[cfg(not(unix))]
+fn aside_target(_: &OsStr) -> Option<&OsStr> {
+    None
 }

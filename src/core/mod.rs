@@ -581,10 +581,19 @@ fn link_temp_name(file: &File, dir: &Dir, target_name: &OsStr) -> io::Result<OsS
 /// (`EEXIST`), and returns it.
 fn with_fresh_name(
     target_name: &OsStr,
+    create: impl FnMut(&OsStr) -> io::Result<()>,
+) -> io::Result<OsString> {
+    with_fresh(|| name::temp_name(target_name), create)
+}
+
+/// Calls `create` with names from `fresh` until one is not taken
+/// (`EEXIST`), and returns it.
+fn with_fresh(
+    fresh: impl Fn() -> OsString,
     mut create: impl FnMut(&OsStr) -> io::Result<()>,
 ) -> io::Result<OsString> {
     for _ in 0..TEMP_NAME_ATTEMPTS {
-        let name = name::temp_name(target_name);
+        let name = fresh();
         match create(&name) {
             Ok(()) => return Ok(name),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

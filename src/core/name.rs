@@ -15,19 +15,55 @@ const NAME_MAX: usize = 255;
 /// (`RANDOM_LEN` characters from the kernel's random source, about 71 bits).
 /// `name` is cut short when the whole would exceed `NAME_MAX` bytes.
 pub(crate) fn temp_name(target_name: &OsStr) -> OsString {
+    let budget = NAME_MAX - (1 + 1 + RANDOM_LEN + SUFFIX.len());
+    hidden(&truncate(target_name, budget), SUFFIX)
+}
+
+/// `.{name}.{random}.{suffix}`.
+fn hidden(name: &OsStr, suffix: &str) -> OsString {
     let mut random = [0u8; RANDOM_LEN];
     crate::sys::random_bytes(&mut random);
     for b in &mut random {
         // 256 is not a multiple of 62: the tiny bias costs well under a bit.
         *b = ALPHABET[usize::from(*b) % ALPHABET.len()];
     }
-    let budget = NAME_MAX - (1 + 1 + RANDOM_LEN + SUFFIX.len());
     let mut out = OsString::from(".");
-    out.push(truncate(target_name, budget));
+    out.push(name);
     out.push(".");
     out.push(std::str::from_utf8(&random).expect("alphabet is ASCII"));
-    out.push(SUFFIX);
+    out.push(suffix);
     out
+}
+
+const ASIDE_SUFFIX: &str = ".old";
+
+/// `.{name}.{random}.old`: where the fallback of a replacing
+/// `AsyncAtomicDir` commit moves the old tree for a moment, named so that
+/// [`aside_target`] gives `target_name` back whole (for `sweep` to put it
+/// back, should the process die before the new tree is in). `None` when
+/// `target_name` is too long for that.
+pub(crate) fn aside_name(target_name: &OsStr) -> Option<OsString> {
+    let fits = target_name.len() + 1 + 1 + RANDOM_LEN + ASIDE_SUFFIX.len() <= NAME_MAX;
+    fits.then(|| hidden(target_name, ASIDE_SUFFIX))
+}
+
+/// The target name in a name [`aside_name`] could have built.
+#[cfg(unix)]
+pub(crate) fn aside_target(name: &OsStr) -> Option<&OsStr> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = name.as_encoded_bytes();
+    let rest = b
+        .strip_prefix(b".")?
+        .strip_suffix(ASIDE_SUFFIX.as_bytes())?;
+    if rest.len() < RANDOM_LEN + 2 {
+        return None;
+    }
+    let (head, random) = rest.split_at(rest.len() - RANDOM_LEN);
+    let target = head.strip_suffix(b".")?;
+    if target.is_empty() || !random.iter().all(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some(OsStr::from_bytes(target))
 }
 
 /// Whether `name` is one [`temp_name`] could have built.
@@ -120,6 +156,24 @@ mod tests {
             assert!(!is_temp_name(OsStr::new(n)), "{n}");
         }
         assert!(is_temp_name(OsStr::new(".x.ABCDEFGHIJKL.tmp")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn aside_names_give_their_target_back() {
+        let n = aside_name(OsStr::new("ab12")).unwrap();
+        assert!(n.to_str().unwrap().starts_with(".ab12.") && n.to_str().unwrap().ends_with(".old"));
+        assert_eq!(aside_target(&n), Some(OsStr::new("ab12")));
+        assert!(!is_temp_name(&n), "not a temp name: sweep treats it apart");
+        assert!(aside_name(OsStr::new(&"x".repeat(240))).is_none());
+        for other in [
+            ".ab12.old",
+            "..ABCDEFGHIJKL.old",
+            ".a.ABCDEFGHIJK!.old",
+            "a.ABCDEFGHIJKL.old",
+        ] {
+            assert_eq!(aside_target(OsStr::new(other)), None, "{other}");
+        }
     }
 
     proptest! {

@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::{dir_failures, split, sync_dir, with_fresh_name};
+use super::{dir_failures, name, split, sync_dir, with_fresh, with_fresh_name};
 use crate::sys::{self, Dir, Kind};
 use crate::{Durability, Error, Exists, Op, Published};
 
@@ -24,7 +24,7 @@ const REPLACE_ATTEMPTS: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Tree {
     /// The target's directory.
-    parent: Dir,
+    parent: Arc<Dir>,
     /// The target's name in `parent`.
     name: OsString,
     /// The temp tree's name in `parent`.
@@ -43,18 +43,26 @@ pub(crate) struct Tree {
     published: bool,
 }
 
-/// A replaced tree, moved to a temp name: dropping it removes it.
+/// A replaced tree, moved to a temp (or aside) name: dropping it removes
+/// it, if that name still holds the tree it was.
 #[derive(Debug)]
 pub(crate) struct Replaced {
-    parent: Dir,
+    parent: Arc<Dir>,
     name: OsString,
+    id: Option<(u64, u64)>,
 }
 
 impl Drop for Replaced {
     fn drop(&mut self) {
         // Off the caller's path; what cannot be removed stays for `sweep`.
-        let _ = remove_tree(&self.parent, &self.name, None);
+        if self.id.is_some() {
+            let _ = remove_tree(&self.parent, &self.name, self.id);
+        }
     }
+}
+
+fn not_a_directory(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotADirectory, msg)
 }
 
 impl Tree {
@@ -77,19 +85,20 @@ impl Tree {
             Some(meta) if meta.kind == Kind::Dir => Some(meta.mode),
             Some(_) => {
                 let msg = "exists and is not a directory (symlinks are not followed)";
-                let err = io::Error::new(io::ErrorKind::NotADirectory, msg);
-                return Err(Error::new(Op::Open, &target, err));
+                return Err(Error::new(Op::Open, &target, not_a_directory(msg)));
             }
         };
         // Created with at most the replaced directory's permissions and at
-        // most the final ones, so that the tree is never open wider than
-        // the one it replaces, from its first entry.
+        // most the final ones for group and others, so that the tree is
+        // never open wider than the one it replaces, from its first entry;
+        // its owner may always fill it (and remove it).
         let final_mode = mode.map(|m| m & 0o7777).or(existing_mode);
-        let create_mode = match (final_mode, existing_mode) {
-            (Some(f), Some(e)) => f & e & 0o777,
-            (Some(f), None) => f & 0o777,
-            (None, _) => 0o777,
-        };
+        let create_mode = 0o700
+            | match (final_mode, existing_mode) {
+                (Some(f), Some(e)) => f & e & 0o777,
+                (Some(f), None) => f & 0o777,
+                (None, _) => 0o777,
+            };
         let parent_path = parent_path.to_path_buf();
         let create_err = |e| Error::new(Op::CreateTemp, &parent_path, e);
         let mut root = None;
@@ -97,10 +106,13 @@ impl Tree {
             parent.create_dir(temp, create_mode)?;
             let opened = match parent.open_dir(temp) {
                 Ok(dir) if dir.lock_temp() => dir,
-                // A sweep found it before the lock: let it go, take another
-                // name.
+                // A sweep found it before the lock, or removed it before
+                // the open: let it go, take another name.
                 Ok(_) => {
                     let _ = parent.remove_dir(temp);
+                    return Err(io::ErrorKind::AlreadyExists.into());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(io::ErrorKind::AlreadyExists.into());
                 }
                 Err(e) => {
@@ -112,10 +124,11 @@ impl Tree {
             Ok(())
         })
         .map_err(create_err)?;
-        let root = root.expect("created");
+        let root: Dir = root.expect("created");
         let temp_path = parent_path.join(&temp_name);
-        Ok(Tree {
-            parent,
+        let made = root.meta().map(|m| m.mode);
+        let mut tree = Tree {
+            parent: Arc::new(parent),
             name: name.to_owned(),
             temp_name,
             root: Arc::new(root),
@@ -123,10 +136,16 @@ impl Tree {
             temp_path,
             durability,
             // Special bits, what the umask took, and bits held back while
-            // the replaced directory was narrower: set at commit.
-            mode_at_commit: final_mode.filter(|m| *m != create_mode),
+            // the tree is built: set at commit. Compared with the mode the
+            // directory got, not the one asked for.
+            mode_at_commit: None,
             published: false,
-        })
+        };
+        // On error, dropping `tree` removes it.
+        let made = made.map_err(|e| Error::new(Op::SetPermissions, &tree.temp_path, e))?;
+        let final_mode = final_mode.unwrap_or(0o777 & !umask_of(made, create_mode));
+        tree.mode_at_commit = (final_mode != made).then_some(final_mode);
+        Ok(tree)
     }
 
     /// The temp tree's path.
@@ -146,11 +165,6 @@ impl Tree {
     /// dropping `self`). A replaced tree comes back with the result, to be
     /// removed by dropping it.
     pub(crate) fn commit(mut self, exists: Exists) -> Result<(Published, Vec<Replaced>), Error> {
-        if let Some(mode) = self.mode_at_commit {
-            self.root
-                .set_mode(mode)
-                .map_err(|e| Error::new(Op::SetPermissions, &self.temp_path, e))?;
-        }
         let durable = self.durability == Durability::Full;
         if durable {
             // Every file and directory of the tree on the disk before a
@@ -158,26 +172,21 @@ impl Tree {
             // leave the target with empty files or missing entries.
             sync_tree(&self.root, &self.temp_path)?;
         }
+        if let Some(mode) = self.mode_at_commit {
+            // After the sync, which a final mode without the owner's read
+            // permission would stop; then the root again, for the mode.
+            let err = |e| Error::new(Op::SetPermissions, &self.temp_path, e);
+            self.root.set_mode(mode).map_err(err)?;
+            if durable {
+                self.root.sync().map_err(err)?;
+            }
+        }
         let seen = match durable {
             true => dir_failures(&self.parent),
             false => 0,
         };
         let (published, replaced) = match exists {
-            Exists::Fail | Exists::Keep => match self.rename_noreplace() {
-                Ok(()) => (Published::Ours, Vec::new()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let there = self.what_is_there(e)?;
-                    if exists == Exists::Fail {
-                        // Dropping `self` removes the temp tree.
-                        return Err(there);
-                    }
-                    // Losing is success: the caller learns of a temp tree
-                    // that could not be removed, not of the loss.
-                    self.remove()?;
-                    (Published::Existing, Vec::new())
-                }
-                Err(e) => return Err(Error::new(Op::Rename, &self.target, e)),
-            },
+            Exists::Fail | Exists::Keep => (self.publish_new(exists)?, Vec::new()),
             Exists::Replace => (Published::Ours, self.replace()?),
         };
         if durable {
@@ -193,19 +202,36 @@ impl Tree {
         Ok((published, replaced))
     }
 
-    /// `EEXIST` from a no-clobber publish: the error for `Exists::Fail`, or
-    /// for a target that is not a directory, which `Keep` must not take
-    /// for a finished tree.
-    fn what_is_there(&self, e: io::Error) -> Result<Error, Error> {
-        let exists = Error::new(Op::Rename, &self.target, e);
-        match self.parent.stat(&self.name) {
-            Ok(Some(meta)) if meta.kind != Kind::Dir => {
-                let msg = "exists and is not a directory";
-                let err = io::Error::new(io::ErrorKind::AlreadyExists, msg);
-                Err(Error::new(Op::Rename, &self.target, err))
+    /// `Fail` and `Keep`: publishes only where nothing is, in one step.
+    /// Beaten by another directory: `Fail` errs (dropping `self` removes
+    /// the tree), `Keep` removes the tree and answers `Existing`. Something
+    /// other than a directory there is an error either way; a target gone
+    /// again before it could be looked at is tried again.
+    fn publish_new(&mut self, exists: Exists) -> Result<Published, Error> {
+        let target = self.target.clone();
+        let err = |e| Error::new(Op::Rename, &target, e);
+        for _ in 0..REPLACE_ATTEMPTS {
+            let beaten = match self.rename_noreplace() {
+                Ok(()) => return Ok(Published::Ours),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => e,
+                Err(e) => return Err(err(e)),
+            };
+            match self.parent.stat(&self.name).map_err(err)? {
+                None => continue,
+                Some(meta) if meta.kind != Kind::Dir => {
+                    let msg = "exists and is not a directory";
+                    return Err(err(io::Error::new(io::ErrorKind::AlreadyExists, msg)));
+                }
+                Some(_) if exists == Exists::Fail => return Err(err(beaten)),
+                Some(_) => {
+                    // Losing is success: the caller learns of a temp tree
+                    // that could not be removed, not of the loss.
+                    self.remove()?;
+                    return Ok(Published::Existing);
+                }
             }
-            _ => Ok(exists),
         }
+        Err(err(io::Error::other("the target kept changing")))
     }
 
     fn rename_noreplace(&mut self) -> io::Result<()> {
@@ -215,40 +241,41 @@ impl Tree {
     }
 
     /// Swaps the tree in with `RENAME_EXCHANGE`; a rename without replace
-    /// when nothing is there. Where the filesystem cannot swap: moves what
-    /// is there aside to a temp name, then renames (the window in which the
-    /// target is missing). Returns what was replaced, under temp names.
+    /// when nothing is there. Only a directory is replaced. Where the
+    /// filesystem cannot swap: moves the old tree aside, then renames ours
+    /// in (the window in which the target is missing); if that rename
+    /// fails, the old tree is put back. Returns what was replaced.
     fn replace(&mut self) -> Result<Vec<Replaced>, Error> {
         let target = self.target.clone();
         let err = |e| Error::new(Op::Rename, &target, e);
         let mut replaced = Vec::new();
         for _ in 0..REPLACE_ATTEMPTS {
-            match sys::rename_exchange(&self.parent, &self.temp_name, &self.parent, &self.name) {
-                Ok(()) => {
-                    self.published = true;
-                    // The old tree has our temp name now.
-                    let name = std::mem::take(&mut self.temp_name);
-                    replaced.push(self.replaced(name)?);
-                    return Ok(replaced);
+            if let Some(meta) = self.parent.stat(&self.name).map_err(err)? {
+                if meta.kind != Kind::Dir {
+                    let msg = "exists and is not a directory: not replaced";
+                    return Err(err(not_a_directory(msg)));
                 }
+            }
+            match sys::rename_exchange(&self.parent, &self.temp_name, &self.parent, &self.name) {
+                Ok(()) => return self.exchanged(replaced),
                 // Nothing at the target (yet, or any more).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    let aside =
-                        with_fresh_name(&self.name, |aside| {
-                            match sys::rename_dir_noreplace(
-                                &self.parent,
-                                &self.name,
-                                &self.parent,
-                                aside,
-                            ) {
-                                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                                other => other,
-                            }
-                        })
-                        .map_err(err)?;
-                    if self.parent.stat(&aside).map_err(err)?.is_some() {
-                        replaced.push(self.replaced(aside)?);
+                    let aside = self.move_aside().map_err(err)?;
+                    let renamed = self.rename_noreplace();
+                    match (renamed, aside) {
+                        (Ok(()), aside) => {
+                            replaced.extend(aside);
+                            return Ok(replaced);
+                        }
+                        // Another writer's tree came in between: it
+                        // replaced the one moved aside. Again.
+                        (Err(e), aside) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            replaced.extend(aside);
+                            continue;
+                        }
+                        (Err(e), Some(aside)) => return Err(self.put_back(aside, err(e))),
+                        (Err(e), None) => return Err(err(e)),
                     }
                 }
                 Err(e) => return Err(err(e)),
@@ -265,12 +292,79 @@ impl Tree {
         )))
     }
 
-    fn replaced(&self, name: OsString) -> Result<Replaced, Error> {
-        let parent = self
-            .parent
-            .try_clone()
-            .map_err(|e| Error::after_publish(Op::Rename, &self.target, e))?;
-        Ok(Replaced { parent, name })
+    /// After the exchange: the old entry has our temp name. A directory is
+    /// ours to remove; anything else (put there since the check) is
+    /// swapped back, and kept.
+    fn exchanged(&mut self, mut replaced: Vec<Replaced>) -> Result<Vec<Replaced>, Error> {
+        let name = std::mem::take(&mut self.temp_name);
+        self.published = true;
+        match self.parent.open_dir(&name) {
+            Ok(old) => {
+                replaced.push(Replaced {
+                    parent: Arc::clone(&self.parent),
+                    name,
+                    id: old.id(),
+                });
+                Ok(replaced)
+            }
+            Err(_) => {
+                let msg = "exists and is not a directory: not replaced";
+                let back = sys::rename_exchange(&self.parent, &name, &self.parent, &self.name);
+                if let Err(e) = back {
+                    // Ours is published; what it replaced keeps our temp
+                    // name, which nothing removes but `sweep`.
+                    return Err(Error::after_publish(Op::Rename, &self.target, e));
+                }
+                self.published = false;
+                self.temp_name = name;
+                Err(Error::new(Op::Rename, &self.target, not_a_directory(msg)))
+            }
+        }
+    }
+
+    /// The fallback's first step: renames the tree at the target to an
+    /// aside name (which `sweep` puts back should the process die before
+    /// the next step). `None` when nothing was there.
+    fn move_aside(&self) -> io::Result<Option<Replaced>> {
+        let mut moved = false;
+        let fresh = || name::aside_name(&self.name).unwrap_or_else(|| name::temp_name(&self.name));
+        let aside = with_fresh(fresh, |aside| {
+            match sys::rename_dir_noreplace(&self.parent, &self.name, &self.parent, aside) {
+                Ok(()) => {
+                    moved = true;
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        })?;
+        if !moved {
+            return Ok(None);
+        }
+        let id = self.parent.open_dir(&aside).ok().and_then(|d| d.id());
+        Ok(Some(Replaced {
+            parent: Arc::clone(&self.parent),
+            name: aside,
+            id,
+        }))
+    }
+
+    /// The rename after a move aside failed: renames the old tree back and
+    /// returns `failed`; if that fails too, keeps it where it is and says
+    /// where.
+    fn put_back(&self, mut aside: Replaced, failed: Error) -> Error {
+        aside.id = None; // never removed from here on
+        match sys::rename_dir_noreplace(&self.parent, &aside.name, &self.parent, &self.name) {
+            Ok(()) => failed,
+            Err(e) => {
+                let path = self.temp_path.with_file_name(&aside.name);
+                let msg = format!(
+                    "{failed}; the old tree is kept at `{}` ({e}), and `sweep` puts it back",
+                    path.display()
+                );
+                Error::new(Op::Rename, &self.target, io::Error::new(e.kind(), msg))
+            }
+        }
     }
 
     /// Removes the unpublished temp tree, reporting what dropping would
@@ -286,6 +380,12 @@ impl Tree {
     pub(crate) fn rollback(mut self) -> Result<(), Error> {
         self.remove()
     }
+}
+
+/// The umask under which `mkdir(mode)` gave a directory `made`: the bits
+/// asked for that it did not get.
+fn umask_of(made: u32, asked: u32) -> u32 {
+    asked & !made & 0o777
 }
 
 impl Drop for Tree {
@@ -358,6 +458,9 @@ pub(crate) fn remove_tree(
 }
 
 fn empty_dir(dir: &Dir) -> io::Result<()> {
+    // A read-only directory (a tree of read-only directories, such as a
+    // module cache) cannot be emptied otherwise.
+    dir.allow_owner_all();
     for (name, kind) in dir.entries()? {
         if kind == Kind::Dir {
             let sub = match dir.open_dir(&name) {

@@ -56,6 +56,9 @@ pub(crate) struct Leftover {
     pub(crate) modified: std::time::SystemTime,
     /// A directory: a temp tree of `AsyncAtomicDir`, or a tree it replaced.
     pub(crate) tree: bool,
+    /// Its device and inode numbers, where known: removal stops if the
+    /// name comes to hold something else.
+    pub(crate) id: Option<(u64, u64)>,
     /// A live writer holds its lock.
     pub(crate) held: bool,
     /// The lock taken by the probe, held until this is dropped, after the

@@ -171,9 +171,12 @@ impl Dir {
                 st.st_mtime_nsec as u32,
             ))
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        #[allow(clippy::unnecessary_cast)] // the field widths differ by platform
+        let id = Some((st.st_dev as u64, st.st_ino as u64));
         Ok(Some(Leftover {
             modified,
             tree,
+            id,
             held,
             _lock: lock,
         }))
@@ -440,15 +443,6 @@ pub(crate) fn sync_file(file: &File) -> io::Result<()> {
 /// tree built beside the target, walked without following links, and
 /// published by one rename or exchange.
 impl Dir {
-    /// A second descriptor for the same directory.
-    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
-        Ok(Dir {
-            fd: self.fd.try_clone()?,
-            dev: self.dev,
-            ino: self.ino,
-        })
-    }
-
     /// `mkdirat`: a new directory, `EEXIST` if anything is at `name` (a
     /// planted symlink included, which is never followed).
     pub(crate) fn create_dir(&self, name: &OsStr, mode: u32) -> io::Result<()> {
@@ -474,16 +468,46 @@ impl Dir {
         Ok(Dir { fd, dev, ino })
     }
 
-    /// Creates (or truncates) the regular file `name` for writing, mode
-    /// `0o666` less the umask, without following a symlink there.
+    /// Creates the regular file `name` for writing, mode `0o666` less the
+    /// umask: a new inode, exclusively. A regular file already there is
+    /// unlinked first, never truncated: it may be a hard link to a file
+    /// outside (`cp -al`). Anything else there (a symlink, a directory)
+    /// fails with `EEXIST`, and is neither followed nor removed.
     pub(crate) fn create_file(&self, name: &OsStr) -> io::Result<File> {
-        let fd = rustix::fs::openat(
-            &self.fd,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o666),
-        )?;
+        let create = || {
+            rustix::fs::openat(
+                &self.fd,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            )
+        };
+        let fd = match create() {
+            Err(Errno::EXIST) if self.stat(name)?.is_some_and(|m| m.kind == Kind::File) => {
+                match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => create()?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            other => other?,
+        };
         Ok(File::from(fd))
+    }
+
+    /// `fstat` of the directory.
+    pub(crate) fn meta(&self) -> io::Result<Meta> {
+        Ok(meta_of(&rustix::fs::fstat(&self.fd)?))
+    }
+
+    /// Gives the directory's owner read, write and search permission, best
+    /// effort, so that a read-only directory of a tree being removed can be
+    /// emptied.
+    pub(crate) fn allow_owner_all(&self) {
+        if let Ok(meta) = self.meta() {
+            if meta.mode & 0o700 != 0o700 {
+                let _ = self.set_mode(meta.mode | 0o700);
+            }
+        }
     }
 
     /// Opens the regular file `name` to `fsync` it: read-only, or
@@ -550,11 +574,12 @@ impl Dir {
     }
 
     /// `fchmod` of the directory: the exact mode, umask not applied.
+    /// As [`set_mode`] for a file, `EPERM` and `EOPNOTSUPP` are no error.
     pub(crate) fn set_mode(&self, mode: u32) -> io::Result<()> {
-        Ok(rustix::fs::fchmod(
-            &self.fd,
-            Mode::from_raw_mode(mode as _),
-        )?)
+        match rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(mode as _)) {
+            Err(Errno::PERM) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
+            other => Ok(other?),
+        }
     }
 
     /// Marks a new temp tree as a live writer's, as [`lock_temp`] does a

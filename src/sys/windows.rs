@@ -125,6 +125,7 @@ impl Dir {
         Ok(Some(Leftover {
             modified: meta.modified()?,
             tree: false,
+            id: None,
             held,
             _lock: None,
         }))
