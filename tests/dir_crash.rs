@@ -309,3 +309,137 @@ fn power_cuts_under_fillers_without_fsync_are_caught() {
     );
     assert!(!losses.is_empty(), "20 cuts without fsync lost nothing");
 }
+
+const WINDOW: &str = "the_fallback_window_loses_no_tree";
+
+/// The child of the window test: one `Replace` of `KEY` with tree
+/// `TAW_START`; says `taw:ok`, or `taw:err OP KIND`.
+fn child_replace_once() {
+    let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+    let id: u32 = std::env::var("TAW_START").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tree = AsyncAtomicDir::create(dir.join(KEY)).await.unwrap();
+        fill(&tree, id).await;
+        match tree.commit(Exists::Replace).await {
+            Ok(_) => println!("taw:ok"),
+            Err(e) => println!("taw:err {:?} {:?} {e}", e.op(), e.kind()),
+        }
+    });
+}
+
+/// On a filesystem without `RENAME_EXCHANGE` (the lazy FUSE filesystem), a
+/// `Replace` moves the old tree aside, then renames the new one in. Found
+/// in a clean strace run, that second rename is then made to fail (`EIO`:
+/// the old tree is renamed back) and to kill the process (SIGKILL: the
+/// target is missing, the old tree at its aside name, until `sweep` puts
+/// it back). Neither loses a tree.
+#[test]
+fn the_fallback_window_loses_no_tree() {
+    if is_child() {
+        return child_replace_once();
+    }
+    let fs = common::lazyfs::LazyFs::mount();
+    if !require(fs.is_some() && have("strace"), "root, /dev/fuse and strace") {
+        return;
+    }
+    let fs = fs.unwrap();
+    let dir = fs.path().to_path_buf();
+    let rt = runtime();
+    rt.block_on(async {
+        let tree = AsyncAtomicDir::create(dir.join(KEY)).await.unwrap();
+        fill(&tree, 1).await;
+        tree.commit(Exists::Fail).await.unwrap();
+    });
+    let logs = tempfile::tempdir().unwrap();
+    let run = |id: u32, extra: &[&str]| -> (std::process::ExitStatus, String, String) {
+        let log = logs.path().join(format!("strace.{id}"));
+        let args = common::writer::strace_args("rename,renameat,renameat2", &log, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = child_command(WINDOW, &args)
+            .env("TAW_DIR", &dir)
+            .env("TAW_START", id.to_string())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status, said, std::fs::read_to_string(&log).unwrap())
+    };
+
+    // A clean run: which call, of which name, publishes.
+    let (status, said, log) = run(2, &[]);
+    assert!(status.success() && said.contains("taw:ok"), "{said}");
+    assert_eq!(read_tree(&dir.join(KEY)), Ok(2));
+    let key = format!("\"{KEY}\"");
+    let calls: Vec<&str> = log.lines().filter(|l| l.contains(" = ")).collect();
+    let publish = calls
+        .iter()
+        .position(|l| {
+            // renameat(dirfd, ".key.XXXX.tmp", dirfd, "key") = 0
+            let after_tmp = l.split(".tmp\"").nth(1).unwrap_or("");
+            after_tmp.contains(&key) && l.ends_with("= 0")
+        })
+        .unwrap_or_else(|| panic!("no publish in\n{log}"));
+    let aside = calls[..publish]
+        .iter()
+        .rposition(|l| {
+            l.contains(&format!("{key}, ")) && l.contains(".old\"") && l.ends_with("= 0")
+        })
+        .unwrap_or_else(|| panic!("no move aside before the publish in\n{log}"));
+    let pid_of = |l: &str| l.split_whitespace().next().unwrap().to_string();
+    let name_of = |l: &str| {
+        let rest = l.split_once(' ').unwrap().1.trim_start();
+        rest.split('(').next().unwrap().to_string()
+    };
+    let (thread, syscall) = (pid_of(calls[publish]), name_of(calls[publish]));
+    assert_eq!(pid_of(calls[aside]), thread, "one thread commits:\n{log}");
+    // strace counts each name per thread.
+    let nth = calls[..=publish]
+        .iter()
+        .filter(|l| pid_of(l) == thread && name_of(l) == syscall)
+        .count();
+    eprintln!("the publish is {syscall} #{nth} of its thread");
+
+    // Failed: the old tree is renamed back.
+    let inject = format!("inject={syscall}:error=EIO:when={nth}");
+    let (status, said, log) = run(3, &["-e", &inject]);
+    assert!(status.success(), "{said}");
+    assert!(said.contains("taw:err Rename"), "{said}\n{log}");
+    assert!(log.contains("(INJECTED)"), "{log}");
+    assert_eq!(read_tree(&dir.join(KEY)), Ok(2), "the old tree put back");
+    for _ in 0..500 {
+        if temp_files(&dir).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(listing(&dir), vec![std::ffi::OsString::from(KEY)]);
+
+    // Killed: no target until `sweep` puts the old tree back.
+    let inject = format!("inject={syscall}:signal=SIGKILL:when={nth}");
+    let (status, said, _) = run(4, &["-e", &inject]);
+    assert!(
+        !status.success() && !said.contains("taw:"),
+        "{status}: {said}"
+    );
+    assert!(
+        matches!(read_tree(&dir.join(KEY)), Err(Bad::NotFound(_))),
+        "in the window"
+    );
+    let names = listing(&dir);
+    assert_eq!(
+        names.len(),
+        2,
+        "the temp tree and the aside tree: {names:?}"
+    );
+    let report = rt.block_on(sweep(&dir, Duration::ZERO)).unwrap();
+    assert_eq!(report.restored, vec![dir.join(KEY)], "{report:?}");
+    assert_eq!(
+        report.removed.len(),
+        1,
+        "the new tree, never published: {report:?}"
+    );
+    assert_eq!(read_tree(&dir.join(KEY)), Ok(2), "the old tree back");
+    assert_eq!(listing(&dir), vec![std::ffi::OsString::from(KEY)]);
+}
