@@ -131,7 +131,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          another filler (their trees removed), {hits} hits",
         keys.len()
     );
-    // Each key was published exactly once, and nothing else is left.
     // Each key was published at most once: exactly once into a fresh
     // directory; and no temp tree is left.
     assert!(ours <= keys.len());
