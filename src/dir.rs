@@ -210,7 +210,8 @@ impl AsyncAtomicDir {
     /// Nothing is at `path` until [`commit`](Self::commit). The temp tree
     /// is `.{name}.{random}.tmp` beside it, created exclusively, locked so
     /// that [`sweep`](crate::sweep) leaves it alone while this process
-    /// lives, and never open wider than a directory it will replace.
+    /// lives, and never open to group or others wider than a directory it
+    /// will replace (its owner has full access until `commit`).
     ///
     /// # Errors
     ///
@@ -245,7 +246,7 @@ impl AsyncAtomicDir {
         &self.target
     }
 
-    /// Creates (or truncates) the file at `name`, a relative path inside
+    /// Creates the file at `name`, a relative path inside
     /// the tree whose directories exist, and returns it for writing.
     ///
     /// No symlink on the way is followed, and a file already at `name` is
@@ -321,7 +322,10 @@ impl AsyncAtomicDir {
     ///   two renames the target is **missing**, and a reader gets
     ///   `NotFound`. If the second rename fails, the old tree is renamed
     ///   back; if the process dies between the two, [`sweep`](crate::sweep)
-    ///   renames it back ([`SweepReport::restored`](crate::SweepReport)).
+    ///   renames it back ([`SweepReport::restored`](crate::SweepReport)),
+    ///   for target names up to 237 bytes (longer ones have no aside name:
+    ///   sweep then removes both trees). Once the new tree is in, the old
+    ///   one is renamed to a temp name before `commit` returns.
     ///
     /// A reader that must see one whole tree opens the target directory
     /// once and reads relative to that handle (`openat`): a walk by path
@@ -333,6 +337,7 @@ impl AsyncAtomicDir {
     ///   was dropped, or failed, before its `finish` succeeded. Nothing is
     ///   published.
     /// - [`Op::SyncTemp`], naming the file or directory of the tree.
+    /// - [`Op::SetPermissions`]: the root's final mode could not be set.
     /// - [`Op::Rename`]: of kind
     ///   [`AlreadyExists`](io::ErrorKind::AlreadyExists) with
     ///   [`Exists::Fail`] when the target exists, or with `Keep` when it is

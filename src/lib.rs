@@ -60,14 +60,18 @@
 //!
 //! ```text
 //! create   open(parent, O_DIRECTORY); mkdirat(parent, ".{name}.{random}.tmp",
-//!          mode no wider than a replaced directory's); flock(tree)
+//!          0700 | group and other bits no wider than a replaced
+//!          directory's); flock(tree)
 //! fill     anything, under path(); file(): openat per component with
 //!          O_NOFOLLOW, then the same buffered pipeline as a file
-//! commit   fsync every file and directory of the tree, depth first
+//! commit   fsync every file and directory of the tree, depth first;
+//!          fchmod(tree, final mode), fsync(tree)
 //!          Fail, Keep: renameat2(tree -> name, RENAME_NOREPLACE)
 //!                      (lost: the tree removed; Keep answers Existing)
 //!          Replace:    renameat2(tree <-> name, RENAME_EXCHANGE), or
 //!                      renameat2(RENAME_NOREPLACE) when nothing is there
+//!          [no exchange: renameat(name -> .{name}.{random}.old),
+//!           renameat(tree -> name), renameat(.old -> temp name)]
 //!          fsync(parent); then, on the pool, the old tree removed
 //! drop     the temp tree removed on the blocking pool
 //! ```
@@ -98,9 +102,11 @@
 //!   wins; no check-then-rename window.
 //! - An [`AsyncAtomicDir`] appears whole or not at all; with
 //!   [`Exists::Keep`] or [`Exists::Fail`] exactly one of the racing fillers
-//!   publishes, and with [`Exists::Replace`] (where the filesystem can
-//!   exchange) the target is the old tree or the new one at every moment.
-//!   No tree is removed once published, but the one a `Replace` replaced.
+//!   publishes (where the filesystem lacks `RENAME_NOREPLACE`, an empty
+//!   tree can be replaced by another), and with [`Exists::Replace`] (where
+//!   the filesystem can exchange) the target is the old tree or the new one
+//!   at every moment. No non-empty tree is removed once published, but the
+//!   one a `Replace` replaced.
 //!
 //! Not promised:
 //! - Network filesystems (NFS, SMB) and FUSE shares: the rename is as

@@ -16,7 +16,8 @@ pub struct SweepReport {
     /// The leftover temp files (and trees) removed. If the directory could not be
     /// synced afterwards (in `failed`), a power cut may bring them back.
     pub removed: Vec<PathBuf>,
-    /// Targets put back: an atomic directory's commit with
+    /// Targets put back (older than `older_than` and unlocked, as for a
+    /// removal): an atomic directory's commit with
     /// [`Exists::Replace`](crate::Exists::Replace), on a filesystem without
     /// `RENAME_EXCHANGE`, moves the old tree aside to `.{name}.{random}.old`
     /// for a moment; where its process died before the new tree was in, the
@@ -41,7 +42,8 @@ pub struct SweepReport {
 ///
 /// A file is removed only when all of these hold:
 /// - its name has the crate's temp-name shape, `.{name}.{12 random
-///   characters}.tmp`: nothing else in `dir` is touched;
+///   characters}.tmp`, or (a directory only) the aside shape below:
+///   nothing else in `dir` is touched;
 /// - it is a regular file or a directory, not a symlink (a link is neither
 ///   followed nor removed) nor anything else;
 /// - it was last modified at least `older_than` ago;
@@ -59,6 +61,17 @@ pub struct SweepReport {
 /// filesystem, or on Linux 5.8 and later a bind mount: that is a failure,
 /// and nothing under the mount is touched); its
 /// age is its root's modification time.
+///
+/// A directory named `.{name}.{12 random characters}.old` is a tree that an
+/// [`Exists::Replace`](crate::Exists::Replace) commit, on a filesystem
+/// without `RENAME_EXCHANGE`, moved aside for a moment before renaming the
+/// new tree in (it is locked meanwhile, so in use). If its process died in
+/// between, `name` is missing: under the same age and lock rules, the tree
+/// is renamed back to `name` ([`SweepReport::restored`]); where `name`
+/// exists again it is removed. (On those filesystems the rename back cannot
+/// refuse an empty directory appearing at `name` at that very moment.) A
+/// target name longer than 237 bytes gets no aside name: its old tree is
+/// moved aside under a temp name, and then removed like one.
 ///
 /// Only `dir` itself is searched for leftovers, not its subdirectories. Run it when a
 /// service starts, for the directories it writes to. With the default
@@ -128,7 +141,11 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
             report.too_recent.push(entry);
             continue;
         }
-        if let Some(target) = aside_target(&name).filter(|_| found.tree) {
+        let aside = aside_target(&name);
+        if aside.is_some() && !found.tree {
+            continue; // only ever a directory: not ours
+        }
+        if let Some(target) = aside.filter(|t| matches!(dir.stat(t), Ok(None))) {
             // A tree moved aside by a replacing commit on a filesystem
             // without `RENAME_EXCHANGE`, whose process died before the new
             // tree was in: put it back where the target is missing.

@@ -643,7 +643,7 @@ fn readers_walking_the_tree_during_replace_see_whole_trees() {
 fn every_test_here_passes_on_every_filesystem() {
     let passed = run_suite_on_every_filesystem("every_test_here_passes_on_every_filesystem");
     for (fs, n) in passed {
-        assert_eq!(n, 22, "every test but this one, on {fs}");
+        assert_eq!(n, 23, "every test but this one, on {fs}");
     }
 }
 
@@ -900,4 +900,19 @@ fn a_read_only_tree_is_replaced_and_removed_by_its_owner() {
     run_child(NAME, &[], &[("TAW_DIR", dir)], Some(65534));
     assert_only_eventually(scratch.path(), &[KEY]);
     assert_eq!(read_tree(&scratch.path().join(KEY)), Ok(2));
+}
+
+/// A new tree's root gets the mode `mkdir` gives beside it: the setgid bit
+/// of a setgid parent kept (where the filesystem passes it on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_root_keeps_what_mkdir_gives_a_setgid_parent() {
+    let scratch = scratch();
+    let parent = scratch.path().join("shared");
+    std::fs::create_dir(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    std::fs::create_dir(parent.join("by-mkdir")).unwrap();
+    let by_mkdir = mode_of(&parent.join("by-mkdir"));
+    let dir = AsyncAtomicDir::create(parent.join(KEY)).await.unwrap();
+    dir.commit(Exists::Fail).await.unwrap();
+    assert_eq!(mode_of(&parent.join(KEY)), by_mkdir);
 }

@@ -406,7 +406,15 @@ fn the_fallback_window_loses_no_tree() {
     let (status, said, log) = run(3, &["-e", &inject]);
     assert!(status.success(), "{said}");
     assert!(said.contains("taw:err Rename"), "{said}\n{log}");
-    assert!(log.contains("(INJECTED)"), "{log}");
+    // Injected into the rename after the move aside, not into that.
+    let injected = log.lines().position(|l| l.contains("(INJECTED)"));
+    let moved = log.lines().position(|l| {
+        l.contains(&format!("{key}, ")) && l.contains(".old\"") && l.ends_with("= 0")
+    });
+    assert!(
+        moved.is_some() && injected > moved,
+        "moved aside, then the failed rename:\n{log}"
+    );
     assert_eq!(read_tree(&dir.join(KEY)), Ok(2), "the old tree put back");
     for _ in 0..500 {
         if temp_files(&dir).is_empty() {
@@ -441,5 +449,26 @@ fn the_fallback_window_loses_no_tree() {
         "the new tree, never published: {report:?}"
     );
     assert_eq!(read_tree(&dir.join(KEY)), Ok(2), "the old tree back");
+    assert_eq!(listing(&dir), vec![std::ffi::OsString::from(KEY)]);
+
+    // Killed just after the publish, at the rename that takes the old tree
+    // from its aside name to a temp name: the new tree stays, and sweep
+    // removes the old one rather than putting it back.
+    let inject = format!("inject={syscall}:signal=SIGKILL:when={}", nth + 1);
+    let (status, said, _) = run(5, &["-e", &inject]);
+    assert!(
+        !status.success() && !said.contains("taw:"),
+        "{status}: {said}"
+    );
+    assert_eq!(read_tree(&dir.join(KEY)), Ok(5), "published");
+    let asides: Vec<_> = listing(&dir)
+        .into_iter()
+        .filter(|n| n.to_string_lossy().ends_with(".old"))
+        .collect();
+    assert_eq!(asides.len(), 1, "the old tree, still aside");
+    let report = rt.block_on(sweep(&dir, Duration::ZERO)).unwrap();
+    assert!(report.restored.is_empty(), "{report:?}");
+    assert_eq!(report.removed, vec![dir.join(&asides[0])], "{report:?}");
+    assert_eq!(read_tree(&dir.join(KEY)), Ok(5));
     assert_eq!(listing(&dir), vec![std::ffi::OsString::from(KEY)]);
 }

@@ -27,7 +27,7 @@ fn leftover_name(target: &str, random: &str) -> String {
 }
 
 #[tokio::test]
-async fn only_old_regular_files_with_the_temp_shape_are_removed() {
+async fn only_old_entries_with_the_temp_shape_are_removed() {
     let dir = scratch();
     let d = dir.path();
     let old = leftover_name("state.json", "AAAAAAAAAAAA");
@@ -261,4 +261,33 @@ async fn a_mount_inside_a_leftover_tree_is_never_entered() {
     let report = sweep(d, Duration::ZERO).await.unwrap();
     assert_eq!(report.removed, vec![d.join(&left)]);
     assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
+}
+
+/// Trees moved aside by a fallback `Replace` (`.{name}.{random}.old`,
+/// directories only): put back where the target is missing, removed where
+/// it exists; a regular file of that shape is not the crate's, and stays.
+#[tokio::test]
+async fn aside_trees_are_put_back_or_removed_and_nothing_else() {
+    let dir = scratch();
+    let d = dir.path();
+    let orphan = ".lost.AAAAAAAAAAAA.old";
+    std::fs::create_dir_all(d.join(orphan).join("sub")).unwrap();
+    std::fs::write(d.join(orphan).join("sub/data"), b"old tree").unwrap();
+    let stale = ".kept.BBBBBBBBBBBB.old";
+    std::fs::create_dir(d.join(stale)).unwrap();
+    std::fs::create_dir(d.join("kept")).unwrap();
+    let backup = ".config.202401011200.old";
+    std::fs::write(d.join(backup), b"a user's backup").unwrap();
+
+    let report = sweep(d, Duration::ZERO).await.unwrap();
+    assert_eq!(report.restored, vec![d.join("lost")], "{report:?}");
+    assert_eq!(report.removed, vec![d.join(stale)], "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(std::fs::read(d.join("lost/sub/data")).unwrap(), b"old tree");
+    assert_eq!(std::fs::read(d.join(backup)).unwrap(), b"a user's backup");
+    let left: Vec<String> = listing(d)
+        .into_iter()
+        .map(|n| n.into_string().unwrap())
+        .collect();
+    assert_eq!(left, vec![backup.to_string(), "kept".into(), "lost".into()]);
 }

@@ -50,12 +50,18 @@ pub(crate) struct Replaced {
     parent: Arc<Dir>,
     name: OsString,
     id: Option<(u64, u64)>,
+    /// While under an aside name: the tree, open and locked, so that a
+    /// sweep leaves it alone.
+    lock: Option<Dir>,
+    /// Kept, not removed: a tree put back, or failing that left aside.
+    keep: bool,
 }
 
 impl Drop for Replaced {
     fn drop(&mut self) {
         // Off the caller's path; what cannot be removed stays for `sweep`.
-        if self.id.is_some() {
+        if !self.keep {
+            self.lock = None;
             let _ = remove_tree(&self.parent, &self.name, self.id);
         }
     }
@@ -143,7 +149,10 @@ impl Tree {
         };
         // On error, dropping `tree` removes it.
         let made = made.map_err(|e| Error::new(Op::SetPermissions, &tree.temp_path, e))?;
-        let final_mode = final_mode.unwrap_or(0o777 & !umask_of(made, create_mode));
+        // A new directory, mode not given: what mkdir gives, the setgid bit
+        // inherited from the parent included, but no bit of the umask.
+        let final_mode =
+            final_mode.unwrap_or((made & 0o7000) | (0o777 & !umask_of(made, create_mode)));
         tree.mode_at_commit = (final_mode != made).then_some(final_mode);
         Ok(tree)
     }
@@ -246,9 +255,20 @@ impl Tree {
     /// in (the window in which the target is missing); if that rename
     /// fails, the old tree is put back. Returns what was replaced.
     fn replace(&mut self) -> Result<Vec<Replaced>, Error> {
+        let mut replaced = Vec::new();
+        let result = self.replace_into(&mut replaced);
+        // What was moved aside is out of the target's way now: under a
+        // temp name, it is garbage to `sweep`, never a tree to put back.
+        for old in &mut replaced {
+            self.retire(old);
+        }
+        result.map(|()| replaced)
+    }
+
+    /// [`replace`](Self::replace), the trees replaced pushed to `replaced`.
+    fn replace_into(&mut self, replaced: &mut Vec<Replaced>) -> Result<(), Error> {
         let target = self.target.clone();
         let err = |e| Error::new(Op::Rename, &target, e);
-        let mut replaced = Vec::new();
         for _ in 0..REPLACE_ATTEMPTS {
             if let Some(meta) = self.parent.stat(&self.name).map_err(err)? {
                 if meta.kind != Kind::Dir {
@@ -266,7 +286,7 @@ impl Tree {
                     match (renamed, aside) {
                         (Ok(()), aside) => {
                             replaced.extend(aside);
-                            return Ok(replaced);
+                            return Ok(());
                         }
                         // Another writer's tree came in between: it
                         // replaced the one moved aside. Again.
@@ -281,7 +301,7 @@ impl Tree {
                 Err(e) => return Err(err(e)),
             }
             match self.rename_noreplace() {
-                Ok(()) => return Ok(replaced),
+                Ok(()) => return Ok(()),
                 // Another writer published meanwhile: swap again.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(err(e)),
@@ -295,19 +315,25 @@ impl Tree {
     /// After the exchange: the old entry has our temp name. A directory is
     /// ours to remove; anything else (put there since the check) is
     /// swapped back, and kept.
-    fn exchanged(&mut self, mut replaced: Vec<Replaced>) -> Result<Vec<Replaced>, Error> {
+    fn exchanged(&mut self, replaced: &mut Vec<Replaced>) -> Result<(), Error> {
         let name = std::mem::take(&mut self.temp_name);
         self.published = true;
-        match self.parent.open_dir(&name) {
-            Ok(old) => {
+        let kind = self.parent.stat(&name).ok().flatten().map(|m| m.kind);
+        match kind {
+            Some(Kind::Dir) | None => {
+                // Its identity, when it can be opened (not if it is
+                // unreadable): removal stops if the name changes hands.
+                let id = self.parent.open_dir(&name).ok().and_then(|d| d.id());
                 replaced.push(Replaced {
                     parent: Arc::clone(&self.parent),
                     name,
-                    id: old.id(),
+                    id,
+                    lock: None,
+                    keep: false,
                 });
-                Ok(replaced)
+                Ok(())
             }
-            Err(_) => {
+            Some(_) => {
                 let msg = "exists and is not a directory: not replaced";
                 let back = sys::rename_exchange(&self.parent, &name, &self.parent, &self.name);
                 if let Err(e) = back {
@@ -326,6 +352,7 @@ impl Tree {
     /// aside name (which `sweep` puts back should the process die before
     /// the next step). `None` when nothing was there.
     fn move_aside(&self) -> io::Result<Option<Replaced>> {
+        let target = &self.name;
         let mut moved = false;
         let fresh = || name::aside_name(&self.name).unwrap_or_else(|| name::temp_name(&self.name));
         let aside = with_fresh(fresh, |aside| {
@@ -341,19 +368,51 @@ impl Tree {
         if !moved {
             return Ok(None);
         }
-        let id = self.parent.open_dir(&aside).ok().and_then(|d| d.id());
+        if self
+            .parent
+            .stat(&aside)?
+            .is_some_and(|m| m.kind != Kind::Dir)
+        {
+            // Not a tree: put there since the check. Back it goes.
+            sys::rename_dir_noreplace(&self.parent, &aside, &self.parent, target)?;
+            return Err(not_a_directory(
+                "exists and is not a directory: not replaced",
+            ));
+        }
+        let lock = self.parent.open_dir(&aside).ok().filter(|d| d.lock_temp());
         Ok(Some(Replaced {
             parent: Arc::clone(&self.parent),
+            id: lock.as_ref().and_then(|d| d.id()),
             name: aside,
-            id,
+            lock,
+            keep: false,
         }))
+    }
+
+    /// Renames a tree moved aside to a temp name, once the target holds a
+    /// tree again, and unlocks it: a process dying now leaves garbage for
+    /// `sweep`, never a tree it would put back. Best effort: a tree left
+    /// under its aside name is removed by `sweep` all the same while the
+    /// target exists.
+    fn retire(&self, old: &mut Replaced) {
+        if old.lock.is_none() && name::aside_target(&old.name).is_none() {
+            return;
+        }
+        let renamed = with_fresh_name(&self.name, |temp| {
+            sys::rename_dir_noreplace(&self.parent, &old.name, &self.parent, temp)
+        });
+        if let Ok(temp) = renamed {
+            old.name = temp;
+        }
+        old.lock = None;
     }
 
     /// The rename after a move aside failed: renames the old tree back and
     /// returns `failed`; if that fails too, keeps it where it is and says
     /// where.
     fn put_back(&self, mut aside: Replaced, failed: Error) -> Error {
-        aside.id = None; // never removed from here on
+        aside.keep = true;
+        aside.lock = None;
         match sys::rename_dir_noreplace(&self.parent, &aside.name, &self.parent, &self.name) {
             Ok(()) => failed,
             Err(e) => {
@@ -494,7 +553,8 @@ fn mount_inside() -> io::Error {
     )
 }
 
-/// Creates (or truncates) the file at `rel`, a relative path inside the
+/// Creates the file at `rel` (unlinking a file there first), a relative
+/// path inside the
 /// tree `root` whose directories exist, without following any symlink on
 /// the way. `path`: `rel` under the tree's path, for errors.
 pub(crate) fn create_file(root: &Dir, rel: &Path, path: &Path) -> Result<TreeFile, Error> {
