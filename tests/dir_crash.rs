@@ -18,15 +18,22 @@ use tokio_atomic_write::{sweep, AsyncAtomicDir, Exists};
 const NAME: &str = "killed_fillers_leave_whole_trees_and_sweep_removes_the_rest";
 const KEY: &str = "key";
 
-/// The child: for `id` from `TAW_START` on, replaces `KEY` with tree `id`
-/// and says `taw:ack id`, then fills the fresh key `k{id}` with `Keep` and
-/// says `taw:kept id`; until killed.
-fn child_filler() {
+/// What a child gets: its directory (`TAW_DIR`), its first tree id
+/// (`TAW_START`), and a runtime.
+fn child_setup() -> (std::path::PathBuf, u32, tokio::runtime::Runtime) {
     let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
     let start: u32 = std::env::var("TAW_START").unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    (dir, start, rt)
+}
+
+/// The child: for `id` from `TAW_START` on, replaces `KEY` with tree `id`
+/// and says `taw:ack id`, then fills the fresh key `k{id}` with `Keep` and
+/// says `taw:kept id`; until killed.
+fn child_filler() {
+    let (dir, start, rt) = child_setup();
     rt.block_on(async {
         for id in start.. {
             let tree = AsyncAtomicDir::create(dir.join(KEY)).await.unwrap();
@@ -315,11 +322,7 @@ const WINDOW: &str = "the_fallback_window_loses_no_tree";
 /// The child of the window test: one `Replace` of `KEY` with tree
 /// `TAW_START`; says `taw:ok`, or `taw:err OP KIND`.
 fn child_replace_once() {
-    let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
-    let id: u32 = std::env::var("TAW_START").unwrap().parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let (dir, id, rt) = child_setup();
     rt.block_on(async {
         let tree = AsyncAtomicDir::create(dir.join(KEY)).await.unwrap();
         fill(&tree, id).await;
