@@ -179,16 +179,19 @@ impl Tree {
             // Every file and directory of the tree on the disk before a
             // name points at it: otherwise a power cut after the rename can
             // leave the target with empty files or missing entries.
-            sync_tree(&self.root, &self.temp_path)?;
+            sync_entries(&self.root, &self.temp_path)?;
         }
         if let Some(mode) = self.mode_at_commit {
-            // After the sync, which a final mode without the owner's read
-            // permission would stop; then the root again, for the mode.
-            let err = |e| Error::new(Op::SetPermissions, &self.temp_path, e);
-            self.root.set_mode(mode).map_err(err)?;
-            if durable {
-                self.root.sync().map_err(err)?;
-            }
+            // After reading the root, which a final mode without the
+            // owner's read permission would stop; before its sync.
+            self.root
+                .set_mode(mode)
+                .map_err(|e| Error::new(Op::SetPermissions, &self.temp_path, e))?;
+        }
+        if durable {
+            self.root
+                .sync()
+                .map_err(|e| Error::new(Op::SyncTemp, &self.temp_path, e))?;
         }
         let seen = match durable {
             true => dir_failures(&self.parent),
@@ -318,12 +321,11 @@ impl Tree {
     fn exchanged(&mut self, replaced: &mut Vec<Replaced>) -> Result<(), Error> {
         let name = std::mem::take(&mut self.temp_name);
         self.published = true;
-        let kind = self.parent.stat(&name).ok().flatten().map(|m| m.kind);
-        match kind {
+        let meta = self.parent.stat(&name).ok().flatten();
+        match meta.map(|m| m.kind) {
             Some(Kind::Dir) | None => {
-                // Its identity, when it can be opened (not if it is
-                // unreadable): removal stops if the name changes hands.
-                let id = self.parent.open_dir(&name).ok().and_then(|d| d.id());
+                // Its identity: removal stops if the name changes hands.
+                let id = meta.and_then(|m| m.id);
                 replaced.push(Replaced {
                     parent: Arc::clone(&self.parent),
                     name,
@@ -457,9 +459,10 @@ impl Drop for Tree {
 }
 
 /// `fsync`s every regular file and directory under `dir` (at `path`,
-/// for errors), each directory after its entries. Symlinks are not
-/// followed; other entries need only their directory's sync.
-fn sync_tree(dir: &Dir, path: &Path) -> Result<(), Error> {
+/// for errors), each directory after its entries, but not `dir` itself.
+/// Symlinks are not followed; other entries need only their directory's
+/// sync.
+fn sync_entries(dir: &Dir, path: &Path) -> Result<(), Error> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |e| Error::new(Op::SyncTemp, path, e)
@@ -473,19 +476,20 @@ fn sync_tree(dir: &Dir, path: &Path) -> Result<(), Error> {
             }
             Kind::Dir => {
                 let sub = dir.open_dir(&name).map_err(err(&entry))?;
-                sync_tree(&sub, &entry)?;
+                sync_entries(&sub, &entry)?;
+                sub.sync().map_err(err(&entry))?;
             }
             Kind::Symlink | Kind::Other => {}
         }
     }
-    dir.sync().map_err(err(path))
+    Ok(())
 }
 
 /// Removes the tree at `name` in `parent`: files, links and directories,
 /// depth first, never following a symlink, never entering a mount (another
 /// filesystem, or a bind mount where the kernel tells: a mount inside is an
-/// error, and nothing under it is touched). A tree already gone, or removed meanwhile by another remover
-/// (a sweep), is no error. `expected`: the tree's identity, when only that
+/// error, and nothing under it is touched). A tree already gone, or removed
+/// meanwhile by another remover (a sweep), is no error. `expected`: the tree's identity, when only that
 /// tree may be removed. Holds one descriptor per level of depth.
 pub(crate) fn remove_tree(
     parent: &Dir,
@@ -554,9 +558,8 @@ fn mount_inside() -> io::Error {
 }
 
 /// Creates the file at `rel` (unlinking a file there first), a relative
-/// path inside the
-/// tree `root` whose directories exist, without following any symlink on
-/// the way. `path`: `rel` under the tree's path, for errors.
+/// path inside the tree `root` whose directories exist, without following
+/// any symlink on the way. `path`: `rel` under the tree's path, for errors.
 pub(crate) fn create_file(root: &Dir, rel: &Path, path: &Path) -> Result<TreeFile, Error> {
     let err = |e| Error::new(Op::CreateFile, path, e);
     let mut names = Vec::new();
@@ -608,13 +611,9 @@ impl TreeFile {
     /// Writes the last buffered bytes and closes the file, reporting the
     /// close error. Its `fsync` comes with the tree's, at commit.
     pub(crate) fn finish(mut self, rest: &[u8]) -> Result<(), Error> {
-        if !rest.is_empty() {
-            let path = &self.path;
-            let file = self.file.as_mut().expect("open until finished");
-            file.write_all(rest)
-                .map_err(|e| Error::new(Op::Write, path, e))?;
-        }
-        let file = self.file.take().expect("open until finished");
+        let mut file = self.file.take().expect("open until finished");
+        file.write_all(rest)
+            .map_err(|e| Error::new(Op::Write, &self.path, e))?;
         sys::close(file).map_err(|e| Error::new(Op::Close, &self.path, e))
     }
 }

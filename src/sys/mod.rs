@@ -84,6 +84,9 @@ pub(crate) struct Meta {
     pub(crate) mode: u32,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+    /// Device and inode numbers, where the platform gives them.
+    #[cfg_attr(windows, allow(dead_code))]
+    pub(crate) id: Option<(u64, u64)>,
 }
 #[cfg(windows)]
 pub(crate) use windows::*;

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -47,6 +47,11 @@ impl Dir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        Dir::from_fd(fd)
+    }
+
+    /// A directory opened as `fd`, with its identity.
+    fn from_fd(fd: OwnedFd) -> io::Result<Dir> {
         let st = rustix::fs::fstat(&fd)?;
         #[allow(clippy::unnecessary_cast)] // st_dev is i32 on macOS
         let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
@@ -142,12 +147,7 @@ impl Dir {
             FileType::Directory => true,
             _ => return Ok(None),
         };
-        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let open = |access| rustix::fs::openat(&self.fd, name, flags | access, Mode::empty());
-        let fd = match (tree, open(OFlags::RDONLY)) {
-            (false, Err(Errno::ACCESS) | Err(Errno::PERM)) => open(OFlags::WRONLY),
-            (_, other) => other,
-        };
+        let fd = self.open_existing(name, !tree);
         let (held, lock) = match fd {
             Ok(fd) => {
                 let now = rustix::fs::fstat(&fd)?;
@@ -182,6 +182,18 @@ impl Dir {
         }))
     }
 
+    /// Opens the entry `name` as it is: read-only, or (`or_write_only`)
+    /// write-only when it cannot be read; never following a link nor
+    /// blocking on a FIFO.
+    fn open_existing(&self, name: &OsStr, or_write_only: bool) -> Result<OwnedFd, Errno> {
+        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let open = |access| rustix::fs::openat(&self.fd, name, flags | access, Mode::empty());
+        match open(OFlags::RDONLY) {
+            Err(Errno::ACCESS) | Err(Errno::PERM) if or_write_only => open(OFlags::WRONLY),
+            other => other,
+        }
+    }
+
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
@@ -202,6 +214,7 @@ fn meta_of(st: &rustix::fs::Stat) -> Meta {
         mode: (st.st_mode as u32) & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
+        id: Some((st.st_dev as u64, st.st_ino as u64)),
     }
 }
 
@@ -215,7 +228,8 @@ pub(crate) fn file_meta(file: &File) -> io::Result<Meta> {
 /// effort: where the filesystem has no locks, `sweep` goes by age alone.
 /// For a `named` file, `false` when a sweep got to it first, between its
 /// creation and the lock: the sweep holds its lock, or has removed it.
-pub(crate) fn lock_temp(file: &File, named: bool) -> bool {
+pub(crate) fn lock_temp(file: impl AsFd, named: bool) -> bool {
+    let file = file.as_fd();
     match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
         Err(Errno::WOULDBLOCK) => false,
         Err(_) => true,
@@ -280,40 +294,34 @@ pub(crate) fn rename_noreplace(
     to_dir: &Dir,
     to: &OsStr,
 ) -> io::Result<NoReplace> {
-    if try_rename_noreplace(from_dir, from, to_dir, to)? {
+    if try_rename_flagged(from_dir, from, to_dir, to, RenameFlag::NoReplace)? {
         return Ok(NoReplace::Renamed);
     }
     link_noreplace(from_dir, from, to_dir, to)?;
     Ok(NoReplace::Linked)
 }
 
-/// `renameat2(RENAME_NOREPLACE)` unless the kernel or the filesystem of
-/// `to_dir` is known to lack it: `Ok(false)` when it does (now or before),
-/// for the caller's fallback.
-fn try_rename_noreplace(
+/// A rename with `flag`, unless the kernel or the filesystem of `to_dir`
+/// is known to lack it: `Ok(false)` when it does (now or before), for the
+/// caller's fallback.
+fn try_rename_flagged(
     from_dir: &Dir,
     from: &OsStr,
     to_dir: &Dir,
     to: &OsStr,
+    flag: RenameFlag,
 ) -> io::Result<bool> {
+    let (no_syscall, devices) = match flag {
+        RenameFlag::NoReplace => (&NO_RENAME_NOREPLACE_SYSCALL, &NO_RENAME_NOREPLACE_DEVICES),
+        RenameFlag::Exchange => (&NO_RENAME_EXCHANGE_SYSCALL, &NO_RENAME_EXCHANGE_DEVICES),
+    };
     let dev = to_dir.dev;
-    if NO_RENAME_NOREPLACE_SYSCALL.load(Ordering::Relaxed)
-        || lock(&NO_RENAME_NOREPLACE_DEVICES).contains(&dev)
-    {
+    if no_syscall.load(Ordering::Relaxed) || lock(devices).contains(&dev) {
         return Ok(false);
     }
-    match renameat_flagged(&from_dir.fd, from, &to_dir.fd, to, RenameFlag::NoReplace) {
+    match renameat_flagged(&from_dir.fd, from, &to_dir.fd, to, flag) {
         Ok(()) => Ok(true),
-        Err(e)
-            if unsupported(
-                e,
-                &NO_RENAME_NOREPLACE_SYSCALL,
-                &NO_RENAME_NOREPLACE_DEVICES,
-                dev,
-            ) =>
-        {
-            Ok(false)
-        }
+        Err(e) if unsupported(e, no_syscall, devices, dev) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -462,10 +470,7 @@ impl Dir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let st = rustix::fs::fstat(&fd)?;
-        #[allow(clippy::unnecessary_cast)] // st_dev is i32 on macOS
-        let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
-        Ok(Dir { fd, dev, ino })
+        Dir::from_fd(fd)
     }
 
     /// Creates the regular file `name` for writing, mode `0o666` less the
@@ -514,13 +519,7 @@ impl Dir {
     /// write-only when it cannot be read; never following a link nor
     /// blocking on a FIFO.
     pub(crate) fn open_to_sync(&self, name: &OsStr) -> io::Result<File> {
-        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let open = |access| rustix::fs::openat(&self.fd, name, flags | access, Mode::empty());
-        let fd = match open(OFlags::RDONLY) {
-            Err(Errno::ACCESS) | Err(Errno::PERM) => open(OFlags::WRONLY),
-            other => other,
-        }?;
-        Ok(File::from(fd))
+        Ok(File::from(self.open_existing(name, true)?))
     }
 
     /// `unlinkat(AT_REMOVEDIR)` of an empty directory.
@@ -586,11 +585,7 @@ impl Dir {
     /// temp file: `false` when a sweep got to it first (it holds the lock,
     /// or removed the directory).
     pub(crate) fn lock_temp(&self) -> bool {
-        match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
-            Err(Errno::WOULDBLOCK) => false,
-            Err(_) => true,
-            Ok(()) => rustix::fs::fstat(&self.fd).map_or(true, |st| st.st_nlink > 0),
-        }
+        lock_temp(&self.fd, true)
     }
 }
 
@@ -611,25 +606,9 @@ pub(crate) fn rename_exchange(
     to_dir: &Dir,
     to: &OsStr,
 ) -> io::Result<()> {
-    let dev = to_dir.dev;
-    if NO_RENAME_EXCHANGE_SYSCALL.load(Ordering::Relaxed)
-        || lock(&NO_RENAME_EXCHANGE_DEVICES).contains(&dev)
-    {
-        return Err(io::ErrorKind::Unsupported.into());
-    }
-    match renameat_flagged(&from_dir.fd, from, &to_dir.fd, to, RenameFlag::Exchange) {
-        Ok(()) => Ok(()),
-        Err(e)
-            if unsupported(
-                e,
-                &NO_RENAME_EXCHANGE_SYSCALL,
-                &NO_RENAME_EXCHANGE_DEVICES,
-                dev,
-            ) =>
-        {
-            Err(io::ErrorKind::Unsupported.into())
-        }
-        Err(e) => Err(e.into()),
+    match try_rename_flagged(from_dir, from, to_dir, to, RenameFlag::Exchange)? {
+        true => Ok(()),
+        false => Err(io::ErrorKind::Unsupported.into()),
     }
 }
 
@@ -648,7 +627,7 @@ pub(crate) fn rename_dir_noreplace(
     to_dir: &Dir,
     to: &OsStr,
 ) -> io::Result<()> {
-    if try_rename_noreplace(from_dir, from, to_dir, to)? {
+    if try_rename_flagged(from_dir, from, to_dir, to, RenameFlag::NoReplace)? {
         return Ok(());
     }
     match rustix::fs::renameat(&from_dir.fd, from, &to_dir.fd, to) {
