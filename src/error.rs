@@ -24,6 +24,20 @@ pub enum Op {
     CreateFile,
     /// Writing buffered bytes to the temp file (including disk full).
     Write,
+    /// Taking the lock of [`update`](crate::update): creating or opening
+    /// the lock file beside the target (the path names it) or waiting for
+    /// its lock.
+    Lock,
+    /// Reading the target's current content ([`update`](crate::update),
+    /// `read_json`).
+    Read,
+    /// Turning a value into bytes (`write_json`): the source is the
+    /// serializer's error, of kind `InvalidData` or `InvalidInput`.
+    Serialize,
+    /// Turning the target's bytes into a value (`read_json`): the source is
+    /// the parser's error, of kind `InvalidData` (or `UnexpectedEof` for a
+    /// truncated document).
+    Deserialize,
     /// Applying the final mode to the temp file (or a temp tree's root).
     SetPermissions,
     /// Flushing the temp file's data to the disk (`fsync`, `F_FULLFSYNC`);
@@ -65,6 +79,10 @@ impl Op {
             Op::CreateTemp => write!(f, "failed to create temp file in `{p}`"),
             Op::CreateFile => write!(f, "failed to create `{p}` in the temp tree"),
             Op::Write => write!(f, "failed to write temp file for `{p}`"),
+            Op::Lock => write!(f, "failed to lock `{p}`"),
+            Op::Read => write!(f, "failed to read `{p}`"),
+            Op::Serialize => write!(f, "failed to serialize the new content of `{p}`"),
+            Op::Deserialize => write!(f, "failed to deserialize the content of `{p}`"),
             Op::SetPermissions => write!(f, "failed to set permissions of temp file for `{p}`"),
             Op::SyncTemp => write!(f, "failed to sync temp file for `{p}`"),
             Op::Close => write!(f, "failed to close temp file for `{p}`"),
@@ -200,6 +218,10 @@ mod tests {
             Op::CreateTemp,
             Op::CreateFile,
             Op::Write,
+            Op::Lock,
+            Op::Read,
+            Op::Serialize,
+            Op::Deserialize,
             Op::SetPermissions,
             Op::SyncTemp,
             Op::Close,

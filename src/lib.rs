@@ -169,6 +169,7 @@ mod options;
 mod pipeline;
 mod sweep;
 mod sys;
+mod update;
 
 use std::path::Path;
 
@@ -179,6 +180,7 @@ pub use error::{Error, Op};
 pub use file::AsyncAtomicFile;
 pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
 pub use sweep::{sweep, SweepReport};
+pub use update::update;
 
 /// Replaces the file at `path` with `contents`, atomically and durably: an
 /// atomic [`tokio::fs::write`](https://docs.rs/tokio/1/tokio/fs/fn.write.html).

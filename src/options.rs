@@ -66,6 +66,7 @@ pub struct OpenOptions {
     pub(crate) temp_dir: Option<PathBuf>,
     pub(crate) buffer_size: usize,
     pub(crate) unnamed_temp: bool,
+    pub(crate) lock_file: bool,
 }
 
 impl Default for OpenOptions {
@@ -80,6 +81,7 @@ impl Default for OpenOptions {
             temp_dir: None,
             buffer_size: DEFAULT_BUFFER_SIZE,
             unnamed_temp: true,
+            lock_file: true,
         }
     }
 }
@@ -188,6 +190,28 @@ impl OpenOptions {
     /// `.{name}.{random}.tmp` beside the target from the start.
     pub fn unnamed_temp(&mut self, allow: bool) -> &mut Self {
         self.unnamed_temp = allow;
+        self
+    }
+
+    /// Whether [`update`](Self::update) serialises with other processes
+    /// through a lock file (default `true`).
+    ///
+    /// With `true`, an update holds an exclusive advisory lock (`flock`) on
+    /// `.{name}.lock` beside the target from before it reads the target
+    /// until its commit has ended, so that updates of one file from
+    /// several processes never lose one another's changes. The lock file
+    /// is created on first use, never readable wider than the target, and
+    /// left in place: removing it while updates run would let two of them
+    /// hold "the" lock at once. With `false`, updates are serialised only
+    /// within the process. Other writes (`open`, `write`) never take the
+    /// lock.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Windows the lock is the lock file opened without sharing, polled
+    /// every 10 ms while another process holds it.
+    pub fn lock_file(&mut self, lock: bool) -> &mut Self {
+        self.lock_file = lock;
         self
     }
 

@@ -9,6 +9,7 @@ mod group;
 pub(crate) mod name;
 #[cfg(unix)]
 pub(crate) mod tree;
+pub(crate) mod update;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

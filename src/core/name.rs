@@ -35,6 +35,21 @@ fn hidden(name: &OsStr, suffix: &str) -> OsString {
     out
 }
 
+const LOCK_SUFFIX: &str = ".lock";
+
+/// `.{name}.lock`: the lock file beside a target that
+/// [`update`](crate::update) serialises on. Fixed, so that every process
+/// finds the same one; `name` is cut short when the whole would exceed
+/// `NAME_MAX` bytes (two long names sharing the kept prefix then share a
+/// lock, which costs only waiting). Not shaped like a temp name: `sweep`
+/// leaves it alone.
+pub(crate) fn lock_name(target_name: &OsStr) -> OsString {
+    let mut out = OsString::from(".");
+    out.push(truncate(target_name, NAME_MAX - 1 - LOCK_SUFFIX.len()));
+    out.push(LOCK_SUFFIX);
+    out
+}
+
 const ASIDE_SUFFIX: &str = ".old";
 
 /// `.{name}.{random}.old`: where the fallback of a replacing

@@ -194,9 +194,63 @@ impl Dir {
         }
     }
 
+    /// Opens the lock file `name`, creating it with `mode` (less the umask)
+    /// if missing, and waits for its exclusive `flock`, held until the file
+    /// is closed or the process dies. Read-only, so that anyone who may
+    /// read it can take it; never following a link nor blocking on a FIFO
+    /// planted at the name, and refusing anything but a regular file.
+    pub(crate) fn lock_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY
+                | OFlags::CREATE
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY
+                | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode as _),
+        )?;
+        regular(&fd)?;
+        loop {
+            match rustix::fs::flock(&fd, FlockOperation::LockExclusive) {
+                Err(Errno::INTR) => continue,
+                other => break other?,
+            }
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Opens the file at `name` to read it, following links as `open`
+    /// does; `None` when nothing (or a dangling link) is there. A
+    /// directory fails with `EISDIR`, anything else but a regular file
+    /// with `InvalidInput`, without blocking on a FIFO.
+    pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<File>> {
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
+            Err(Errno::NOENT) => return Ok(None),
+            other => other?,
+        };
+        regular(&fd)?;
+        Ok(Some(File::from(fd)))
+    }
+
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+}
+
+/// Fails unless `fd` is a regular file: `EISDIR` for a directory,
+/// `InvalidInput` for anything else.
+fn regular(fd: &OwnedFd) -> io::Result<()> {
+    match FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode as _) {
+        FileType::RegularFile => Ok(()),
+        FileType::Directory => Err(Errno::ISDIR.into()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )),
     }
 }
 

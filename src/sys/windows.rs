@@ -90,6 +90,49 @@ impl Dir {
             .open(self.path.join(name))
     }
 
+    /// The lock file `name`, opened without sharing: while one process
+    /// holds it, another's open fails with `ERROR_SHARING_VIOLATION` and is
+    /// retried every 10 ms until it succeeds. `mode` has no meaning here.
+    pub(crate) fn lock_file(&self, name: &OsStr, _mode: u32) -> io::Result<File> {
+        use std::os::windows::fs::OpenOptionsExt;
+        const ERROR_SHARING_VIOLATION: i32 = 32;
+        loop {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .share_mode(0)
+                .open(self.path.join(name))
+            {
+                Err(e) if e.raw_os_error() == Some(ERROR_SHARING_VIOLATION) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The file at `name` opened to read it; `None` when nothing is there.
+    pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<File>> {
+        let path = self.path.join(name);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => return Err(io::ErrorKind::IsADirectory.into()),
+            Ok(m) if !m.is_file() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            _ => {}
+        }
+        match File::open(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
     pub(crate) fn remove(&self, name: &OsStr) -> io::Result<()> {
         std::fs::remove_file(self.path.join(name))
     }

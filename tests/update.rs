@@ -1,0 +1,322 @@
+//! Issue #6, "Read-modify-write": `update` loses no change to a concurrent
+//! update, in tasks or in processes, and changes nothing on bad input.
+
+mod common;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio_atomic_write::{update, Error, Op, OpenOptions};
+
+const PROCESSES: u32 = 8;
+const TASKS_PER_PROCESS: u32 = 4;
+const INCREMENTS_PER_PROCESS: u32 = 200;
+
+/// Adds one to the decimal counter in `old` (none yet: 0).
+fn increment(old: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
+    let n: u64 = match old {
+        Some(bytes) => String::from_utf8(bytes).unwrap().trim().parse().unwrap(),
+        None => 0,
+    };
+    Ok(format!("{}\n", n + 1).into_bytes())
+}
+
+fn counter(path: &Path) -> u64 {
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+/// Entries of `dir` other than `keep`.
+fn others(dir: &Path, keep: &[&str]) -> Vec<OsString> {
+    listing(dir)
+        .into_iter()
+        .filter(|n| !keep.iter().any(|k| n == k))
+        .collect()
+}
+
+/// 8 processes, each with 4 tasks, make 200 increments each: the counter
+/// ends at exactly 1,600, and only the counter and its lock file remain.
+#[test]
+fn eight_processes_times_two_hundred_increments_end_at_1600() {
+    const NAME: &str = "eight_processes_times_two_hundred_increments_end_at_1600";
+    if is_child() {
+        return child_increments();
+    }
+    let dir = scratch();
+    let path = dir.path().join("counter");
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            child_command(NAME, &[])
+                .env("TAW_TARGET", &path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child failed: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("taw:done 200"), "{said}");
+    }
+    assert_eq!(counter(&path), u64::from(PROCESSES * INCREMENTS_PER_PROCESS));
+    assert_eq!(
+        others(dir.path(), &["counter", ".counter.lock"]),
+        Vec::<OsString>::new()
+    );
+}
+
+fn child_increments() {
+    let path = PathBuf::from(std::env::var_os("TAW_TARGET").unwrap());
+    let per_task = INCREMENTS_PER_PROCESS / TASKS_PER_PROCESS;
+    let done = runtime().block_on(async move {
+        let tasks: Vec<_> = (0..TASKS_PER_PROCESS)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        update(&path, increment).await.unwrap();
+                    }
+                    per_task
+                })
+            })
+            .collect();
+        let mut done = 0;
+        for t in tasks {
+            done += t.await.unwrap();
+        }
+        done
+    });
+    println!("taw:done {done}");
+}
+
+/// Without the lock file, updates in one process still take turns: 16
+/// tasks x 50 increments end at 800, and no lock file appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lock_file_tasks_of_one_process_still_take_turns() {
+    let dir = scratch();
+    let path = dir.path().join("counter");
+    let mut opts = OpenOptions::new();
+    opts.lock_file(false);
+    let opts = Arc::new(opts);
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (opts, path) = (opts.clone(), path.clone());
+            // Half the tasks name the file by another spelling.
+            let path = match i % 2 {
+                0 => path,
+                _ => path.parent().unwrap().join(".").join("counter"),
+            };
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    opts.update(&path, increment).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter(&path), 800);
+    assert_eq!(others(dir.path(), &["counter"]), Vec::<OsString>::new());
+}
+
+/// Holds the exclusive `flock` of `path` (as another process would) until
+/// dropped.
+fn hold_lock(path: &Path) -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    file
+}
+
+/// While another process holds the lock, an update does not read the
+/// file: it sees what that process wrote before letting go. With
+/// `lock_file(false)` it does not wait at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_waits_for_the_lock_held_by_another_process() {
+    let dir = scratch();
+    let path = dir.path().join("counter");
+    std::fs::write(&path, "10\n").unwrap();
+    let held = hold_lock(&dir.path().join(".counter.lock"));
+
+    let (p, q) = (path.clone(), path.clone());
+    let waiting = tokio::spawn(async move { update(&p, increment).await });
+    // Not waiting for the lock: done while it is held.
+    let mut opts = OpenOptions::new();
+    opts.lock_file(false);
+    tokio::time::timeout(Duration::from_secs(60), opts.update(&q, increment))
+        .await
+        .expect("an update without the lock file does not wait for it")
+        .unwrap();
+    assert_eq!(counter(&path), 11);
+    // The holder's own write, made under the lock.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the update did not wait for the lock");
+    tokio_atomic_write::write(&path, "100\n").await.unwrap();
+    drop(held);
+    waiting.await.unwrap().unwrap();
+    assert_eq!(counter(&path), 101, "the update read after the lock was let go");
+}
+
+#[derive(Debug, PartialEq)]
+enum AppError {
+    Refused,
+    Io(io::ErrorKind, Op),
+}
+
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        AppError::Io(e.kind(), e.op())
+    }
+}
+
+/// An error from `f` is returned as is; the file stays as it was and no
+/// temp file is left. `f` may borrow the caller's state.
+#[tokio::test]
+async fn an_error_from_f_changes_nothing_and_is_returned_as_is() {
+    let dir = scratch();
+    let path = dir.path().join("state");
+    std::fs::write(&path, "old").unwrap();
+    let mut seen = None;
+    let err = update(&path, |old| {
+        seen = old;
+        Err(AppError::Refused)
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err, AppError::Refused);
+    assert_eq!(seen.as_deref(), Some(&b"old"[..]));
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert_eq!(
+        others(dir.path(), &["state", ".state.lock"]),
+        Vec::<OsString>::new()
+    );
+    // A missing file is `None`; the update creates it.
+    let fresh = dir.path().join("fresh");
+    update(&fresh, |old| {
+        assert_eq!(old, None);
+        Ok::<_, Error>(b"new".to_vec())
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
+}
+
+/// Bad targets fail with the step and the path, before `f` runs, and
+/// nothing on disk changes: no lock file, no temp file.
+#[tokio::test]
+async fn bad_targets_fail_naming_the_path_and_change_nothing() {
+    let dir = scratch();
+    let sub = dir.path().join("a_dir");
+    std::fs::create_dir(&sub).unwrap();
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let missing = dir.path().join("missing").join("file");
+    let cases: [(&Path, Op, &Path); 3] = [
+        (&sub, Op::Open, &sub),
+        (&fifo, Op::Open, &fifo),
+        (&missing, Op::OpenDir, missing.parent().unwrap()),
+    ];
+    let before = listing(dir.path());
+    for (target, op, named) in cases {
+        let err = update(target, |_| -> Result<Vec<u8>, Error> {
+            panic!("f must not run for {target:?}")
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.op(), op, "{target:?}: {err}");
+        assert_eq!(err.path(), named, "{target:?}: {err}");
+        assert!(err.to_string().contains(&*named.to_string_lossy()), "{err}");
+        assert_eq!(listing(dir.path()), before, "{target:?} changed the directory");
+    }
+}
+
+/// A symlink planted at the lock file's name is neither followed nor
+/// removed: the update fails with `Op::Lock` naming the lock file, and the
+/// file the link points to is not created.
+#[tokio::test]
+async fn a_link_planted_at_the_lock_name_is_not_followed() {
+    let dir = scratch();
+    let path = dir.path().join("state");
+    std::fs::write(&path, "old").unwrap();
+    let planted = dir.path().join(".state.lock");
+    let victim = dir.path().join("victim");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let err = update(&path, |_| Ok::<_, Error>(b"new".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.op(), Op::Lock, "{err}");
+    assert_eq!(err.path(), planted);
+    assert!(!victim.exists(), "the link was followed");
+    assert!(std::fs::symlink_metadata(&planted).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+}
+
+/// The lock file sits beside the file a symlink finally names (so every
+/// path to one file shares it), is never readable wider than the target,
+/// and the link itself is kept.
+#[tokio::test]
+async fn the_lock_file_sits_beside_the_file_replaced_no_wider_than_it() {
+    let dir = scratch();
+    let real_dir = dir.path().join("real");
+    std::fs::create_dir(&real_dir).unwrap();
+    let real = real_dir.join("secret");
+    std::fs::write(&real, "1\n").unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink("real/secret", &link).unwrap();
+    update(&link, increment).await.unwrap();
+    update(&real, increment).await.unwrap();
+    assert_eq!(counter(&real), 3);
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    let lock = real_dir.join(".secret.lock");
+    assert_eq!(mode_of(&lock), 0o600);
+    assert_eq!(mode_of(&real), 0o600);
+    assert!(!dir.path().join(".link.lock").exists());
+}
+
+/// Dropping an update that waits for its turn changes nothing, and lets
+/// the next one through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_update_gives_up_its_turn() {
+    let dir = scratch();
+    let path = dir.path().join("counter");
+    std::fs::write(&path, "5\n").unwrap();
+    let held = hold_lock(&dir.path().join(".counter.lock"));
+    let p = path.clone();
+    let first = tokio::spawn(async move { update(&p, increment).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let p = path.clone();
+    let second = tokio::spawn(async move { update(&p, increment).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // `second` waits for its turn behind `first`, which waits for the lock.
+    second.abort();
+    assert!(second.await.unwrap_err().is_cancelled());
+    drop(held);
+    first.await.unwrap().unwrap();
+    update(&path, increment).await.unwrap();
+    assert_eq!(counter(&path), 7, "the aborted update wrote nothing");
+}
