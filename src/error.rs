@@ -24,6 +24,9 @@ pub enum Op {
     CreateFile,
     /// Writing buffered bytes to the temp file (including disk full).
     Write,
+    /// Moving the write position of an [`AsyncAtomicFile`](crate::AsyncAtomicFile)
+    /// (`AsyncSeek`) to a position before 0 or past `i64::MAX`.
+    Seek,
     /// Taking the lock of [`update`](crate::update): creating or opening
     /// the lock file beside the target (the path names it) or waiting for
     /// its lock.
@@ -79,6 +82,7 @@ impl Op {
             Op::CreateTemp => write!(f, "failed to create temp file in `{p}`"),
             Op::CreateFile => write!(f, "failed to create `{p}` in the temp tree"),
             Op::Write => write!(f, "failed to write temp file for `{p}`"),
+            Op::Seek => write!(f, "failed to seek in temp file for `{p}`"),
             Op::Lock => write!(f, "failed to lock `{p}`"),
             Op::Read => write!(f, "failed to read `{p}`"),
             Op::Serialize => write!(f, "failed to serialize the new content of `{p}`"),
@@ -218,6 +222,7 @@ mod tests {
             Op::CreateTemp,
             Op::CreateFile,
             Op::Write,
+            Op::Seek,
             Op::Lock,
             Op::Read,
             Op::Serialize,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncSeek, AsyncWrite};
 
 use crate::blocking::{self, TokioPool};
 use crate::core::Staged;
@@ -127,7 +127,7 @@ impl AsyncAtomicFile {
     /// commit completes on the pool, or fails and removes its temp file.
     /// Either way the target is whole, old or new, and no temp file is left.
     pub async fn commit(mut self) -> Result<(), Error> {
-        poll_fn(|cx| self.pipeline.poll_idle(cx)).await;
+        poll_fn(|cx| self.pipeline.poll_settle(cx)).await;
         let (staged, rest) = self
             .pipeline
             .take_parts()
@@ -197,6 +197,36 @@ impl AsyncWrite for AsyncAtomicFile {
     /// [`commit`](AsyncAtomicFile::commit) publishes.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_flush(cx)
+    }
+}
+
+impl AsyncSeek for AsyncAtomicFile {
+    /// Accepts a seek, to be carried out by `poll_complete`: the buffered
+    /// bytes are written where they belong, then the temp file is
+    /// repositioned, in one blocking-pool hop (none when the position does
+    /// not change, as for `stream_position`). The position and the length
+    /// are known without asking the file, which no one else writes: a seek
+    /// past the end leaves a hole of zeros once written past, as in any
+    /// file.
+    ///
+    /// A position before 0 or past `i64::MAX` fails here with
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) ([`Op::Seek`]) and
+    /// changes nothing; the file stays usable. Like Tokio's `File`, a seek
+    /// started while another is pending fails.
+    fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let this = &mut *self;
+        this.pipeline
+            .start_seek(position)
+            .map_err(|e| Error::new(Op::Seek, &this.target, e).into())
+    }
+
+    /// Carries out the pending seek and answers the position. Errors of
+    /// earlier writes surface here too, and after one every call fails.
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        let this = &mut *self;
+        this.pipeline
+            .poll_complete(cx)
+            .map_err(|e| this.write_error(e).into())
     }
 }
 

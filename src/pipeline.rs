@@ -14,7 +14,7 @@
 //! [`AsyncAtomicFile`]: crate::AsyncAtomicFile
 
 use std::future::Future;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll, Waker};
@@ -67,6 +67,10 @@ struct Handoff {
     waker: Option<Waker>,
 }
 
+/// Repositions the sink (it is `Seek`): kept with a pending seek, so that
+/// the job that carries it out needs no `Seek` bound of its own.
+type SeekFn<W> = fn(&mut W, u64) -> io::Result<()>;
+
 /// The hand-off, and the job waiting for `queued` to fill.
 type Shared = Arc<(Mutex<Handoff>, Condvar)>;
 
@@ -108,6 +112,20 @@ pub(crate) struct Pipeline<W: Send + 'static, P: Pool> {
     /// The first error, kept whole: every later call fails with its kind,
     /// and `take_parts` returns it.
     error: Option<io::Error>,
+    /// Where the next byte accepted goes in the file, and the file's
+    /// length, both counting the bytes still buffered. Kept here, since no
+    /// one else writes the temp file: a seek needs no syscall to know
+    /// where it lands.
+    position: u64,
+    len: u64,
+    /// A seek accepted by `start_seek` and not yet sent to the pool, which
+    /// must happen before another byte is buffered: the buffer holds the
+    /// bytes that go before it.
+    seek_to: Option<(u64, SeekFn<W>)>,
+    /// A seek job is in flight: `poll_complete` waits for it.
+    seeking: bool,
+    /// Bytes accepted in all.
+    accepted: u64,
 }
 
 impl<W, P> Pipeline<W, P>
@@ -123,6 +141,11 @@ where
             spare: Vec::new(),
             capacity: capacity.max(1),
             error: None,
+            position: 0,
+            len: 0,
+            seek_to: None,
+            seeking: false,
+            accepted: 0,
         }
     }
 
@@ -148,6 +171,12 @@ where
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        if self.seek_to.is_some() {
+            ready!(self.poll_send_seek(cx));
+            if let Some(e) = self.sticky() {
+                return Poll::Ready(Err(e));
+            }
+        }
         if self.buf.len() >= self.capacity {
             ready!(self.poll_send(cx));
         }
@@ -167,6 +196,9 @@ where
             self.buf.reserve_exact(want - self.buf.len());
         }
         self.buf.extend_from_slice(&data[..n]);
+        self.position += n as u64;
+        self.accepted += n as u64;
+        self.len = self.len.max(self.position);
         if self.buf.len() == self.capacity {
             // Hand the full buffer over now if that needs no waiting, so it
             // is written while the caller produces the next one. Any error
@@ -223,7 +255,7 @@ where
     /// flushing an atomic file publishes nothing, so it should not cost a
     /// hop of its own (`tokio::io::copy` flushes once at the end).
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_idle(cx));
+        ready!(self.poll_settle(cx));
         if self.error.is_none() && self.buf.len() >= self.capacity {
             self.submit();
             ready!(self.poll_idle(cx));
@@ -232,6 +264,47 @@ where
             Some(e) => Err(e),
             None => Ok(()),
         })
+    }
+
+    /// Waits for the job in flight, then sends the buffer and the pending
+    /// seek to the pool as one job, with nothing to be queued behind it.
+    fn poll_send_seek(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        ready!(self.poll_idle(cx));
+        let Some((to, seek)) = self.seek_to.take() else {
+            return Poll::Ready(());
+        };
+        if self.error.is_some() {
+            return Poll::Ready(());
+        }
+        let State::Idle(sink) = &mut self.state else {
+            unreachable!("idle after poll_idle")
+        };
+        let Some(mut sink) = sink.take() else {
+            return Poll::Ready(());
+        };
+        let next = std::mem::take(&mut self.spare);
+        let mut buf = std::mem::replace(&mut self.buf, next);
+        // Closed from the start: a buffer filled meanwhile waits for this
+        // job to end and goes in a job of its own, after the seek.
+        let shared = Arc::new((Mutex::new(Handoff::default()), Condvar::new()));
+        let job = move || {
+            let result = sink
+                .write_all(&buf)
+                .and_then(|()| seek(&mut sink, to));
+            buf.clear();
+            (sink, buf, result)
+        };
+        self.state = State::Busy(P::spawn(job), shared);
+        self.seeking = true;
+        Poll::Ready(())
+    }
+    /// Sends a pending seek to the pool, then waits until no job is in
+    /// flight: before a flush or a commit, which must not lose the seek.
+    pub(crate) fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.seek_to.is_some() {
+            ready!(self.poll_send_seek(cx));
+        }
+        self.poll_idle(cx)
     }
 
     /// Waits until no job is in flight, telling a running one that nothing
@@ -261,6 +334,7 @@ where
             self.buf.clear();
             self.lent = false;
         }
+        self.seeking = false;
         match outcome {
             Ok((sink, buf, result)) => {
                 self.spare = buf;
@@ -296,6 +370,12 @@ where
         let job_shared = Arc::clone(&shared);
         let job = move || write_job(sink, buf, &job_shared, P::LINGER);
         self.state = State::Busy(P::spawn(job), shared);
+    }
+
+    /// Bytes accepted in all, seeks or not: what the file received.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted
     }
 
     /// Once idle: the sink and the bytes still buffered, or the first error
@@ -339,6 +419,67 @@ where
     /// Bytes accepted but not yet handed to the pool.
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len()
+    }
+}
+
+impl<W, P> Pipeline<W, P>
+where
+    W: Write + Seek + Send + 'static,
+    P: Pool,
+{
+    /// Accepts a seek: works out where it lands, from the position and
+    /// length kept here, and leaves it for [`poll_complete`] (or the next
+    /// write, flush or commit) to carry out. A seek to where the next byte
+    /// would go anyway (`SeekFrom::Current(0)`, a stream position query)
+    /// costs nothing. Errors here (a position before 0 or past `i64::MAX`)
+    /// change nothing and are not sticky.
+    ///
+    /// [`poll_complete`]: Self::poll_complete
+    pub(crate) fn start_seek(&mut self, to: SeekFrom) -> io::Result<()> {
+        if let Some(e) = self.sticky() {
+            return Err(e);
+        }
+        if self.seek_to.is_some() {
+            return Err(io::Error::other(
+                "a seek is already pending: call poll_complete first",
+            ));
+        }
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.position.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        let target = target
+            .filter(|t| i64::try_from(*t).is_ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "invalid seek to a negative or overflowing position",
+                )
+            })?;
+        if target != self.position {
+            let seek: SeekFn<W> = |sink, to| sink.seek(SeekFrom::Start(to)).map(drop);
+            self.seek_to = Some((target, seek));
+            self.position = target;
+        }
+        Ok(())
+    }
+
+    /// Carries out the seek accepted by `start_seek`, if any, and reports
+    /// the position: the buffered bytes are written where they belong and
+    /// the file is repositioned, in one job. Without a seek pending,
+    /// answers at once.
+    pub(crate) fn poll_complete(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        if self.seek_to.is_some() {
+            ready!(self.poll_send_seek(cx));
+        }
+        if self.seeking {
+            ready!(self.poll_job(cx));
+        }
+        Poll::Ready(match self.sticky() {
+            Some(e) => Err(e),
+            None => Ok(self.position),
+        })
     }
 }
 

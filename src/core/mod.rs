@@ -530,6 +530,12 @@ impl Write for Staged {
     }
 }
 
+impl io::Seek for Staged {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.file_mut().seek(pos)
+    }
+}
+
 impl Drop for Staged {
     fn drop(&mut self) {
         if let TempName::Named(name) = &self.temp {
