@@ -165,6 +165,8 @@ mod core;
 mod dir;
 mod error;
 mod file;
+#[cfg(feature = "serde")]
+mod json;
 mod options;
 mod pipeline;
 mod sweep;
@@ -178,6 +180,9 @@ use std::path::Path;
 pub use dir::{AsyncAtomicDir, AsyncDirFile, DirOptions, Exists, Published};
 pub use error::{Error, Op};
 pub use file::AsyncAtomicFile;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use json::{read_json, write_json, write_json_pretty};
 pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
 pub use sweep::{sweep, SweepReport};
 pub use update::update;

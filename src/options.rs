@@ -280,9 +280,13 @@ impl OpenOptions {
         path: impl AsRef<Path>,
         contents: impl AsRef<[u8]>,
     ) -> Result<(), Error> {
-        let target = path.as_ref().to_path_buf();
-        let contents = contents.as_ref().to_vec();
-        let (opts, path) = (self.clone(), target.clone());
+        self.write_vec(path.as_ref(), contents.as_ref().to_vec())
+            .await
+    }
+
+    /// [`write`](Self::write) of bytes already owned: no copy.
+    pub(crate) async fn write_vec(&self, target: &Path, contents: Vec<u8>) -> Result<(), Error> {
+        let (opts, path) = (self.clone(), target.to_path_buf());
         crate::blocking::run(move || crate::core::write(&opts, path, &contents))
             .await
             .map_err(|e| Error::new(crate::Op::Open, target, e))?

@@ -1,12 +1,13 @@
 //! The synchronous half of [`update`](crate::update): take the lock beside
-//! the target, then read what the target holds.
+//! the target, then read what the target holds; and the read alone.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
 use super::{look, name, resolve_symlinks, split};
-use crate::sys::Kind;
+use crate::sys::{Dir, Kind};
 use crate::{Error, Op, OpenOptions};
 
 /// The lock held for one update (`None` without a lock file), and the
@@ -48,14 +49,26 @@ pub(crate) fn lock_and_read(opts: &OpenOptions, target: &Path) -> Result<Locked,
         }
         false => None,
     };
-    let read_err = |e| Error::new(Op::Read, target, e);
-    let old = match dir.open_read(file_name).map_err(read_err)? {
-        Some(mut file) => {
-            let mut old = Vec::new();
-            file.read_to_end(&mut old).map_err(read_err)?;
-            Some(old)
-        }
-        None => None,
-    };
+    let old = read_in(&dir, file_name).map_err(|e| Error::new(Op::Read, target, e))?;
     Ok((lock, old))
+}
+
+/// The content of the regular file at `target`, following symlinks;
+/// `None` when there is none. A directory, a FIFO or a device fails
+/// (without blocking), with the path and [`Op::Read`].
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+pub(crate) fn read(target: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let err = |e| Error::new(Op::Read, target, e);
+    let (parent, file_name) = split(target).map_err(err)?;
+    let dir = Dir::open(parent).map_err(err)?;
+    read_in(&dir, file_name).map_err(err)
+}
+
+fn read_in(dir: &Dir, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let Some(mut file) = dir.open_read(name)? else {
+        return Ok(None);
+    };
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)?;
+    Ok(Some(content))
 }

@@ -1,0 +1,118 @@
+//! Issue #6, "serde and JSON" (feature `serde`, on for the crate's own
+//! tests): a state file written with `write_json` reads back equal, and
+//! bad values or bad files fail naming the step and the path.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::ErrorKind;
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use tokio_atomic_write::{read_json, write_json, write_json_pretty, Durability, Op, OpenOptions};
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct State {
+    version: u64,
+    users: BTreeMap<String, Vec<u32>>,
+    motd: Option<String>,
+}
+
+fn state() -> State {
+    let mut users = BTreeMap::new();
+    users.insert("ada".to_string(), vec![1, 2, 3]);
+    users.insert("zoë".to_string(), vec![]);
+    State {
+        version: 7,
+        users,
+        motd: Some("line one\n\"quoted\"".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_state_file_round_trips_compact_and_pretty() {
+    let dir = scratch();
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, "{}").unwrap();
+    write_json(&path, &state()).await.unwrap();
+    let compact = std::fs::read(&path).unwrap();
+    assert_eq!(compact, serde_json::to_vec(&state()).unwrap());
+    assert_eq!(read_json::<State>(&path).await.unwrap(), state());
+
+    write_json_pretty(&path, &state()).await.unwrap();
+    let pretty = std::fs::read_to_string(&path).unwrap();
+    assert!(pretty.starts_with("{\n  \"version\": 7,\n"), "{pretty}");
+    assert!(pretty.ends_with("}\n"), "a final newline: {pretty:?}");
+    assert_eq!(read_json::<State>(&path).await.unwrap(), state());
+
+    // The options form, for the durability and the rest.
+    OpenOptions::new()
+        .durability(Durability::None)
+        .write_json(&path, &[1, 2, 3])
+        .await
+        .unwrap();
+    assert_eq!(read_json::<Vec<u8>>(&path).await.unwrap(), [1, 2, 3]);
+    assert_no_leftovers(dir.path());
+}
+
+/// A value serde_json cannot write fails before anything on disk changes.
+#[tokio::test]
+async fn a_value_that_cannot_be_serialized_changes_nothing() {
+    let dir = scratch();
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, "old").unwrap();
+    let mut bad = HashMap::new();
+    bad.insert((1, 2), "keys must be strings");
+    for pretty in [false, true] {
+        let err = match pretty {
+            false => write_json(&path, &bad).await,
+            true => write_json_pretty(&path, &bad).await,
+        }
+        .unwrap_err();
+        assert_eq!(err.op(), Op::Serialize, "{err}");
+        assert_eq!(err.path(), path);
+        assert!(err.to_string().contains("state.json"), "{err}");
+        assert!(
+            std::error::Error::source(&err).unwrap().to_string().contains("key must be a string"),
+            "the serializer's message as the source"
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert_eq!(listing(dir.path()), ["state.json"]);
+}
+
+#[tokio::test]
+async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
+    let dir = scratch();
+    let path = dir.path().join("state.json");
+
+    let err = read_json::<State>(&path).await.unwrap_err();
+    assert_eq!((err.op(), err.kind()), (Op::Read, ErrorKind::NotFound), "{err}");
+    assert_eq!(err.path(), path);
+
+    std::fs::write(&path, "{\"version\": 1,\n \"users\": nope}").unwrap();
+    let err = read_json::<State>(&path).await.unwrap_err();
+    assert_eq!((err.op(), err.kind()), (Op::Deserialize, ErrorKind::InvalidData), "{err}");
+    assert_eq!(err.path(), path);
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("line 2"), "{source}");
+
+    std::fs::write(&path, "{\"version\": 1, \"us").unwrap();
+    let err = read_json::<State>(&path).await.unwrap_err();
+    assert_eq!((err.op(), err.kind()), (Op::Deserialize, ErrorKind::UnexpectedEof), "{err}");
+
+    // A directory, and a FIFO, which must not block the read.
+    let err = read_json::<State>(dir.path()).await.unwrap_err();
+    assert_eq!(err.op(), Op::Read, "{err}");
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let err = read_json::<State>(&fifo).await.unwrap_err();
+    assert_eq!((err.op(), err.kind()), (Op::Read, ErrorKind::InvalidInput), "{err}");
+}
