@@ -12,7 +12,8 @@ use tokio::io::{AsyncSeek, AsyncWrite};
 use crate::blocking::{self, TokioPool};
 use crate::core::Staged;
 use crate::pipeline::Pipeline;
-use crate::{Error, Op, OpenOptions};
+use crate::trace;
+use crate::{Durability, Error, Op, OpenOptions};
 
 /// A file that replaces its target atomically when committed.
 ///
@@ -42,6 +43,8 @@ use crate::{Error, Op, OpenOptions};
 pub struct AsyncAtomicFile {
     pipeline: Pipeline<Staged, TokioPool>,
     target: PathBuf,
+    /// For the commit's span.
+    durability: Durability,
 }
 
 impl fmt::Debug for AsyncAtomicFile {
@@ -79,14 +82,16 @@ impl AsyncAtomicFile {
         opts: OpenOptions,
         target: PathBuf,
     ) -> Result<AsyncAtomicFile, Error> {
-        let buffer_size = opts.buffer_size;
+        let (buffer_size, durability) = (opts.buffer_size, opts.durability);
         let path = target.clone();
-        let staged = blocking::run(move || Staged::open(&opts, path))
+        let span = trace::open(&target, opts.durability);
+        let staged = blocking::run(move || span.in_scope(|| Staged::open(&opts, path)))
             .await
             .map_err(|e| Error::new(Op::Open, &target, e))??;
         Ok(AsyncAtomicFile {
             pipeline: Pipeline::new(staged, buffer_size),
             target,
+            durability,
         })
     }
 
@@ -134,7 +139,8 @@ impl AsyncAtomicFile {
             .map_err(|e| self.write_error(e))?;
         // A job that panicked or never ran failed at its first step, the
         // write of the rest; its guard removed the temp file either way.
-        blocking::run(move || staged.commit(&rest))
+        let span = trace::commit(&self.target, self.durability, self.pipeline.accepted());
+        blocking::run(move || span.in_scope(|| staged.commit(&rest)))
             .await
             .map_err(|e| Error::new(Op::Write, &self.target, e))?
     }

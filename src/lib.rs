@@ -171,6 +171,7 @@ mod options;
 mod pipeline;
 mod sweep;
 mod sys;
+mod trace;
 mod update;
 
 use std::path::Path;

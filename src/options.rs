@@ -287,7 +287,8 @@ impl OpenOptions {
     /// [`write`](Self::write) of bytes already owned: no copy.
     pub(crate) async fn write_vec(&self, target: &Path, contents: Vec<u8>) -> Result<(), Error> {
         let (opts, path) = (self.clone(), target.to_path_buf());
-        crate::blocking::run(move || crate::core::write(&opts, path, &contents))
+        let span = crate::trace::commit(target, self.durability, contents.len() as u64);
+        crate::blocking::run(move || span.in_scope(|| crate::core::write(&opts, path, &contents)))
             .await
             .map_err(|e| Error::new(crate::Op::Open, target, e))?
     }

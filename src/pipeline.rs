@@ -288,9 +288,7 @@ where
         // job to end and goes in a job of its own, after the seek.
         let shared = Arc::new((Mutex::new(Handoff::default()), Condvar::new()));
         let job = move || {
-            let result = sink
-                .write_all(&buf)
-                .and_then(|()| seek(&mut sink, to));
+            let result = sink.write_all(&buf).and_then(|()| seek(&mut sink, to));
             buf.clear();
             (sink, buf, result)
         };
@@ -373,7 +371,6 @@ where
     }
 
     /// Bytes accepted in all, seeks or not: what the file received.
-    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) fn accepted(&self) -> u64 {
         self.accepted
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use crate::{blocking, core, Error, Op, OpenOptions};
+use crate::{blocking, core, trace, Error, Op, OpenOptions};
 
 /// Replaces the file at `path` with what `f` makes of its current content,
 /// so that concurrent updates never lose one another's changes: a
@@ -98,8 +98,9 @@ impl OpenOptions {
         let (lock, old) = locked?;
         let new = f(old)?;
         let (opts, to_write) = (self.clone(), target.clone());
+        let span = trace::commit(&target, self.durability, new.len() as u64);
         blocking::run(move || {
-            let written = core::write(&opts, to_write, &new);
+            let written = span.in_scope(|| core::write(&opts, to_write, &new));
             // Unlocked once the commit is over, whether or not anyone
             // still waits for this future.
             drop(lock);

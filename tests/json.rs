@@ -73,7 +73,10 @@ async fn a_value_that_cannot_be_serialized_changes_nothing() {
         assert_eq!(err.path(), path);
         assert!(err.to_string().contains("state.json"), "{err}");
         assert!(
-            std::error::Error::source(&err).unwrap().to_string().contains("key must be a string"),
+            std::error::Error::source(&err)
+                .unwrap()
+                .to_string()
+                .contains("key must be a string"),
             "the serializer's message as the source"
         );
     }
@@ -87,19 +90,31 @@ async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
     let path = dir.path().join("state.json");
 
     let err = read_json::<State>(&path).await.unwrap_err();
-    assert_eq!((err.op(), err.kind()), (Op::Read, ErrorKind::NotFound), "{err}");
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::Read, ErrorKind::NotFound),
+        "{err}"
+    );
     assert_eq!(err.path(), path);
 
     std::fs::write(&path, "{\"version\": 1,\n \"users\": nope}").unwrap();
     let err = read_json::<State>(&path).await.unwrap_err();
-    assert_eq!((err.op(), err.kind()), (Op::Deserialize, ErrorKind::InvalidData), "{err}");
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::Deserialize, ErrorKind::InvalidData),
+        "{err}"
+    );
     assert_eq!(err.path(), path);
     let source = std::error::Error::source(&err).unwrap().to_string();
     assert!(source.contains("line 2"), "{source}");
 
     std::fs::write(&path, "{\"version\": 1, \"us").unwrap();
     let err = read_json::<State>(&path).await.unwrap_err();
-    assert_eq!((err.op(), err.kind()), (Op::Deserialize, ErrorKind::UnexpectedEof), "{err}");
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::Deserialize, ErrorKind::UnexpectedEof),
+        "{err}"
+    );
 
     // A directory, and a FIFO, which must not block the read.
     let err = read_json::<State>(dir.path()).await.unwrap_err();
@@ -114,5 +129,9 @@ async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
     )
     .unwrap();
     let err = read_json::<State>(&fifo).await.unwrap_err();
-    assert_eq!((err.op(), err.kind()), (Op::Read, ErrorKind::InvalidInput), "{err}");
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::Read, ErrorKind::InvalidInput),
+        "{err}"
+    );
 }

@@ -27,7 +27,11 @@ fn increment(old: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
 }
 
 fn counter(path: &Path) -> u64 {
-    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Entries of `dir` other than `keep`.
@@ -68,7 +72,10 @@ fn eight_processes_times_two_hundred_increments_end_at_1600() {
         );
         assert!(said.contains("taw:done 200"), "{said}");
     }
-    assert_eq!(counter(&path), u64::from(PROCESSES * INCREMENTS_PER_PROCESS));
+    assert_eq!(
+        counter(&path),
+        u64::from(PROCESSES * INCREMENTS_PER_PROCESS)
+    );
     assert_eq!(
         others(dir.path(), &["counter", ".counter.lock"]),
         Vec::<OsString>::new()
@@ -166,11 +173,18 @@ async fn an_update_waits_for_the_lock_held_by_another_process() {
     assert_eq!(counter(&path), 11);
     // The holder's own write, made under the lock.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "the update did not wait for the lock");
+    assert!(
+        !waiting.is_finished(),
+        "the update did not wait for the lock"
+    );
     tokio_atomic_write::write(&path, "100\n").await.unwrap();
     drop(held);
     waiting.await.unwrap().unwrap();
-    assert_eq!(counter(&path), 101, "the update read after the lock was let go");
+    assert_eq!(
+        counter(&path),
+        101,
+        "the update read after the lock was let go"
+    );
 }
 
 #[derive(Debug, PartialEq)]
@@ -249,7 +263,11 @@ async fn bad_targets_fail_naming_the_path_and_change_nothing() {
         assert_eq!(err.op(), op, "{target:?}: {err}");
         assert_eq!(err.path(), named, "{target:?}: {err}");
         assert!(err.to_string().contains(&*named.to_string_lossy()), "{err}");
-        assert_eq!(listing(dir.path()), before, "{target:?} changed the directory");
+        assert_eq!(
+            listing(dir.path()),
+            before,
+            "{target:?} changed the directory"
+        );
     }
 }
 
@@ -284,8 +302,7 @@ async fn the_lock_file_sits_beside_the_file_replaced_no_wider_than_it() {
     std::fs::create_dir(&real_dir).unwrap();
     let real = real_dir.join("secret");
     std::fs::write(&real, "1\n").unwrap();
-    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let link = dir.path().join("link");
     std::os::unix::fs::symlink("real/secret", &link).unwrap();
     update(&link, increment).await.unwrap();

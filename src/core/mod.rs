@@ -15,6 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::sys::{self, AfterLink, Dir, Kind, NoReplace};
 use crate::{Durability, Error, Op, OpenOptions};
@@ -62,6 +63,16 @@ pub(crate) struct Staged {
     /// `temp_dir`'s path, or the target's directory path: for error messages.
     temp_dir_path: PathBuf,
     plan: Plan,
+    /// Time spent in the commit's steps, for the `tracing` feature.
+    clock: Clock,
+}
+
+/// Where a commit spent its time: in `fsync`s (file, directory, and after
+/// a link) and in publishing (link, close, rename).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Clock {
+    pub(crate) sync: Duration,
+    pub(crate) publish: Duration,
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -235,6 +246,7 @@ impl Staged {
                 durability: opts.durability,
                 overwrite: opts.overwrite,
             },
+            clock: Clock::default(),
         };
 
         if let (true, Some(meta)) = (sys::HAS_MODES, existing) {
@@ -336,6 +348,14 @@ impl Staged {
         })
     }
 
+    /// Runs `sync`, adding its time to `clock.sync`.
+    fn timed_sync<T>(&mut self, sync: impl FnOnce(&Self) -> T) -> T {
+        let start = Instant::now();
+        let out = sync(self);
+        self.clock.sync += start.elapsed();
+        out
+    }
+
     fn temp_dir(&self) -> &Dir {
         self.temp_dir.as_ref().unwrap_or(&self.plan.dir)
     }
@@ -348,6 +368,14 @@ impl Staged {
     /// removes the temp file (by dropping `self`). After it, nothing is
     /// removed and errors say the content is published.
     pub(crate) fn commit(mut self, rest: &[u8]) -> Result<(), Error> {
+        let result = self.commit_steps(rest);
+        crate::trace::committed(&self.clock, result.as_ref().err());
+        result
+    }
+
+    /// `commit`, step by step; the caller drops `self`, which removes the
+    /// temp file unless published.
+    fn commit_steps(&mut self, rest: &[u8]) -> Result<(), Error> {
         let target = self.plan.target.clone();
         let target = &target;
         let err = |op| move |e| Error::new(op, target, e);
@@ -372,7 +400,8 @@ impl Staged {
             // Data and inode reach the disk before any name points at them:
             // otherwise a power cut after the rename can leave the target
             // empty or torn (ext4 without auto_da_alloc, xfs, btrfs).
-            sys::sync_file(self.file()).map_err(err(Op::SyncTemp))?;
+            self.timed_sync(|s| sys::sync_file(s.file()))
+                .map_err(err(Op::SyncTemp))?;
         }
         // Failed directory fsyncs so far, noted before the rename: a failure
         // after this point may cover the rename (see `group`).
@@ -383,16 +412,22 @@ impl Staged {
             ),
             false => (0, 0),
         };
-        self.publish(after_link)?;
+        let (start, synced) = (Instant::now(), self.clock.sync);
+        let published = self.publish(after_link);
+        // The syncs between link and rename are counted as syncs.
+        self.clock.publish += start.elapsed().saturating_sub(self.clock.sync - synced);
+        published?;
         if durable {
             // The rename lives in the directory: until it is synced a power
             // cut can bring the old content back.
-            let after = |e| Error::after_publish(Op::SyncDir, &self.plan.target, e);
-            sync_dir(&self.plan.dir, seen).map_err(after)?;
+            let after = |e| Error::after_publish(Op::SyncDir, target, e);
+            self.timed_sync(|s| sync_dir(&s.plan.dir, seen))
+                .map_err(after)?;
             // A rename out of another directory changed that one too: sync it
             // so that the temp name cannot come back as a second link.
-            if let Some(temp_dir) = &self.temp_dir {
-                sync_dir(temp_dir, seen_temp_dir).map_err(after)?;
+            if self.temp_dir.is_some() {
+                self.timed_sync(|s| sync_dir(s.temp_dir(), seen_temp_dir))
+                    .map_err(after)?;
             }
         }
         Ok(())
@@ -403,7 +438,7 @@ impl Staged {
     /// `after_link`: for a durable O_TMPFILE file, what its filesystem needs
     /// after the link.
     fn publish(&mut self, after_link: Option<AfterLink>) -> Result<(), Error> {
-        let target = &self.plan.target;
+        let target = &self.plan.target.clone();
         match (&self.temp, self.plan.overwrite) {
             (TempName::Unnamed, false) => {
                 // linkat to the final name: atomic no-clobber, and at no
@@ -414,7 +449,7 @@ impl Staged {
                 if let Some(policy) = after_link {
                     // btrfs can lose the data of an O_TMPFILE file fsynced
                     // before its linkat (atomic-write-file #6).
-                    sys::sync_after_link(self.file(), policy)
+                    self.timed_sync(|s| sys::sync_after_link(s.file(), policy))
                         .map_err(|e| Error::after_publish(Op::SyncTemp, target, e))?;
                 }
                 self.close(true)?;
@@ -433,7 +468,7 @@ impl Staged {
                     // disk before any rename can, or fsck clears a name
                     // pointing at an inode with no links, and the target is
                     // neither old nor new.
-                    sys::sync_after_link(self.file(), policy)
+                    self.timed_sync(|s| sys::sync_after_link(s.file(), policy))
                         .map_err(|e| Error::new(Op::SyncTemp, target, e))?;
                 }
                 self.close_and_rename()?;

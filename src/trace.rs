@@ -1,0 +1,79 @@
+//! Feature `tracing`: one span per open and per commit. Without the
+//! feature every function here is empty and `Span` a unit struct, so the
+//! callers need no `cfg` of their own.
+//!
+//! Spans are at the `DEBUG` level, named `open` and `commit`, with the
+//! target `tokio_atomic_write`. An open records `path` and `durability`; a
+//! commit also `bytes` (accepted by the file, in all), and, once done,
+//! `fsync_us` and `rename_us` (microseconds in `fsync`s, and in linking and
+//! renaming), and `error` if it failed. The span is entered on the
+//! blocking-pool thread that does the work.
+
+use std::path::Path;
+
+use crate::core::Clock;
+use crate::{Durability, Error};
+
+#[cfg(feature = "tracing")]
+pub(crate) use tracing::Span;
+
+/// Without the feature: a span that is nothing.
+#[cfg(not(feature = "tracing"))]
+#[derive(Debug, Clone)]
+pub(crate) struct Span;
+
+#[cfg(not(feature = "tracing"))]
+impl Span {
+    pub(crate) fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        f()
+    }
+}
+
+/// The span of an open of `path`.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn open(path: &Path, durability: Durability) -> Span {
+    #[cfg(feature = "tracing")]
+    return tracing::debug_span!(
+        target: "tokio_atomic_write",
+        "open",
+        path = %path.display(),
+        durability = ?durability,
+    );
+    #[cfg(not(feature = "tracing"))]
+    Span
+}
+
+/// The span of a commit of `bytes` to `path`; the times and the error are
+/// recorded by [`committed`] from inside it.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn commit(path: &Path, durability: Durability, bytes: u64) -> Span {
+    #[cfg(feature = "tracing")]
+    return tracing::debug_span!(
+        target: "tokio_atomic_write",
+        "commit",
+        path = %path.display(),
+        durability = ?durability,
+        bytes,
+        fsync_us = tracing::field::Empty,
+        rename_us = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    #[cfg(not(feature = "tracing"))]
+    Span
+}
+
+/// Records where the commit in the current span spent its time, and its
+/// error.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn committed(clock: &Clock, error: Option<&Error>) {
+    #[cfg(feature = "tracing")]
+    {
+        let span = Span::current();
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        span.record("fsync_us", micros(clock.sync));
+        span.record("rename_us", micros(clock.publish));
+        if let Some(e) = error {
+            span.record("error", tracing::field::display(e));
+        }
+    }
+}
