@@ -1,0 +1,182 @@
+//! Issue #6, examples/web_state.rs: the axum server is started on
+//! 127.0.0.1 port 0, driven with concurrent PUTs by a real HTTP client,
+//! SIGKILLed mid-load and restarted; its state file must parse and hold a
+//! state whose PUT was answered (or, newer than every answer, one that was
+//! in flight when the kill came), and the restarted server must serve it.
+//! The example's code is compiled into this test binary and run as a
+//! child process.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[allow(dead_code)]
+#[path = "../examples/web_state.rs"]
+mod web_state;
+
+const CHILD: &str = "child_server";
+const CLIENTS: u64 = 8;
+const ROUNDS: usize = 3;
+/// Answered PUTs to wait for before the kill, in each round.
+const ANSWERS_BEFORE_KILL: usize = 60;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct State {
+    version: u64,
+    data: Value,
+}
+
+/// The child half: the example's server for `TAW_TARGET` on port 0.
+#[test]
+fn child_server() {
+    if !is_child() {
+        return;
+    }
+    let path = std::env::var_os("TAW_TARGET").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if let Err(e) = rt.block_on(web_state::serve(Path::new(&path), "127.0.0.1:0")) {
+        eprintln!("web_state: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Starts the server; returns it and its base URL once it listens.
+fn start(state: &Path) -> (Child, String) {
+    let mut child = child_command(CHILD, &[])
+        .env("TAW_TARGET", state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the server exited");
+        if let Some((_, rest)) = line.split_once("listening on ") {
+            let addr = rest.split_whitespace().next().unwrap().to_string();
+            // Keep draining its output so that it never blocks on it.
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+            return (child, format!("http://{addr}/state"));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    /// Every answered PUT: the state the server answered.
+    answered: Vec<State>,
+    /// Every PUT sent, by its data: answered or not.
+    sent: Vec<Value>,
+}
+
+#[test]
+fn killed_mid_load_and_restarted_the_server_keeps_an_answered_state() {
+    if is_child() {
+        return;
+    }
+    let dir = scratch();
+    let state_path = dir.path().join("state.json");
+    let rt = runtime();
+    let client = reqwest::Client::new();
+    let mut versions_seen = 0;
+    for round in 0..ROUNDS {
+        let (mut server, url) = start(&state_path);
+        let log = Arc::new(Mutex::new(Log::default()));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (client, url, log) = (client.clone(), url.clone(), log.clone());
+                rt.spawn(async move {
+                    for seq in 0u64.. {
+                        let data = json!({ "round": round, "client": c, "seq": seq });
+                        log.lock().unwrap().sent.push(data.clone());
+                        let answer = match client.put(&url).json(&data).send().await {
+                            Ok(r) => r,
+                            Err(_) => return, // the server is gone
+                        };
+                        assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+                        let Ok(state) = answer.json::<State>().await else {
+                            return; // killed while answering
+                        };
+                        assert_eq!(state.data, data);
+                        log.lock().unwrap().answered.push(state);
+                    }
+                })
+            })
+            .collect();
+        while log.lock().unwrap().answered.len() < ANSWERS_BEFORE_KILL {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.kill().unwrap(); // SIGKILL, with PUTs in flight
+        server.wait().unwrap();
+        rt.block_on(async {
+            for c in clients {
+                c.await.unwrap();
+            }
+        });
+
+        let log = log.lock().unwrap();
+        let text = std::fs::read_to_string(&state_path).unwrap();
+        let on_disk: State = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("round {round}: the state file does not parse: {e}: {text:?}")
+        });
+        let newest = log.answered.iter().map(|s| s.version).max().unwrap();
+        assert!(
+            on_disk.version >= newest,
+            "round {round}: an answered PUT was lost: file {on_disk:?}, answered up to {newest}"
+        );
+        if on_disk.version == newest {
+            let answered: HashMap<u64, &State> =
+                log.answered.iter().map(|s| (s.version, s)).collect();
+            assert_eq!(&on_disk, answered[&newest], "round {round}");
+        } else {
+            // Persisted, then killed before the answer went out.
+            assert!(
+                log.sent.contains(&on_disk.data),
+                "round {round}: {on_disk:?}"
+            );
+        }
+        assert!(
+            on_disk.version > versions_seen,
+            "round {round}: no progress"
+        );
+        eprintln!(
+            "round {round}: {} PUTs answered, {} sent, file at version {} (newest answered {newest})",
+            log.answered.len(),
+            log.sent.len(),
+            on_disk.version
+        );
+
+        // Restarted, it serves what the file holds, and goes on from it.
+        let (mut server, url) = start(&state_path);
+        rt.block_on(async {
+            let served: State = client.get(&url).send().await.unwrap().json().await.unwrap();
+            assert_eq!(served, on_disk, "round {round}");
+            let next: State = client
+                .put(&url)
+                .json(&json!("after restart"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(next.version, on_disk.version + 1);
+        });
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let after: State = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+        assert_eq!(after.data, json!("after restart"));
+        versions_seen = after.version;
+        // The restart swept whatever a kill inside a commit left.
+        assert_eq!(listing(dir.path()), ["state.json"], "round {round}");
+    }
+}
