@@ -49,7 +49,9 @@ fn child_server() {
     }
 }
 
-/// Starts the server; returns it and its base URL once it listens.
+/// Starts the server; returns it and its base URL once it listens. The
+/// caller kills and reaps it; a panic here leaves it to die with its pipe.
+#[allow(clippy::zombie_processes)]
 fn start(state: &Path) -> (Child, String) {
     let mut child = child_command(CHILD, &[])
         .env("TAW_TARGET", state)
