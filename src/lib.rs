@@ -7,6 +7,13 @@
 //! writes so that they do not each cost a trip to the blocking pool, and
 //! cleans up after itself when dropped.
 //!
+//! [`write()`] replaces a file in one call; [`update`] is a read-modify-write
+//! that loses no change to a concurrent update, from a task or another
+//! process; with the `serde` feature, `write_json` and `read_json` keep a
+//! value (a web server's state) in a JSON file. The file also implements
+//! [`AsyncSeek`](tokio::io::AsyncSeek), for formats that patch a header
+//! after the body.
+//!
 //! [`AsyncAtomicDir`] does the same for a whole directory tree (a cache
 //! entry, a build output): built beside the target, published by one
 //! rename, with [`Exists`] deciding between first writer wins, last writer
@@ -53,7 +60,21 @@
 //!          no-clobber:  linkat(temp -> name) [fdatasync on btrfs, fsync
 //!                       where unknown]  or  renameat2(RENAME_NOREPLACE)
 //!          fsync(dir), shared by the commits into it in flight together
+//! seek     nothing for a position query; else write(buffer),
+//!          lseek(temp, new position), in one hop
 //! drop     unlinkat(temp name) on the blocking pool (O_TMPFILE: close)
+//! ```
+//!
+//! An [`update`]:
+//!
+//! ```text
+//! turn     an async mutex per path, in the process
+//! lock     openat(dir, ".{name}.lock", O_RDONLY|O_CREAT|O_NOFOLLOW|
+//!                 O_NONBLOCK, mode no wider than the target's)
+//!          flock(lock, LOCK_EX)                               waits for other processes
+//!          read(target)
+//! f        on the caller's task
+//! write    as `write` above, one hop; then close(lock)
 //! ```
 //!
 //! An [`AsyncAtomicDir`] (unix):
@@ -153,7 +174,16 @@
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! Both off by default.
+//! - `serde`: `write_json`, `write_json_pretty` and `read_json` (and the
+//!   same on [`OpenOptions`]), through `serde_json`.
+//! - `tracing`: a `DEBUG` span named `open` or `commit`, target
+//!   `tokio_atomic_write`, around each open and each commit (those of
+//!   [`write()`] and [`update`] included), entered on the blocking-pool
+//!   thread that does the work. Fields: `path`, `durability`; for a
+//!   commit `bytes` (accepted in all), then `fsync_us` and `rename_us`
+//!   (microseconds spent in `fsync`s, and in linking and renaming) and
+//!   `error` when it failed.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
