@@ -69,14 +69,7 @@ async fn paths_without_a_file_name_are_refused() {
 async fn a_special_file_is_refused() {
     let dir = scratch();
     let fifo = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        0o644.into(),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo);
     open_fails(dir.path(), &fifo, ErrorKind::InvalidInput, Op::Open).await;
 }
 

@@ -120,14 +120,7 @@ async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
     let err = read_json::<State>(dir.path()).await.unwrap_err();
     assert_eq!(err.op(), Op::Read, "{err}");
     let fifo = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo);
     let err = read_json::<State>(&fifo).await.unwrap_err();
     assert_eq!(
         (err.op(), err.kind()),

@@ -161,16 +161,19 @@ async fn an_update_waits_for_the_lock_held_by_another_process() {
     std::fs::write(&path, "10\n").unwrap();
     let held = hold_lock(&dir.path().join(".counter.lock"));
 
-    let (p, q) = (path.clone(), path.clone());
-    let waiting = tokio::spawn(async move { update(&p, increment).await });
-    // Not waiting for the lock: done while it is held.
+    // Not waiting for the lock: done while it is held. (Before the other
+    // update starts: in the process, updates of one path take turns
+    // whatever their options, so this one would wait for that one.)
     let mut opts = OpenOptions::new();
     opts.lock_file(false);
-    tokio::time::timeout(Duration::from_secs(60), opts.update(&q, increment))
+    tokio::time::timeout(Duration::from_secs(60), opts.update(&path, increment))
         .await
         .expect("an update without the lock file does not wait for it")
         .unwrap();
     assert_eq!(counter(&path), 11);
+
+    let p = path.clone();
+    let waiting = tokio::spawn(async move { update(&p, increment).await });
     // The holder's own write, made under the lock.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -239,14 +242,7 @@ async fn bad_targets_fail_naming_the_path_and_change_nothing() {
     let sub = dir.path().join("a_dir");
     std::fs::create_dir(&sub).unwrap();
     let fifo = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo);
     let missing = dir.path().join("missing").join("file");
     let cases: [(&Path, Op, &Path); 3] = [
         (&sub, Op::Open, &sub),

@@ -209,6 +209,19 @@ pub fn run_child(name: &str, wrap: &[&str], env: &[(&str, &str)], uid: Option<u3
     out
 }
 
+/// Makes a FIFO at `path`: a special file that an open for reading would
+/// block on.
+pub fn make_fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        0o600.into(),
+        0,
+    )
+    .unwrap();
+}
+
 /// The mode bits of a path (not following a final symlink).
 pub fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
