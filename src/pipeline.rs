@@ -296,6 +296,7 @@ where
         self.seeking = true;
         Poll::Ready(())
     }
+
     /// Sends a pending seek to the pool, then waits until no job is in
     /// flight: before a flush or a commit, which must not lose the seek.
     pub(crate) fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
