@@ -21,6 +21,8 @@ use crate::{blocking, core, trace, Error, Op, OpenOptions};
 /// `f` runs on the caller's task, between two trips to the blocking pool
 /// (lock and read; write, commit and unlock): it may borrow, and should
 /// not block for long, since every other update of the path waits for it.
+/// It must not itself update the same path: that update would wait for
+/// this one forever.
 ///
 /// # Errors
 ///
