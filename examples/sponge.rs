@@ -7,8 +7,10 @@
 //!
 //! The file is replaced only if the input ended cleanly, at its end of
 //! file: a read error, a signal or a crash while reading leaves the file as
-//! it was, and no temp file behind. Readers of the file never see a part of
-//! the new content. The file keeps its permissions and owner.
+//! it was. Readers of the file never see a part of the new content. The
+//! file keeps its permissions and owner. A read error removes the temp
+//! file; after a kill, a named temp file (where the filesystem has no
+//! `O_TMPFILE`) stays until `tokio_atomic_write::sweep` removes it.
 //!
 //! A pipe's end of file says only that the writer closed it, not that it
 //! succeeded: `false | sponge out` empties `out`. Guard against that in the

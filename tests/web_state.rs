@@ -115,6 +115,13 @@ fn killed_mid_load_and_restarted_the_server_keeps_an_answered_state() {
             })
             .collect();
         while log.lock().unwrap().answered.len() < ANSWERS_BEFORE_KILL {
+            // A client that stopped (a failed assertion) or a server that
+            // died would leave this loop waiting forever.
+            if clients.iter().any(|c| c.is_finished()) || server.try_wait().unwrap().is_some() {
+                let _ = server.kill();
+                let _ = server.wait();
+                panic!("round {round}: a client or the server stopped before the kill");
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         server.kill().unwrap(); // SIGKILL, with PUTs in flight
