@@ -62,8 +62,12 @@ fn eight_processes_times_two_hundred_increments_end_at_1600() {
                 .unwrap()
         })
         .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
+    // Every child is reaped before any assertion, so none outlives a failure.
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for out in outputs {
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -116,13 +120,8 @@ async fn without_the_lock_file_tasks_of_one_process_still_take_turns() {
     opts.lock_file(false);
     let opts = Arc::new(opts);
     let tasks: Vec<_> = (0..16)
-        .map(|i| {
+        .map(|_| {
             let (opts, path) = (opts.clone(), path.clone());
-            // Half the tasks name the file by another spelling.
-            let path = match i % 2 {
-                0 => path,
-                _ => path.parent().unwrap().join(".").join("counter"),
-            };
             tokio::spawn(async move {
                 for _ in 0..50 {
                     opts.update(&path, increment).await.unwrap();
@@ -151,6 +150,34 @@ fn hold_lock(path: &Path) -> std::fs::File {
     file
 }
 
+/// Fails the test after 60 s: an update that never ends is a leaked lock or
+/// turn, and must not hang the suite.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done after 60 s"))
+}
+
+/// Waits (up to 60 s) until some thread is blocked in `flock` on `lock`, as
+/// `/proc/locks` lists it: a `->` line for the lock file's inode.
+async fn blocked_on(lock: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = format!(":{} ", std::fs::metadata(lock).unwrap().ino());
+    within("waiting for a blocked flock", async {
+        loop {
+            let locks = std::fs::read_to_string("/proc/locks").unwrap();
+            if locks
+                .lines()
+                .any(|l| l.contains("-> FLOCK") && l.contains(&ino))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// While another process holds the lock, an update does not read the
 /// file: it sees what that process wrote before letting go. With
 /// `lock_file(false)` it does not wait at all.
@@ -159,30 +186,34 @@ async fn an_update_waits_for_the_lock_held_by_another_process() {
     let dir = scratch();
     let path = dir.path().join("counter");
     std::fs::write(&path, "10\n").unwrap();
-    let held = hold_lock(&dir.path().join(".counter.lock"));
+    let lock = dir.path().join(".counter.lock");
+    let held = hold_lock(&lock);
 
     // Not waiting for the lock: done while it is held. (Before the other
     // update starts: in the process, updates of one path take turns
     // whatever their options, so this one would wait for that one.)
     let mut opts = OpenOptions::new();
     opts.lock_file(false);
-    tokio::time::timeout(Duration::from_secs(60), opts.update(&path, increment))
-        .await
-        .expect("an update without the lock file does not wait for it")
-        .unwrap();
+    within(
+        "an update without the lock file (it must not wait for it)",
+        opts.update(&path, increment),
+    )
+    .await
+    .unwrap();
     assert_eq!(counter(&path), 11);
 
     let p = path.clone();
     let waiting = tokio::spawn(async move { update(&p, increment).await });
+    // It blocks in flock on the lock file, and has not read the file.
+    blocked_on(&lock).await;
+    assert!(!waiting.is_finished());
     // The holder's own write, made under the lock.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the update did not wait for the lock"
-    );
     tokio_atomic_write::write(&path, "100\n").await.unwrap();
     drop(held);
-    waiting.await.unwrap().unwrap();
+    within("the update after the lock was let go", waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         counter(&path),
         101,
@@ -288,6 +319,43 @@ async fn a_link_planted_at_the_lock_name_is_not_followed() {
     assert_eq!(std::fs::read(&path).unwrap(), b"old");
 }
 
+/// A FIFO (or a directory) planted at the lock file's name is refused
+/// without blocking on it, with `Op::Lock` naming it, and kept.
+#[tokio::test]
+async fn a_fifo_or_directory_at_the_lock_name_is_refused_without_blocking() {
+    let dir = scratch();
+    let path = dir.path().join("state");
+    std::fs::write(&path, "old").unwrap();
+    let planted = dir.path().join(".state.lock");
+    for kind in ["fifo", "directory"] {
+        match kind {
+            "fifo" => make_fifo(&planted),
+            _ => std::fs::create_dir(&planted).unwrap(),
+        }
+        let err = within(
+            "an update with a FIFO at the lock name",
+            update(&path, |_| -> Result<Vec<u8>, Error> {
+                panic!("f must not run with a {kind} at the lock name")
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.op(), Op::Lock, "{kind}: {err}");
+        assert_eq!(err.path(), planted, "{kind}: {err}");
+        let meta = std::fs::symlink_metadata(&planted).unwrap();
+        assert!(!meta.is_file(), "{kind} was replaced");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(
+            others(dir.path(), &["state", ".state.lock"]),
+            Vec::<OsString>::new()
+        );
+        match kind {
+            "fifo" => std::fs::remove_file(&planted).unwrap(),
+            _ => std::fs::remove_dir(&planted).unwrap(),
+        }
+    }
+}
+
 /// The lock file sits beside the file a symlink finally names (so every
 /// path to one file shares it), is never readable wider than the target,
 /// and the link itself is kept.
@@ -318,18 +386,67 @@ async fn a_dropped_update_gives_up_its_turn() {
     let dir = scratch();
     let path = dir.path().join("counter");
     std::fs::write(&path, "5\n").unwrap();
-    let held = hold_lock(&dir.path().join(".counter.lock"));
+    let lock = dir.path().join(".counter.lock");
+    let held = hold_lock(&lock);
     let p = path.clone();
     let first = tokio::spawn(async move { update(&p, increment).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    blocked_on(&lock).await;
     let p = path.clone();
     let second = tokio::spawn(async move { update(&p, increment).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // `second` waits for its turn behind `first`, which waits for the lock.
+    // (Had it not reached the turn yet, the abort would come even earlier.)
     second.abort();
     assert!(second.await.unwrap_err().is_cancelled());
     drop(held);
-    first.await.unwrap().unwrap();
-    update(&path, increment).await.unwrap();
+    within("the first update", first).await.unwrap().unwrap();
+    within("an update after the aborted one", update(&path, increment))
+        .await
+        .unwrap();
     assert_eq!(counter(&path), 7, "the aborted update wrote nothing");
+}
+
+/// Dropping an update after `f` ran, while its commit is on the pool: as
+/// documented, the write runs to its end, and neither the lock nor the
+/// turn stays held: the next update reads its result. No temp file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_dropped_after_f_ran_still_writes_and_lets_the_next_one_through() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = scratch();
+    let path = dir.path().join("counter");
+    let mut finished_first = 0;
+    for round in 0..20u64 {
+        std::fs::write(&path, "5\n").unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let (p, r) = (path.clone(), ran.clone());
+        let dropped = tokio::spawn(async move {
+            update(&p, |old| {
+                r.store(true, Ordering::SeqCst);
+                increment(old)
+            })
+            .await
+        });
+        within("f to run", async {
+            while !ran.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        dropped.abort();
+        finished_first += usize::from(matches!(dropped.await, Ok(Ok(()))));
+        within("an update after the dropped one", update(&path, increment))
+            .await
+            .unwrap();
+        assert_eq!(
+            counter(&path),
+            7,
+            "round {round}: the dropped write was lost"
+        );
+        assert_eq!(
+            others(dir.path(), &["counter", ".counter.lock"]),
+            Vec::<OsString>::new(),
+            "round {round}"
+        );
+    }
+    eprintln!("{finished_first} of 20 updates finished before their abort");
 }
