@@ -163,3 +163,22 @@ async fn one_shot_writes_and_failures_are_traced() {
     assert_eq!(commits.len(), 1, "{commits:?}");
     assert_eq!(commits[0].fields["error"], err.to_string());
 }
+
+/// `bytes` counts the bytes written, in all: after a seek back, an
+/// overwrite counts though the file does not grow.
+#[tokio::test]
+async fn bytes_counts_every_byte_written_across_seeks() {
+    use tokio::io::AsyncSeekExt;
+    install();
+    let dir = scratch();
+    let path = dir.path().join("patched");
+    let mut file = AsyncAtomicFile::create(&path).await.unwrap();
+    file.write_all(&[0u8; 1000]).await.unwrap();
+    file.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    file.write_all(b"head").await.unwrap();
+    file.commit().await.unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1000);
+    let commits = spans("commit", &path);
+    assert_eq!(commits.len(), 1, "{commits:?}");
+    assert_eq!(commits[0].fields["bytes"], "1004");
+}
