@@ -200,11 +200,11 @@ impl OpenOptions {
     /// `.{name}.lock` beside the target from before it reads the target
     /// until its commit has ended, so that updates of one file from
     /// several processes never lose one another's changes. The lock file
-    /// is created on first use, never readable wider than the target, and
-    /// left in place: removing it while updates run would let two of them
-    /// hold "the" lock at once. With `false`, updates are serialised only
-    /// within the process. Other writes (`open`, `write`) never take the
-    /// lock.
+    /// is created on first use, never readable wider than the target or
+    /// the [`mode`](Self::mode) it is given, and left in place: removing
+    /// it while updates run would let two of them hold "the" lock at once.
+    /// With `false`, updates are serialised only within the process. Other
+    /// writes (`open`, `write`) never take the lock.
     ///
     /// # Platform-specific behavior
     ///

@@ -377,6 +377,13 @@ async fn the_lock_file_sits_beside_the_file_replaced_no_wider_than_it() {
     assert_eq!(mode_of(&lock), 0o600);
     assert_eq!(mode_of(&real), 0o600);
     assert!(!dir.path().join(".link.lock").exists());
+    // A new file made 0600 by the options: its lock is no wider.
+    let mut opts = OpenOptions::new();
+    opts.mode(0o600);
+    let fresh = dir.path().join("fresh");
+    opts.update(&fresh, increment).await.unwrap();
+    assert_eq!(mode_of(&fresh), 0o600);
+    assert_eq!(mode_of(&dir.path().join(".fresh.lock")), 0o600);
 }
 
 /// Dropping an update that waits for its turn changes nothing, and lets

@@ -40,8 +40,9 @@ pub(crate) fn lock_and_read(opts: &OpenOptions, target: &Path) -> Result<Locked,
     let lock = match opts.lock_file {
         true => {
             let lock_name = name::lock_name(file_name);
-            // Never readable wider than the file it guards; empty anyway.
-            let mode = existing.map_or(0o666, |m| m.mode & 0o666);
+            // Never readable wider than the file it guards, now or as
+            // `mode` will make it; empty anyway.
+            let mode = existing.map_or(0o666, |m| m.mode) & opts.mode.unwrap_or(0o666) & 0o666;
             let lock = dir
                 .lock_file(&lock_name, mode)
                 .map_err(|e| Error::new(Op::Lock, parent.join(&lock_name), e))?;
