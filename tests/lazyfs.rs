@@ -302,6 +302,40 @@ fn crashes_of_the_lazy_filesystem_lose_no_acknowledged_commit() {
     }
 }
 
+/// The check of strace's log in the weakened loops, on lines as strace
+/// writes them: short ones padded to a column, and calls cut short by the
+/// kill with no result (the line that once failed CI for a skipped fsync).
+#[test]
+fn the_fsync_log_check_reads_padded_and_cut_short_calls() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("fsync.strace");
+    let dir = Path::new("/mnt/lazy");
+    let file = "fsync(10</mnt/lazy/.versions.bin.rW03eTiriaF1.tmp>)";
+    let lines = |l: &[String]| std::fs::write(&log, l.join("\n") + "\n").unwrap();
+    let cut = format!("7 {file} = ? <unavailable>");
+    let dir_ran = "7 fsync(11</mnt/lazy>)                = 0".to_string();
+    let file_skipped = format!("7 {file} = 0 (INJECTED)");
+    lines(&[
+        file_skipped.clone(),
+        dir_ran.clone(),
+        cut.clone(),
+        format!("7 {file} = ?"),
+    ]);
+    assert_eq!(Weakened::SkipFileSync.check_log(&log, dir), 1);
+    let dir_skipped = "7 fsync(11</mnt/lazy>)                = 0 (INJECTED)".to_string();
+    let file_ran = format!("7 {file} = 0");
+    lines(&[file_ran.clone(), dir_skipped.clone(), dir_skipped, cut]);
+    assert_eq!(Weakened::SkipDirSync.check_log(&log, dir), 2);
+    // A file fsync that ran where it should have been skipped is caught.
+    lines(&[file_skipped, file_ran]);
+    let wrong = std::panic::catch_unwind(|| Weakened::SkipFileSync.check_log(&log, dir));
+    assert!(wrong.is_err(), "a file fsync that ran went unnoticed");
+    // And a directory fsync that ran under SkipDirSync.
+    lines(&[dir_ran]);
+    let wrong = std::panic::catch_unwind(|| Weakened::SkipDirSync.check_log(&log, dir));
+    assert!(wrong.is_err(), "a directory fsync that ran went unnoticed");
+}
+
 /// What a crash loop found.
 #[derive(Debug, Default)]
 struct Tally {
