@@ -172,7 +172,9 @@ pub struct Writer {
     /// A pidfd of the writer itself: a signal sent through it cannot reach
     /// another process that reused the pid once a wrapping strace has
     /// reaped the writer.
-    pidfd: OwnedFd,
+    /// `None` when the writer was gone before it could be opened: a crash
+    /// point it reaches at once has strace kill it (and reap it) first.
+    pidfd: Option<OwnedFd>,
     reports: Arc<(Mutex<Reports>, Condvar)>,
     reader: Option<JoinHandle<()>>,
 }
@@ -239,9 +241,15 @@ impl Writer {
             panic!("the writer did not start: {started:?}")
         });
         let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-        // The writer runs on after reporting its pid: this is the writer.
-        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-            .expect("pidfd_open");
+        // The writer runs on after reporting its pid: this is the writer,
+        // unless it has died and been reaped since (ESRCH): then there is
+        // nothing to kill. (A pid reused between that reap and this open
+        // would be caught here; nothing in these tests forks that fast.)
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Some(fd),
+            Err(rustix::io::Errno::SRCH) => None,
+            Err(e) => panic!("pidfd_open of the writer {pid:?}: {e}"),
+        };
         Writer {
             child,
             pidfd,
@@ -279,8 +287,11 @@ impl Writer {
     }
 
     fn signal_kill(&self) {
-        // ESRCH when it has exited already.
-        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+        // ESRCH when it has exited already; no pidfd when it had exited
+        // before `spawn` returned.
+        if let Some(pidfd) = &self.pidfd {
+            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+        }
     }
 
     /// Waits for the writer to exit on its own.
