@@ -172,6 +172,7 @@ pub struct Writer {
     /// A pidfd of the writer itself: a signal sent through it cannot reach
     /// another process that reused the pid once a wrapping strace has
     /// reaped the writer.
+    ///
     /// `None` when the writer was gone before it could be opened: a crash
     /// point it reaches at once has strace kill it (and reap it) first.
     pidfd: Option<OwnedFd>,
@@ -241,10 +242,10 @@ impl Writer {
             panic!("the writer did not start: {started:?}")
         });
         let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-        // The writer runs on after reporting its pid: this is the writer,
-        // unless it has died and been reaped since (ESRCH): then there is
-        // nothing to kill. (A pid reused between that reap and this open
-        // would be caught here; nothing in these tests forks that fast.)
+        // The pid the writer reported. ESRCH: it has already been killed and
+        // reaped, and there is nothing left to kill. (Were the pid reused
+        // in the moment between that reap and this open, the pidfd would
+        // name the newcomer; as before this fix, that race is not guarded.)
         let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
             Ok(fd) => Some(fd),
             Err(rustix::io::Errno::SRCH) => None,
