@@ -7,9 +7,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::path::Path;
+
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::pipeline::Pool;
+use crate::{Error, Op};
 
 thread_local! {
     /// Jobs this thread has sent to the blocking pool.
@@ -52,9 +55,31 @@ impl<T: Send + 'static> Drop for Handle<T> {
     }
 }
 
+/// The source of the error for a job that panicked: the only kind of lost
+/// job whose effects are unknown.
+#[derive(Debug)]
+struct Panicked;
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the blocking task panicked")
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+/// The error for a job lost on the pool (`e` from a [`Handle`]) that would
+/// have committed to `path`: [`Op::Commit`] when it panicked, its outcome
+/// unknown; `op` when it never ran (nothing happened but its guard's
+/// cleanup).
+pub(crate) fn lost_commit(op: Op, path: &Path, e: io::Error) -> Error {
+    let panicked = e.get_ref().is_some_and(|inner| inner.is::<Panicked>());
+    Error::new(if panicked { Op::Commit } else { op }, path, e)
+}
+
 fn join_error(e: JoinError) -> io::Error {
     if e.is_panic() {
-        io::Error::other("the blocking task panicked")
+        io::Error::other(Panicked)
     } else {
         io::Error::other("the blocking task did not run: the runtime is shutting down")
     }
@@ -92,5 +117,30 @@ pub(crate) fn drop_in_background<T: Send + 'static>(value: T) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => drop(rt.spawn_blocking(move || drop(value))),
         Err(_) => drop(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit job that panics may have published: the error says so.
+    /// One that never ran (the runtime shut down) published nothing.
+    #[test]
+    fn a_panicked_commit_is_of_unknown_outcome() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(async { run(|| -> () { panic!("a bug in a commit") }).await })
+            .unwrap_err();
+        let err = lost_commit(Op::Write, Path::new("t"), e);
+        assert_eq!(err.op(), Op::Commit);
+        assert!(!err.is_published());
+        assert!(err.to_string().contains("unknown"), "{err}");
+
+        let never_ran = io::Error::other("the runtime is shutting down");
+        let err = lost_commit(Op::Write, Path::new("t"), never_ran);
+        assert_eq!(err.op(), Op::Write);
     }
 }

@@ -375,7 +375,7 @@ impl AsyncAtomicDir {
         let tree = self.tree.take().expect("present until commit");
         let (published, replaced) = blocking::run(move || tree.commit(exists))
             .await
-            .map_err(|e| Error::new(Op::Rename, &self.target, e))??;
+            .map_err(|e| blocking::lost_commit(Op::Rename, &self.target, e))??;
         // The replaced trees are removed off the caller's path.
         if !replaced.is_empty() {
             blocking::drop_in_background(replaced);

@@ -66,6 +66,14 @@ pub enum Op {
     /// Removing the temp file on rollback (or an atomic directory's temp
     /// tree).
     RemoveTemp,
+    /// A commit (of a file, of an [`update`](crate::update), of an atomic
+    /// directory) whose job on the blocking pool panicked: it may have
+    /// stopped before or after publishing, so the target holds the old or
+    /// the new content, whole, and which is unknown ([`Error::is_published`]
+    /// is false: read the target to tell). A job that never ran (the
+    /// runtime shut down first) published nothing and is reported at its
+    /// first step instead.
+    Commit,
     /// Looking at or removing a leftover temp file or temp tree in
     /// [`sweep`](crate::sweep) (the path is that entry), or syncing the
     /// directory after removing some (the path is the directory).
@@ -98,6 +106,10 @@ impl Op {
             ),
             Op::RemoveTemp => write!(f, "failed to remove temp file `{p}`"),
             Op::Sweep => write!(f, "failed to sweep leftover temp files at `{p}`"),
+            Op::Commit => write!(
+                f,
+                "failed to commit `{p}` (the job panicked: old or new content, unknown which)"
+            ),
         }
     }
 }
@@ -178,6 +190,7 @@ impl Error {
     /// the error happened: the content is visible, its durability unknown.
     /// True for [`Op::SyncDir`] errors (and a sync right after an
     /// `O_TMPFILE` link); retrying would write the content a second time.
+    /// False for [`Op::Commit`], where it is unknown.
     pub fn is_published(&self) -> bool {
         self.published
     }
@@ -235,6 +248,7 @@ mod tests {
             Op::SyncDir,
             Op::RemoveTemp,
             Op::Sweep,
+            Op::Commit,
         ];
         for op in ops {
             let msg = Error::new(op, "p", io::Error::other("x")).to_string();

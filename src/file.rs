@@ -137,12 +137,13 @@ impl AsyncAtomicFile {
             .pipeline
             .take_parts()
             .map_err(|e| self.write_error(e))?;
-        // A job that panicked or never ran failed at its first step, the
-        // write of the rest; its guard removed the temp file either way.
+        // A job that never ran failed at its first step, the write of the
+        // rest, and its guard removed the temp file; one that panicked may
+        // have published or not: `Op::Commit`.
         let span = trace::commit(&self.target, self.durability, self.pipeline.accepted());
         blocking::run(move || span.in_scope(|| staged.commit(&rest)))
             .await
-            .map_err(|e| Error::new(Op::Write, &self.target, e))?
+            .map_err(|e| blocking::lost_commit(Op::Write, &self.target, e))?
     }
 
     /// Discards everything written and removes the temp file, reporting the

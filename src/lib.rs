@@ -44,7 +44,8 @@
 //! # How it works
 //!
 //! ```text
-//! open     resolve symlinks; open(dir, O_DIRECTORY)
+//! open     open(dir, O_DIRECTORY); lstat(name); a symlink: readlinkat,
+//!          under the sticky-directory rules, and again for its target
 //!          openat(dir, ".", O_TMPFILE|O_WRONLY, mode)            Linux, when supported
 //!          or openat(dir, ".{name}.{random}.tmp",
 //!                    O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, mode)   elsewhere
@@ -68,11 +69,13 @@
 //! An [`update`]:
 //!
 //! ```text
-//! turn     an async mutex per path, in the process
+//! find     as `open` above, once: the file read is the file replaced
 //! lock     openat(dir, ".{name}.lock", O_RDONLY|O_CREAT|O_NOFOLLOW|
-//!                 O_NONBLOCK, mode no wider than the target's)
-//!          flock(lock, LOCK_EX)                               waits for other processes
-//!          read(target)
+//!                 O_NONBLOCK); fchown, fchmod when ours (see below)
+//!          flock(lock, LOCK_EX|LOCK_NB)       held elsewhere: close, and
+//!                                             again after a pause (<= 64 ms)
+//! turn     an async mutex per file (not per spelling), in the process
+//!          read(target, O_NOFOLLOW)
 //! f        on the caller's task
 //! write    as `write` above, one hop; then close(lock)
 //! ```
@@ -137,6 +140,15 @@
 //! - Extended attributes, ACLs, SELinux labels and file flags are not copied.
 //! - A symlink swapped while a write is open: the file it pointed to at
 //!   `open` is the one replaced.
+//!
+//! Links and sticky directories: in a sticky, world-writable directory
+//! (`/tmp`), a link is followed only when its owner is the caller
+//! (effective uid) or the directory's owner, and an existing entry is
+//! replaced only on the same terms, whether or not the kernel's
+//! `fs.protected_symlinks` and `fs.protected_regular` are on; otherwise
+//! `PermissionDenied` ([`Op::Open`]), naming the link or the target, and
+//! nothing changes. Directories along a path are walked by the kernel, as
+//! by any `open`.
 //!
 //! # Cancel safety
 //!

@@ -128,7 +128,19 @@ impl OpenOptions {
     /// sticky bits included (default `true`). A new file, or any file with
     /// `false`, gets `0o666` less the umask, as [`std::fs::File::create`] gives.
     /// Either way the temp file is never readable wider than the file it
-    /// replaces while it is written.
+    /// replaces while it is written, from its creation on.
+    ///
+    /// When the group cannot be kept (see
+    /// [`preserve_owner`](Self::preserve_owner)), a kept mode gives the
+    /// group no more than others have: `0640` becomes `0600`, since those
+    /// bits were meant for another group. Bits set by [`mode`](Self::mode)
+    /// stay as set.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// With `false`, the umask is read from `/proc/self/status` (Linux);
+    /// where it cannot be read, the file keeps the mode it was created
+    /// with, which is no wider than the replaced file's.
     pub fn preserve_permissions(&mut self, preserve: bool) -> &mut Self {
         self.preserve_permissions = preserve;
         self
@@ -151,6 +163,13 @@ impl OpenOptions {
     /// replaced, its own directory holding the temp file; a dangling link
     /// gets its target created. With `false` the link itself is replaced by a
     /// regular file.
+    ///
+    /// In a sticky, world-writable directory (`/tmp`), a link is followed
+    /// only when its owner is the caller or the directory's owner, as the
+    /// kernel's `fs.protected_symlinks` would have it, and an entry there
+    /// (a file, or a link not followed) is replaced only on the same terms;
+    /// otherwise `open` fails with `PermissionDenied`, naming the link or
+    /// the target.
     pub fn follow_symlinks(&mut self, follow: bool) -> &mut Self {
         self.follow_symlinks = follow;
         self
@@ -200,16 +219,20 @@ impl OpenOptions {
     /// `.{name}.lock` beside the target from before it reads the target
     /// until its commit has ended, so that updates of one file from
     /// several processes never lose one another's changes. The lock file
-    /// is created on first use, never readable wider than the target or
-    /// the [`mode`](Self::mode) it is given, and left in place: removing
-    /// it while updates run would let two of them hold "the" lock at once.
-    /// With `false`, updates are serialised only within the process. Other
-    /// writes (`open`, `write`) never take the lock.
+    /// is created on first use and left in place: removing it while updates
+    /// run would let two of them hold "the" lock at once. It holds nothing,
+    /// and whoever may replace the target may take it, whoever created it:
+    /// it is given the directory's owner and group (as far as the creator
+    /// may give them) and mode `0600`, plus read for group and others where
+    /// they may write the directory (unless it is sticky: there they may
+    /// not replace the target). With `false`, updates are serialised
+    /// only within the process. Other writes (`open`, `write`) never take
+    /// the lock.
     ///
     /// # Platform-specific behavior
     ///
-    /// On Windows the lock is the lock file opened without sharing, polled
-    /// every 10 ms while another process holds it.
+    /// On Windows the lock is the lock file opened without sharing: while
+    /// another process holds it, the update tries again after a pause.
     pub fn lock_file(&mut self, lock: bool) -> &mut Self {
         self.lock_file = lock;
         self
@@ -290,6 +313,6 @@ impl OpenOptions {
         let span = crate::trace::commit(target, self.durability, contents.len() as u64);
         crate::blocking::run(move || span.in_scope(|| crate::core::write(&opts, path, &contents)))
             .await
-            .map_err(|e| Error::new(crate::Op::Open, target, e))?
+            .map_err(|e| crate::blocking::lost_commit(crate::Op::Open, target, e))?
     }
 }

@@ -286,6 +286,7 @@ fn child_replace_and_report() {
     let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
     let want_writing: u32 = u32::from_str_radix(&std::env::var("TAW_WRITING").unwrap(), 8).unwrap();
     let want_gid: u32 = std::env::var("TAW_GID").unwrap().parse().unwrap();
+    let want_final: u32 = u32::from_str_radix(&std::env::var("TAW_FINAL").unwrap(), 8).unwrap();
     let unnamed = std::env::var_os("TAW_UNNAMED").is_some();
     let target = dir.join("t");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -293,13 +294,13 @@ fn child_replace_and_report() {
         assert_eq!(seen, vec![want_writing], "mode while writing");
         let m = std::fs::metadata(&target).unwrap();
         let got = (m.uid(), m.gid(), m.mode() & 0o7777);
-        assert_eq!(got, (65534, want_gid, 0o640));
+        assert_eq!(got, (65534, want_gid, want_final));
     });
 }
 
 /// Replaces a 0640 file owned by 1234:4242 as nobody, with or without
 /// membership in group 4242, with each temp kind.
-fn replace_as_nobody(test: &str, groups: &str, writing: &str, gid: &str) {
+fn replace_as_nobody(test: &str, groups: &str, writing: &str, gid: &str, final_mode: &str) {
     for unnamed in TEMP_KINDS {
         let dir = scratch();
         set_mode(dir.path(), 0o777);
@@ -313,6 +314,7 @@ fn replace_as_nobody(test: &str, groups: &str, writing: &str, gid: &str) {
             ("TAW_DIR", dir_s),
             ("TAW_WRITING", writing),
             ("TAW_GID", gid),
+            ("TAW_FINAL", final_mode),
         ];
         if unnamed {
             env.push(("TAW_UNNAMED", "1"));
@@ -336,13 +338,15 @@ fn a_member_of_the_group_keeps_the_group() {
             "4242",
             "640",
             "4242",
+            "640",
         );
     }
 }
 
 /// Neither owner nor group can be copied: while writing, the group bits
-/// stay off (they would apply to the writer's group); the final file has
-/// the exact mode.
+/// stay off (they would apply to the writer's group), and the final file
+/// gives its group no more than others have (0640 becomes 0600): a group
+/// that could never read the file does not get to (issue #17, point 5).
 #[test]
 fn an_outsider_writes_without_group_bits_until_commit() {
     if is_child() {
@@ -354,6 +358,7 @@ fn an_outsider_writes_without_group_bits_until_commit() {
             "65534",
             "600",
             "65534",
+            "600",
         );
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -41,6 +42,12 @@ fn child_commit() {
         if case.contains("noclobber") {
             opts.overwrite(false);
         }
+        if case.contains("secret") {
+            // A 0600 target, replaced with `preserve_permissions(false)`.
+            let secret = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(&target, secret).unwrap();
+            opts.preserve_permissions(false);
+        }
         if case.contains("temp_dir") {
             let temps = Path::new(&dir).join("temps");
             std::fs::create_dir(&temps).unwrap();
@@ -64,6 +71,10 @@ fn child_commit() {
             assert!(err.is_published(), "the rename had happened");
         } else {
             result.unwrap();
+        }
+        if case.contains("secret") {
+            let final_mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+            assert_eq!(final_mode, 0o666 & !current_umask(), "the new-file default");
         }
     });
 }
@@ -651,4 +662,33 @@ fn concurrent_commits_share_directory_fsyncs_each_after_its_rename() {
         dir_syncs.len()
     );
     eprintln!("{GROUP} commits, {} directory fsyncs", dir_syncs.len());
+}
+
+/// Issue #17, point 5: with `preserve_permissions(false)`, the temp file
+/// for a 0600 target is created 0600 (less the umask), not with the
+/// new-file default narrowed a moment later: a descriptor opened in that
+/// window would read all that is written after it. The final file gets the
+/// new-file default at commit.
+#[test]
+fn a_temp_file_is_created_no_wider_than_the_file_it_replaces() {
+    if !parent_with_strace() {
+        return;
+    }
+    for case in ["named secret", "unnamed secret"] {
+        let calls = trace(
+            "a_temp_file_is_created_no_wider_than_the_file_it_replaces",
+            case,
+            true,
+        );
+        let create = position(&calls, "temp create", |c| {
+            c.name == "openat" && (c.line.contains("O_CREAT") || c.line.contains("O_TMPFILE"))
+        });
+        let line = &calls[create].line;
+        let mode = line
+            .rsplit_once(") =")
+            .and_then(|(args, _)| args.rsplit_once(", "))
+            .map(|(_, mode)| u32::from_str_radix(mode.trim_start_matches('0'), 8).unwrap())
+            .unwrap_or_else(|| panic!("no mode in {line}"));
+        assert_eq!(mode & 0o077, 0, "{case}: created {mode:o}: {line}");
+    }
 }

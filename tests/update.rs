@@ -158,24 +158,42 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: not done after 60 s"))
 }
 
-/// Waits (up to 60 s) until some thread is blocked in `flock` on `lock`, as
-/// `/proc/locks` lists it: a `->` line for the lock file's inode.
-async fn blocked_on(lock: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let ino = format!(":{} ", std::fs::metadata(lock).unwrap().ino());
-    within("waiting for a blocked flock", async {
-        loop {
-            let locks = std::fs::read_to_string("/proc/locks").unwrap();
-            if locks
-                .lines()
-                .any(|l| l.contains("-> FLOCK") && l.contains(&ino))
-            {
-                return;
+/// Sees the tries of `lock` that failed. `update` never blocks in `flock`
+/// (a blocked pool thread could not be given back when the update is
+/// dropped): it opens the lock file, tries the lock without waiting, and
+/// closes it at once when another holder has it. inotify reports that
+/// close (`IN_CLOSE_NOWRITE`: the file is opened read-only); the holder's
+/// own descriptor, opened for writing before the watch, is never closed
+/// while it is watched.
+struct FailedTries(std::os::fd::OwnedFd);
+
+impl FailedTries {
+    fn watch(lock: &Path) -> FailedTries {
+        use rustix::fs::inotify;
+        let fd =
+            inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
+        inotify::add_watch(&fd, lock, inotify::WatchFlags::CLOSE_NOWRITE).unwrap();
+        FailedTries(fd)
+    }
+
+    /// Waits (up to 60 s) for the next failed try.
+    async fn next(&self) {
+        use std::mem::MaybeUninit;
+        within("waiting for a failed try of the lock", async {
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+            loop {
+                let mut reader = rustix::fs::inotify::Reader::new(&self.0, &mut buf);
+                match reader.next() {
+                    Ok(_) => return,
+                    Err(rustix::io::Errno::AGAIN) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                    Err(e) => panic!("inotify: {e}"),
+                }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
+        })
+        .await
+    }
 }
 
 /// While another process holds the lock, an update does not read the
@@ -202,10 +220,11 @@ async fn an_update_waits_for_the_lock_held_by_another_process() {
     .unwrap();
     assert_eq!(counter(&path), 11);
 
+    let tries = FailedTries::watch(&lock);
     let p = path.clone();
     let waiting = tokio::spawn(async move { update(&p, increment).await });
-    // It blocks in flock on the lock file, and has not read the file.
-    blocked_on(&lock).await;
+    // It tried the lock, did not get it, and has not read the file.
+    tries.next().await;
     assert!(!waiting.is_finished());
     // The holder's own write, made under the lock.
     tokio_atomic_write::write(&path, "100\n").await.unwrap();
@@ -395,9 +414,10 @@ async fn a_dropped_update_gives_up_its_turn() {
     std::fs::write(&path, "5\n").unwrap();
     let lock = dir.path().join(".counter.lock");
     let held = hold_lock(&lock);
+    let tries = FailedTries::watch(&lock);
     let p = path.clone();
     let first = tokio::spawn(async move { update(&p, increment).await });
-    blocked_on(&lock).await;
+    tries.next().await;
     let p = path.clone();
     let second = tokio::spawn(async move { update(&p, increment).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -456,4 +476,306 @@ async fn an_update_dropped_after_f_ran_still_writes_and_lets_the_next_one_throug
         );
     }
     eprintln!("{finished_first} of 20 updates finished before their abort");
+}
+
+/// Issue #17, point 2: with `follow_symlinks(false)`, what a link at the
+/// target points to never reaches `f` (it gets `None`), and the link is
+/// replaced like a new file; the file behind it stays as it was, secret.
+#[tokio::test]
+async fn a_link_not_followed_is_never_read_through() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = scratch();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let secret = victim.join("secret");
+    std::fs::write(&secret, b"the secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path().join("state");
+    symlink(&secret, &link).unwrap();
+    let mut opts = OpenOptions::new();
+    opts.follow_symlinks(false).mode(0o644);
+    opts.update(&link, |old| {
+        assert_eq!(old, None, "the content behind a link not followed");
+        Ok::<_, Error>(b"appended\n".to_vec())
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&secret).unwrap(), b"the secret");
+    let m = std::fs::symlink_metadata(&link).unwrap();
+    assert!(m.file_type().is_file(), "the link was replaced by a file");
+    assert_eq!(std::fs::read(&link).unwrap(), b"appended\n");
+}
+
+/// Issue #17, point 2: the path is resolved once. A link swapped to
+/// another file while `f` runs does not make the update write what it read
+/// from the first file into the second: the file read is the file
+/// replaced, and its lock sits beside it.
+#[tokio::test]
+async fn the_file_read_is_the_file_replaced_when_the_link_is_swapped_inside_f() {
+    use std::os::unix::fs::symlink;
+    let dir = scratch();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir(&a_dir).unwrap();
+    std::fs::create_dir(&b_dir).unwrap();
+    let (a, b) = (a_dir.join("file"), b_dir.join("file"));
+    std::fs::write(&a, "1\n").unwrap();
+    std::fs::write(&b, "100\n").unwrap();
+    let link = dir.path().join("current");
+    symlink(&a, &link).unwrap();
+    update(&link, |old| {
+        // Repoint the link at b, as another process could.
+        std::fs::remove_file(&link).unwrap();
+        symlink(&b, &link).unwrap();
+        increment(old)
+    })
+    .await
+    .unwrap();
+    assert_eq!(counter(&a), 2, "a was read, so a is replaced");
+    assert_eq!(counter(&b), 100, "b is untouched");
+    assert_eq!(std::fs::read_link(&link).unwrap(), b);
+    assert!(a_dir.join(".file.lock").exists(), "the lock beside a");
+    assert!(!b_dir.join(".file.lock").exists());
+    assert_eq!(others(&b_dir, &["file"]), Vec::<OsString>::new());
+}
+
+/// Issue #17, point 4: a dropped update stops waiting for a lock that
+/// another process holds, and does not keep the runtime from shutting
+/// down: before, its pool thread waited in `flock` until the holder let
+/// go (for ever, if it hangs).
+#[test]
+fn a_dropped_update_stops_waiting_and_the_runtime_shuts_down() {
+    let dir = scratch();
+    let path = dir.path().join("counter");
+    std::fs::write(&path, "5\n").unwrap();
+    let held = hold_lock(&dir.path().join(".counter.lock"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..2 {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(200), update(&path, increment))
+                    .await
+                    .is_err();
+            assert!(gave_up, "the lock is held: the update cannot finish");
+        }
+    });
+    // Liveness bound, not a timing: the lock stays held past it.
+    let (done, shut_down) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(rt);
+        let _ = done.send(());
+    });
+    let waited = shut_down.recv_timeout(Duration::from_secs(20));
+    assert!(
+        waited.is_ok(),
+        "the runtime did not shut down while another process held the lock"
+    );
+    drop(held);
+    assert_eq!(counter(&path), 5, "the dropped updates wrote nothing");
+}
+
+/// Issue #17, point 4: updates of one file take turns however its path is
+/// spelled. On a runtime with one blocking thread, an update of `d/x`
+/// waiting behind one of `d/../d/x` deadlocked, each turn keyed by its
+/// spelling: the second held the only pool thread in `flock`, and the
+/// first could never commit. (`f` sleeps to let the second reach the lock
+/// while the first holds it.)
+#[test]
+fn updates_of_one_file_spelled_two_ways_take_turns() {
+    let dir = scratch();
+    let d = dir.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    let x = d.join("x");
+    // On a thread of its own: a deadlocked runtime cannot be dropped (its
+    // pool thread never returns), so the test fails at the liveness bound
+    // instead of hanging with it.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let spellings = [d.join("x"), d.join("..").join("d").join("x")];
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let tasks: Vec<_> = spellings
+            .iter()
+            .cloned()
+            .map(|p| {
+                rt.spawn(async move {
+                    update(&p, |old| {
+                        std::thread::sleep(Duration::from_millis(100));
+                        increment(old)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            rt.block_on(t).unwrap().unwrap();
+        }
+        let _ = done.send(counter(&d.join("x")));
+
+        // Without a lock file only the turns order them: keyed by the
+        // file, no increment is lost, whichever spelling each one uses.
+        let mut opts = OpenOptions::new();
+        opts.lock_file(false);
+        let opts = Arc::new(opts);
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (opts, p) = (opts.clone(), spellings[i % 2].clone());
+                rt.spawn(async move {
+                    for _ in 0..10 {
+                        opts.update(&p, |old| {
+                            std::thread::sleep(Duration::from_millis(1));
+                            increment(old)
+                        })
+                        .await
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            rt.block_on(t).unwrap();
+        }
+        let _ = done.send(counter(&d.join("x")));
+    });
+    let bound = Duration::from_secs(60);
+    let after_two = finished
+        .recv_timeout(bound)
+        .expect("two updates of one file, spelled two ways, deadlocked");
+    assert_eq!(after_two, 2);
+    let after_all = finished
+        .recv_timeout(bound)
+        .expect("increments through two spellings did not finish");
+    assert_eq!(after_all, 82);
+    assert_eq!(counter(&x), 82);
+}
+
+/// The child half of the lock-file tests: one increment of `TAW_TARGET`.
+fn child_increment() {
+    let target = PathBuf::from(std::env::var("TAW_TARGET").unwrap());
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(update(&target, increment))
+        .unwrap();
+}
+
+fn increment_as_nobody(test: &str, target: &Path, groups: &str) {
+    let groups = format!("--groups={groups}");
+    let setpriv = ["setpriv", "--reuid=65534", "--regid=65534", &groups, "--"];
+    run_child(
+        test,
+        &setpriv,
+        &[("TAW_TARGET", target.to_str().unwrap())],
+        None,
+    );
+}
+
+fn increment_as_root(target: &Path) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(update(target, increment))
+        .unwrap();
+}
+
+fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+/// Issue #17, point 3: an update by root (an admin tool under sudo) of
+/// `nobody`'s 0600 file, in `nobody`'s directory, does not lock `nobody`
+/// out: the lock file goes to the directory's owner, readable by its owner
+/// only. A target of mode 0o200 makes no lock file that no one can open.
+#[test]
+fn the_lock_file_never_locks_out_whoever_may_replace_the_target() {
+    const NAME: &str = "the_lock_file_never_locks_out_whoever_may_replace_the_target";
+    const NOBODY: u32 = 65534;
+    if is_child() {
+        return child_increment();
+    }
+    if !require(is_root() && have("setpriv"), "root and setpriv") {
+        return;
+    }
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let dir = scratch();
+    mode(dir.path(), 0o755);
+    let app = dir.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    chown(&app, Some(NOBODY), Some(NOBODY)).unwrap();
+    mode(&app, 0o755);
+    for (name, target_mode) in [("state", 0o600), ("write_only", 0o200)] {
+        let state = app.join(name);
+        std::fs::write(&state, "1\n").unwrap();
+        chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+        mode(&state, target_mode);
+        increment_as_root(&state);
+        let lock = app.join(format!(".{name}.lock"));
+        assert_eq!(
+            owner_and_mode(&lock),
+            (NOBODY, NOBODY, 0o600),
+            "{name}: the lock file is the directory owner's, for its owner"
+        );
+        mode(&state, 0o600);
+        increment_as_nobody(NAME, &state, "65534");
+        assert_eq!(counter(&state), 3, "{name}");
+    }
+
+    // A group-writable directory: the lock is readable by the group that
+    // may write there, and a member takes it after root.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chown(&shared, Some(0), Some(4242)).unwrap();
+    mode(&shared, 0o770);
+    let state = shared.join("state");
+    std::fs::write(&state, "1\n").unwrap();
+    chown(&state, Some(0), Some(4242)).unwrap();
+    mode(&state, 0o660);
+    increment_as_root(&state);
+    assert_eq!(
+        owner_and_mode(&shared.join(".state.lock")),
+        (0, 4242, 0o640)
+    );
+    increment_as_nobody(NAME, &state, "4242");
+    assert_eq!(counter(&state), 3);
+}
+
+/// A lock file that an older version left root's and 0600 is mended by
+/// root's next update, so that the owner of the directory can take it.
+#[test]
+fn a_lock_file_left_by_root_is_mended_at_roots_next_update() {
+    const NAME: &str = "a_lock_file_left_by_root_is_mended_at_roots_next_update";
+    const NOBODY: u32 = 65534;
+    if is_child() {
+        return child_increment();
+    }
+    if !require(is_root() && have("setpriv"), "root and setpriv") {
+        return;
+    }
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    chown(&app, Some(NOBODY), Some(NOBODY)).unwrap();
+    let state = app.join("state");
+    std::fs::write(&state, "1\n").unwrap();
+    chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let lock = app.join(".state.lock");
+    std::fs::write(&lock, "").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(owner_and_mode(&lock), (0, 0, 0o600));
+    increment_as_root(&state);
+    assert_eq!(owner_and_mode(&lock), (NOBODY, NOBODY, 0o600));
+    increment_as_nobody(NAME, &state, "65534");
+    assert_eq!(counter(&state), 3);
 }

@@ -7,6 +7,7 @@
 
 mod group;
 pub(crate) mod name;
+pub(crate) mod resolve;
 #[cfg(unix)]
 pub(crate) mod tree;
 pub(crate) mod update;
@@ -19,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::sys::{self, AfterLink, Dir, Kind, NoReplace};
 use crate::{Durability, Error, Op, OpenOptions};
-
-/// How many links a symlink chain may have, as Linux's own limit.
-const MAX_SYMLINKS: usize = 40;
+use resolve::Found;
 /// How many random names to try before giving up on `EEXIST`.
 const TEMP_NAME_ATTEMPTS: usize = 64;
 
@@ -79,44 +78,6 @@ fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// Follows the symlink chain at `path` to the file it finally names, each
-/// relative link against its own directory. Returns the last path reached:
-/// an existing non-link, or a missing one (a new file, or a dangling link's
-/// target, which then gets created).
-fn resolve_symlinks(path: &Path) -> Result<PathBuf, Error> {
-    let mut current = path.to_path_buf();
-    for _ in 0..MAX_SYMLINKS {
-        match std::fs::symlink_metadata(&current) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let link =
-                    std::fs::read_link(&current).map_err(|e| Error::new(Op::Open, path, e))?;
-                // An absolute `link` replaces the base in `join`.
-                current = match current.parent() {
-                    Some(parent) => parent.join(link),
-                    None => link,
-                };
-            }
-            Ok(_) => return Ok(current),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(current),
-            Err(e) => return Err(Error::new(Op::Open, path, e)),
-        }
-    }
-    Err(Error::new(Op::Open, path, too_many_links()))
-}
-
-#[cfg(unix)]
-fn too_many_links() -> io::Error {
-    rustix::io::Errno::LOOP.into()
-}
-
-#[cfg(not(unix))]
-fn too_many_links() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "too many levels of symbolic links",
-    )
-}
-
 /// Splits a target path into its directory and file name, rejecting paths
 /// that name no file: empty, ending in `..`, `.`, a root or a separator.
 fn split(path: &Path) -> Result<(&Path, &OsStr), io::Error> {
@@ -143,43 +104,28 @@ fn split(path: &Path) -> Result<(&Path, &OsStr), io::Error> {
     }
 }
 
-/// Opens the directory of `path` and looks at its last component, without
-/// following it. `target` is the path as given, for errors.
-fn look(path: &Path, target: &Path) -> Result<(Dir, Option<sys::Meta>), Error> {
-    let (parent, name) = split(path).map_err(|e| Error::new(Op::Open, target, e))?;
-    let dir = Dir::open(parent).map_err(|e| Error::new(Op::OpenDir, parent, e))?;
-    let existing = dir
-        .stat(name)
-        .map_err(|e| Error::new(Op::Open, target, e))?;
-    Ok((dir, existing))
-}
-
 impl Staged {
     /// Resolves and checks the target, then creates the temp file: the whole
     /// of `open`, run on the blocking pool. Nothing on disk changes on error.
     pub(crate) fn open(opts: &OpenOptions, target: PathBuf) -> Result<Staged, Error> {
-        // Most targets are no symlink: look through the directory first and
-        // follow a chain only when there is one (a `stat` saved per open).
-        // Following links, a failed first look proves nothing: the target
-        // may be a link out of a directory that can be searched but not
-        // opened (mode 0711); resolve the chain by path then, as `lstat`
-        // needs no more than search permission.
-        let first = look(&target, &target);
-        let follow = match &first {
-            Ok((_, existing)) => {
-                opts.follow_symlinks && existing.is_some_and(|m| m.kind == Kind::Symlink)
-            }
-            Err(_) => opts.follow_symlinks,
-        };
-        let (resolved, dir, existing) = if follow {
-            let resolved = resolve_symlinks(&target)?;
-            let (dir, existing) = look(&resolved, &target)?;
-            (resolved, dir, existing)
-        } else {
-            let (dir, existing) = first?;
-            (target.clone(), dir, existing)
-        };
-        let (parent, name) = split(&resolved).map_err(|e| Error::new(Op::Open, &target, e))?;
+        let found = resolve::find(&target, opts.follow_symlinks.into())?;
+        Staged::open_found(opts, target, found)
+    }
+
+    /// Checks the entry `found` for `target` and creates the temp file
+    /// beside it.
+    pub(crate) fn open_found(
+        opts: &OpenOptions,
+        target: PathBuf,
+        found: Found,
+    ) -> Result<Staged, Error> {
+        found.check_replace(&target)?;
+        let Found {
+            dir,
+            dir_path: parent,
+            name,
+            existing,
+        } = found;
         let existing = match existing {
             Some(m) if m.kind == Kind::Dir => {
                 return Err(Error::new(
@@ -208,10 +154,7 @@ impl Staged {
             }
             None => None,
         };
-        let temp_dir_path = opts
-            .temp_dir
-            .clone()
-            .unwrap_or_else(|| parent.to_path_buf());
+        let temp_dir_path = opts.temp_dir.clone().unwrap_or_else(|| parent.clone());
 
         // The published file's mode: exact (`Some`), or the new-file default
         // that the kernel derives from 0o666 and the umask (`None`).
@@ -222,13 +165,15 @@ impl Staged {
         };
         // Created with at most the final bits and at most the replaced
         // file's (the kernel also applies the umask), so the temp file is
-        // never readable wider than either from its first byte.
+        // never readable wider than either from its first byte, whatever
+        // the options: a descriptor opened in a window before a `chmod`
+        // would read all that is written after it.
         let existing_perm = existing.map_or(0o777, |m| m.mode & 0o777);
-        let create_mode = final_mode.map_or(0o666, |m| m & 0o777 & existing_perm);
+        let create_mode = final_mode.map_or(0o666, |m| m & 0o777) & existing_perm;
 
         let (file, temp) = create_temp(
             temp_dir.as_ref().unwrap_or(&dir),
-            name,
+            &name,
             create_mode,
             opts.unnamed_temp,
         )
@@ -241,7 +186,7 @@ impl Staged {
             plan: Plan {
                 target: target.clone(),
                 dir,
-                name: name.to_owned(),
+                name,
                 mode_at_commit: None,
                 durability: opts.durability,
                 overwrite: opts.overwrite,
@@ -276,12 +221,26 @@ impl Staged {
         } else {
             now.gid
         };
-        // Without an exact final mode the file was created with the
-        // kernel's default (0o666 less the umask): that is the final mode.
-        let final_mode = final_mode.unwrap_or(now.mode);
+        // Without an exact final mode, the new-file default: 0o666 less the
+        // umask. The file was created narrower than that (no wider than the
+        // replaced one), so the umask is read where the platform tells it;
+        // elsewhere the created mode is final (no wider than the replaced
+        // file's).
+        let mut final_mode = match final_mode {
+            Some(mode) => mode,
+            None => sys::umask().map_or(now.mode, |umask| 0o666 & !umask),
+        };
         let mut writing = final_mode & 0o777 & replaced.mode;
         if gid != replaced.gid {
             writing &= !0o070;
+            // The group bits of a kept mode were meant for the replaced
+            // file's group, which this file does not have: they would let
+            // another group read it. So the group gets no more than others
+            // have. Bits that `mode()` set stay, and so do the new-file
+            // default's (`preserve_permissions(false)`).
+            if opts.mode.is_none() && opts.preserve_permissions {
+                final_mode = narrow_group(final_mode);
+            }
         }
         // A chown clears only setuid/setgid, which are never in `writing`,
         // so `now.mode` still tells whether the chmod is needed.
@@ -527,6 +486,12 @@ impl Staged {
     }
 }
 
+/// `mode` with the group's permission bits cut to those others have.
+fn narrow_group(mode: u32) -> u32 {
+    let others = mode & 0o007;
+    (mode & !0o070) | ((mode >> 3) & others) << 3
+}
+
 /// `fsync`s `dir`, sharing the `fsync` with the commits into the same
 /// directory in flight at the same time (see [`group`]).
 /// `seen`: [`dir_failures`] before the rename.
@@ -663,6 +628,15 @@ mod tests {
             let err = split(Path::new(bad)).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn narrow_group_gives_the_group_what_others_have_at_most() {
+        assert_eq!(narrow_group(0o640), 0o600);
+        assert_eq!(narrow_group(0o644), 0o644);
+        assert_eq!(narrow_group(0o2775), 0o2755);
+        assert_eq!(narrow_group(0o4754), 0o4744);
+        assert_eq!(narrow_group(0o604), 0o604);
     }
 
     #[test]

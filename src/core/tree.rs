@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::{dir_failures, name, split, sync_dir, with_fresh, with_fresh_name};
+use super::{dir_failures, name, resolve, split, sync_dir, with_fresh, with_fresh_name};
 use crate::sys::{self, Dir, Kind};
 use crate::{Durability, Error, Exists, Op, Published};
 
@@ -86,6 +86,12 @@ impl Tree {
         let existing = parent
             .stat(name)
             .map_err(|e| Error::new(Op::Open, &target, e))?;
+        // In a sticky, world-writable directory, another user's entry is
+        // neither replaced nor taken as this tree's (its mode inherited).
+        if existing.is_some_and(|meta| !resolve::may_use(&parent, &meta)) {
+            let err = resolve::refused("entry", "not replaced");
+            return Err(Error::new(Op::Open, &target, err));
+        }
         let existing_mode = match existing {
             None => None,
             Some(meta) if meta.kind == Kind::Dir => Some(meta.mode),

@@ -1,71 +1,166 @@
-//! The synchronous half of [`update`](crate::update): take the lock beside
-//! the target, then read what the target holds; and the read alone.
+//! The synchronous half of [`update`](crate::update): find the target once,
+//! try the lock beside it without waiting, read what the target holds, and
+//! later replace the very entry that was read; and the read alone.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::{look, name, resolve_symlinks, split};
+use super::resolve::{self, FollowSymlinks, Found};
+use super::{name, Staged};
 use crate::sys::{Dir, Kind};
 use crate::{Error, Op, OpenOptions};
 
-/// The lock held for one update (`None` without a lock file), and the
-/// target's content (`None` when there is no target yet).
-pub(crate) type Locked = (Option<File>, Option<Vec<u8>>);
-
-/// Checks the target, takes the exclusive lock on its lock file (unless
-/// `opts` opt out), and reads it. The lock file sits beside the file
-/// finally replaced, symlinks followed as the write will follow them, so
-/// that every path to one file shares one lock. Bad input fails before the
-/// lock file is created: nothing on disk changes.
-pub(crate) fn lock_and_read(opts: &OpenOptions, target: &Path) -> Result<Locked, Error> {
-    let resolved = match opts.follow_symlinks {
-        true => resolve_symlinks(target)?,
-        false => target.to_path_buf(),
-    };
-    let (dir, existing) = look(&resolved, target)?;
-    let (parent, file_name) = split(&resolved).map_err(|e| Error::new(Op::Open, target, e))?;
-    let refuse = |e: io::Error| Err(Error::new(Op::Open, target, e));
-    match existing.map(|m| m.kind) {
-        Some(Kind::Dir) => return refuse(io::ErrorKind::IsADirectory.into()),
-        Some(Kind::Other) => {
-            return refuse(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ))
-        }
-        _ => {}
-    }
-    let lock = match opts.lock_file {
-        true => {
-            let lock_name = name::lock_name(file_name);
-            // Never readable wider than the file it guards, now or as
-            // `mode` will make it; empty anyway.
-            let mode = existing.map_or(0o666, |m| m.mode) & opts.mode.unwrap_or(0o666) & 0o666;
-            let lock = dir
-                .lock_file(&lock_name, mode)
-                .map_err(|e| Error::new(Op::Lock, parent.join(&lock_name), e))?;
-            Some(lock)
-        }
-        false => None,
-    };
-    let old = read_in(&dir, file_name).map_err(|e| Error::new(Op::Read, target, e))?;
-    Ok((lock, old))
+/// One try at starting an update: the entry found, the lock if taken, and
+/// the content once read under the lock.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    found: Found,
+    /// The lock file, its lock held.
+    lock: Option<File>,
+    /// The content (`None` inside: no file yet), once read while no other
+    /// update could change it: under the lock file's lock, or, without a
+    /// lock file, after the caller took its in-process turn.
+    old: Option<Option<Vec<u8>>>,
 }
 
-/// The content of the regular file at `target`, following symlinks;
-/// `None` when there is none. A directory, a FIFO or a device fails
-/// (without blocking), with the path and [`Op::Read`].
+impl Attempt {
+    /// Finds and checks the target (bad input fails here, before the lock
+    /// file is created: nothing on disk changes), then, with a lock file,
+    /// tries its lock and reads the target if it got it. Without a lock
+    /// file nothing is read yet: the caller's turn is not taken.
+    pub(crate) fn start(opts: &OpenOptions, target: &Path) -> Result<Attempt, Error> {
+        let found = resolve::find(target, opts.follow_symlinks.into())?;
+        found.check_replace(target)?;
+        let refuse = |e: io::Error| Err(Error::new(Op::Open, target, e));
+        match found.existing.map(|m| m.kind) {
+            Some(Kind::Dir) => return refuse(io::ErrorKind::IsADirectory.into()),
+            Some(Kind::Other) => {
+                return refuse(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ))
+            }
+            _ => {}
+        }
+        let attempt = Attempt {
+            found,
+            lock: None,
+            old: None,
+        };
+        match opts.lock_file {
+            true => attempt.again(opts, target),
+            false => Ok(attempt),
+        }
+    }
+
+    /// Tries the lock again (with a lock file) and reads the target once
+    /// it holds the lock (or, without one, at once: the caller holds its
+    /// turn). The same entry as found by [`start`](Self::start).
+    pub(crate) fn again(mut self, opts: &OpenOptions, target: &Path) -> Result<Attempt, Error> {
+        if opts.lock_file && self.lock.is_none() {
+            self.lock = lock_beside(&self.found)?;
+            if self.lock.is_none() {
+                return Ok(self);
+            }
+        }
+        let Found {
+            dir,
+            name,
+            existing,
+            ..
+        } = &self.found;
+        // A symlink left at the name is one not followed: its content never
+        // reaches `f`, and the write replaces the link like a new file.
+        let not_followed = existing.is_some_and(|m| m.kind == Kind::Symlink);
+        let old = match not_followed {
+            true => None,
+            false => read_in(dir, name).map_err(|e| Error::new(Op::Read, target, e))?,
+        };
+        self.old = Some(old);
+        Ok(self)
+    }
+
+    /// Whether the content is read, so that `f` can run.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.old.is_some()
+    }
+
+    /// Gives up the lock, if held (returned, for the caller to close off
+    /// its thread), and what was read under it.
+    pub(crate) fn let_go(&mut self) -> Option<File> {
+        self.old = None;
+        self.lock.take()
+    }
+
+    /// Which file the update is of: see [`Found::key`].
+    pub(crate) fn key(&self) -> (Option<(u64, u64)>, std::path::PathBuf) {
+        self.found.key()
+    }
+
+    /// The entry found, the lock, and the content read.
+    ///
+    /// # Panics
+    ///
+    /// Unless [`is_ready`](Self::is_ready).
+    pub(crate) fn into_parts(self) -> (Found, Option<File>, Option<Vec<u8>>) {
+        let old = self.old.expect("read before f runs");
+        (self.found, self.lock, old)
+    }
+}
+
+/// Opens (or creates) the lock file `.{name}.lock` beside the entry and
+/// tries its lock: `None` while another holder has it.
+///
+/// Its mode lets whoever may replace the target take the lock: read
+/// permission for the owner, and for group and others where they may write
+/// the directory (and it is not sticky). It holds no content, so it reveals none. In a sticky,
+/// world-writable directory a lock file owned by neither this user nor the
+/// directory's owner is refused, as a file to replace would be.
+fn lock_beside(found: &Found) -> Result<Option<File>, Error> {
+    let lock_name = name::lock_name(&found.name);
+    let (_, dir_mode) = found.dir.owner_and_mode();
+    // Group and others may replace the target where they may write the
+    // directory, unless it is sticky: there only the target's owner (and
+    // the directory's) may.
+    let mode = match dir_mode & 0o1000 {
+        0 => 0o600 | ((dir_mode & 0o022) << 1),
+        _ => 0o600,
+    };
+    let allowed = |meta: &crate::sys::Meta| match resolve::may_use(&found.dir, meta) {
+        true => Ok(()),
+        false => Err(resolve::refused("lock file", "not used")),
+    };
+    found
+        .dir
+        .try_lock_file(&lock_name, mode, allowed)
+        .map_err(|e| Error::new(Op::Lock, found.dir_path.join(&lock_name), e))
+}
+
+/// The write of an update: replaces the entry found by
+/// [`Attempt::start`], looked at again (a symlink swapped in since is
+/// replaced, not followed), never the path resolved anew.
+pub(crate) fn write(
+    opts: &OpenOptions,
+    target: &Path,
+    mut found: Found,
+    contents: &[u8],
+) -> Result<(), Error> {
+    found.refresh(target)?;
+    Staged::open_found(opts, target.to_path_buf(), found)?.commit(contents)
+}
+
+/// The content of the regular file at `target`, following symlinks as
+/// writes do (the sticky-directory rules included); `None` when there is
+/// none. A directory, a FIFO or a device fails (without blocking), with the
+/// path and [`Op::Read`].
 #[cfg_attr(not(feature = "serde"), allow(dead_code))]
 pub(crate) fn read(target: &Path) -> Result<Option<Vec<u8>>, Error> {
-    let err = |e| Error::new(Op::Read, target, e);
-    let (parent, file_name) = split(target).map_err(err)?;
-    let dir = Dir::open(parent).map_err(err)?;
-    read_in(&dir, file_name).map_err(err)
+    let found = resolve::find(target, FollowSymlinks::Yes)?;
+    read_in(&found.dir, &found.name).map_err(|e| Error::new(Op::Read, target, e))
 }
 
-fn read_in(dir: &Dir, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+fn read_in(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<Option<Vec<u8>>> {
     let Some(mut file) = dir.open_read(name)? else {
         return Ok(None);
     };

@@ -22,7 +22,7 @@ pub(crate) use super::linux::{
     after_link, create_unnamed, link_unnamed, random_bytes, sync_after_link,
 };
 #[cfg(target_os = "macos")]
-pub(crate) use super::macos::sync_file;
+pub(crate) use super::macos::sync_fd;
 
 /// Whether this platform applies unix modes and owners.
 pub(crate) const HAS_MODES: bool = true;
@@ -35,6 +35,16 @@ pub(crate) struct Dir {
     fd: OwnedFd,
     dev: u64,
     ino: u64,
+    /// Owner, group and mode (setuid/setgid/sticky included), from the
+    /// `fstat` that gave the identity: the sticky-directory rules and the
+    /// lock file need them.
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    /// Opened with `O_PATH` ([`Dir::open_lookup`]): good for looking up
+    /// names, not for reading, creating entries through a syscall that
+    /// needs a readable descriptor, or `fsync`.
+    lookup_only: bool,
 }
 
 impl Dir {
@@ -47,15 +57,68 @@ impl Dir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Dir::from_fd(fd)
+        Dir::from_fd(fd, false)
+    }
+
+    /// Opens `path` as [`Dir::open`] does or, on Linux, where the directory
+    /// can be searched but not read (mode 0711), with `O_PATH`, which needs
+    /// search permission only: enough to look at a symlink inside and read
+    /// it. [`Dir::readable`] then reopens it for the rest.
+    pub(crate) fn open_lookup(path: &Path) -> io::Result<Dir> {
+        match Dir::open(path) {
+            #[cfg(target_os = "linux")]
+            Err(e) if e.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) => {
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                Dir::from_fd(rustix::fs::openat(CWD, path, flags, Mode::empty())?, true)
+            }
+            other => other,
+        }
+    }
+
+    /// This directory, readable: itself, or when opened by
+    /// [`Dir::open_lookup`] with `O_PATH`, reopened through `.` (the same
+    /// directory, whatever its path holds now), which fails with `EACCES`
+    /// where it cannot be read.
+    pub(crate) fn readable(self) -> io::Result<Dir> {
+        if !self.lookup_only {
+            return Ok(self);
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Dir::from_fd(
+            rustix::fs::openat(&self.fd, ".", flags, Mode::empty())?,
+            false,
+        )
     }
 
     /// A directory opened as `fd`, with its identity.
-    fn from_fd(fd: OwnedFd) -> io::Result<Dir> {
+    fn from_fd(fd: OwnedFd, lookup_only: bool) -> io::Result<Dir> {
         let st = rustix::fs::fstat(&fd)?;
         #[allow(clippy::unnecessary_cast)] // st_dev is i32 on macOS
         let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
-        Ok(Dir { fd, dev, ino })
+        #[allow(clippy::unnecessary_cast)] // st_mode is u16 on macOS
+        let mode = st.st_mode as u32 & 0o7777;
+        Ok(Dir {
+            fd,
+            dev,
+            ino,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode,
+            lookup_only,
+        })
+    }
+
+    /// The directory's owner and mode (sticky bit included), as they were
+    /// when it was opened.
+    pub(crate) fn owner_and_mode(&self) -> (u32, u32) {
+        (self.uid, self.mode)
+    }
+
+    /// `readlinkat`: what the symlink `name` holds.
+    pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<std::path::PathBuf> {
+        use std::os::unix::ffi::OsStringExt;
+        let target = rustix::fs::readlinkat(&self.fd, name, Vec::new())?;
+        Ok(OsString::from_vec(target.into_bytes()).into())
     }
 
     /// Device and inode numbers: which directory this is, however it was
@@ -79,8 +142,11 @@ impl Dir {
     /// for durable, while its `fstat` fails with `EIO`. (Its fsync of a
     /// regular file checks, as ext4's fsyncs do.) Other `fstat` errors say
     /// nothing about the sync and are ignored.
+    ///
+    /// On macOS, `F_FULLFSYNC` as for files ([`sync_file`]): a plain
+    /// `fsync` there leaves the entries in the drive's cache.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        rustix::fs::fsync(&self.fd)?;
+        sync_fd(&self.fd)?;
         #[cfg(target_os = "linux")]
         if let Err(rustix::io::Errno::IO) = rustix::fs::fstat(&self.fd) {
             return Err(rustix::io::Errno::IO.into());
@@ -194,12 +260,26 @@ impl Dir {
         }
     }
 
-    /// Opens the lock file `name`, creating it with `mode` (less the umask)
-    /// if missing, and waits for its exclusive `flock`, held until the file
-    /// is closed or the process dies. Read-only, so that anyone who may
-    /// read it can take it; never following a link nor blocking on a FIFO
-    /// planted at the name, and refusing anything but a regular file.
-    pub(crate) fn lock_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+    /// Opens the lock file `name`, creating it if missing, and tries its
+    /// exclusive `flock` without waiting: `Ok(None)` while another holder
+    /// (another process, or another descriptor in this one) has it. The
+    /// lock is held until the file is closed or the process dies.
+    ///
+    /// Opened read-only, so that anyone who may read it can take it; never
+    /// following a link nor blocking on a FIFO planted at the name, and
+    /// refusing anything but a regular file. `allowed` judges the file
+    /// found there (its metadata), before any lock is tried on it.
+    ///
+    /// A lock file this process owns gets the directory's owner and group
+    /// (best effort: only root can give a file away) and `mode`: so that
+    /// whoever may replace the target can take its lock, whoever created
+    /// the lock file (an administrator's tool run as root included).
+    pub(crate) fn try_lock_file(
+        &self,
+        name: &OsStr,
+        mode: u32,
+        allowed: impl FnOnce(&Meta) -> io::Result<()>,
+    ) -> io::Result<Option<File>> {
         let fd = rustix::fs::openat(
             &self.fd,
             name,
@@ -211,24 +291,50 @@ impl Dir {
                 | OFlags::CLOEXEC,
             Mode::from_raw_mode(mode as _),
         )?;
-        regular(&fd)?;
-        loop {
-            match rustix::fs::flock(&fd, FlockOperation::LockExclusive) {
-                Err(Errno::INTR) => continue,
-                other => break other?,
+        let meta = meta_of(&rustix::fs::fstat(&fd)?);
+        match meta.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(Errno::ISDIR.into()),
+            _ => return Err(not_regular()),
+        }
+        allowed(&meta)?;
+        if meta.uid == euid() {
+            // Best effort, and quiet: the lock works without it. Root can
+            // give the file to the directory's owner; anyone else can at
+            // most give it the directory's group, if a member.
+            let (uid, gid) = (
+                rustix::fs::Uid::from_raw(self.uid),
+                rustix::fs::Gid::from_raw(self.gid),
+            );
+            if meta.uid != self.uid || meta.gid != self.gid {
+                let _ = rustix::fs::fchown(&fd, Some(uid), Some(gid))
+                    .or_else(|_| rustix::fs::fchown(&fd, None, Some(gid)));
+            }
+            if meta.mode != mode {
+                let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode as _));
             }
         }
-        Ok(File::from(fd))
+        loop {
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Some(File::from(fd))),
+                Err(Errno::WOULDBLOCK) => return Ok(None),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
-    /// Opens the file at `name` to read it, following links as `open`
-    /// does; `None` when nothing (or a dangling link) is there. A
-    /// directory fails with `EISDIR`, anything else but a regular file
-    /// with `InvalidInput`, without blocking on a FIFO.
+    /// Opens the file at `name` to read it, never following a link there
+    /// (the caller has resolved the links it follows already); `None` when
+    /// nothing, or a symlink, is there. A directory fails with `EISDIR`,
+    /// anything else but a regular file with `InvalidInput`, without
+    /// blocking on a FIFO.
     pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<File>> {
-        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
-            Err(Errno::NOENT) => return Ok(None),
+            // A symlink (`ELOOP`) is not followed: nothing to read.
+            Err(Errno::NOENT) | Err(Errno::LOOP) => return Ok(None),
             other => other?,
         };
         regular(&fd)?;
@@ -247,11 +353,33 @@ fn regular(fd: &OwnedFd) -> io::Result<()> {
     match FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode as _) {
         FileType::RegularFile => Ok(()),
         FileType::Directory => Err(Errno::ISDIR.into()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )),
+        _ => Err(not_regular()),
     }
+}
+
+fn not_regular() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
+}
+
+/// The effective user id: whom the kernel's permission checks, and the
+/// sticky-directory rules, are about.
+pub(crate) fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// The process's umask, read without changing it (calling `umask` to read
+/// it would race with every thread creating a file): from
+/// `/proc/self/status` on Linux (4.7 and later); `None` where it cannot be
+/// read.
+pub(crate) fn umask() -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 // The stat field widths differ between platforms (st_mode is u16 on macOS).
@@ -497,8 +625,13 @@ pub(crate) fn sync_after_link(file: &File, policy: super::AfterLink) -> io::Resu
 
 /// `fsync`: data and metadata on the disk.
 #[cfg(not(target_os = "macos"))]
+pub(crate) fn sync_fd(fd: impl AsFd) -> io::Result<()> {
+    Ok(rustix::fs::fsync(fd)?)
+}
+
+/// [`sync_fd`] of a file: data and metadata on the disk.
 pub(crate) fn sync_file(file: &File) -> io::Result<()> {
-    Ok(rustix::fs::fsync(file)?)
+    sync_fd(file)
 }
 
 /// The primitives of [`AsyncAtomicDir`](crate::AsyncAtomicDir): a temp
@@ -524,7 +657,7 @@ impl Dir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Dir::from_fd(fd)
+        Dir::from_fd(fd, false)
     }
 
     /// Creates the regular file `name` for writing, mode `0o666` less the

@@ -60,6 +60,26 @@ impl Dir {
         })
     }
 
+    /// As [`Dir::open`]: Windows needs no separate lookup-only handle.
+    pub(crate) fn open_lookup(path: &Path) -> io::Result<Dir> {
+        Dir::open(path)
+    }
+
+    /// Itself: [`Dir::open_lookup`] opens nothing less than readable here.
+    pub(crate) fn readable(self) -> io::Result<Dir> {
+        Ok(self)
+    }
+
+    /// No unix owner nor mode: never a sticky directory.
+    pub(crate) fn owner_and_mode(&self) -> (u32, u32) {
+        (0, 0)
+    }
+
+    /// What the symlink `name` points to.
+    pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
+        std::fs::read_link(self.path.join(name))
+    }
+
     /// Windows exposes no device id through std; 0 makes every directory
     /// look alike, and a cross-volume rename then fails at commit instead.
     pub(crate) fn device(&self) -> u64 {
@@ -91,34 +111,50 @@ impl Dir {
     }
 
     /// The lock file `name`, opened without sharing: while one process
-    /// holds it, another's open fails with `ERROR_SHARING_VIOLATION` and is
-    /// retried every 10 ms until it succeeds. `mode` has no meaning here.
-    pub(crate) fn lock_file(&self, name: &OsStr, _mode: u32) -> io::Result<File> {
+    /// holds it, another's open fails with `ERROR_SHARING_VIOLATION`, which
+    /// is `Ok(None)` here (the caller waits and tries again). `mode` has no
+    /// meaning here; `allowed` judges the file's metadata.
+    pub(crate) fn try_lock_file(
+        &self,
+        name: &OsStr,
+        _mode: u32,
+        allowed: impl FnOnce(&Meta) -> io::Result<()>,
+    ) -> io::Result<Option<File>> {
         use std::os::windows::fs::OpenOptionsExt;
         const ERROR_SHARING_VIOLATION: i32 = 32;
-        loop {
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .share_mode(0)
-                .open(self.path.join(name))
-            {
-                Err(e) if e.raw_os_error() == Some(ERROR_SHARING_VIOLATION) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                other => return other,
+        let path = self.path.join(name);
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if m.file_type().is_symlink() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ));
+            }
+        }
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .share_mode(0)
+            .open(&path)
+        {
+            Err(e) if e.raw_os_error() == Some(ERROR_SHARING_VIOLATION) => Ok(None),
+            Err(e) => Err(e),
+            Ok(file) => {
+                allowed(&meta_of(&file.metadata()?))?;
+                Ok(Some(file))
             }
         }
     }
 
     /// The file at `name` opened to read it; `None` when nothing is there.
+    /// A symlink there is not followed: an error.
     pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<File>> {
         let path = self.path.join(name);
-        match std::fs::metadata(&path) {
+        match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => return Err(io::ErrorKind::IsADirectory.into()),
-            Ok(m) if !m.is_file() => {
+            Ok(m) if !m.file_type().is_file() => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "not a regular file",
@@ -204,6 +240,16 @@ pub(crate) fn sync_file(file: &File) -> io::Result<()> {
     file.sync_all()
 }
 
+/// No unix ids: 0, which no directory here is owned by.
+pub(crate) fn euid() -> u32 {
+    0
+}
+
+/// No umask on Windows.
+pub(crate) fn umask() -> Option<u32> {
+    None
+}
+
 pub(crate) fn after_link(_file: &File, _dev: u64) -> super::AfterLink {
     super::AfterLink::FullSync
 }
@@ -254,12 +300,14 @@ pub(crate) fn rename_noreplace(
     from: &OsStr,
     to_dir: &Dir,
     to: &OsStr,
-) -> io::Result<()> {
+) -> io::Result<NoReplace> {
     move_file(
         &from_dir.path.join(from),
         &to_dir.path.join(to),
         MOVEFILE_WRITE_THROUGH,
-    )
+    )?;
+    // A move, never a second name: nothing left at `from`.
+    Ok(NoReplace::Renamed)
 }
 
 pub(crate) fn random_bytes(buf: &mut [u8]) {
