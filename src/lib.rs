@@ -84,11 +84,13 @@
 //!
 //! ```text
 //! create   open(parent, O_DIRECTORY); mkdirat(parent, ".{name}.{random}.tmp",
-//!          0700 | group and other bits no wider than a replaced
-//!          directory's); flock(tree)
+//!          0700, plus the sticky bit when the final mode has it);
+//!          flock(tree); fsetxattr(tree, "user.tokio_atomic_write")
+//!          the mark for `sweep`; fchown to a replaced directory's
 //! fill     anything, under path(); file(): openat per component with
 //!          O_NOFOLLOW, then the same buffered pipeline as a file
-//! commit   fsync every file and directory of the tree, depth first;
+//! commit   fsync every file and directory of the tree, depth first,
+//!          without recursion, at most 32 directories open;
 //!          fchmod(tree, final mode), fsync(tree)
 //!          Fail, Keep: renameat2(tree -> name, RENAME_NOREPLACE)
 //!                      (lost: the tree removed; Keep answers Existing)
@@ -96,7 +98,8 @@
 //!                      renameat2(RENAME_NOREPLACE) when nothing is there
 //!          [no exchange: renameat(name -> .{name}.{random}.old),
 //!           renameat(tree -> name), renameat(.old -> temp name)]
-//!          fsync(parent); then, on the pool, the old tree removed
+//!          fremovexattr(tree, mark); fsync(parent); then, on the pool,
+//!          the old tree removed
 //! drop     the temp tree removed on the blocking pool
 //! ```
 //!
@@ -280,5 +283,14 @@ pub mod __private {
     /// Whether `name` is shaped like one of this crate's temp file names.
     pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
         crate::core::name::is_temp_name(name)
+    }
+
+    /// Puts on the directory at `path` the mark that the crate gives its
+    /// temp trees, so that tests can make leftovers by hand. Best effort,
+    /// as the crate's own marking.
+    #[cfg(unix)]
+    pub fn mark_as_leftover(path: &std::path::Path) -> std::io::Result<()> {
+        crate::sys::Dir::open(path)?.mark_leftover();
+        Ok(())
     }
 }

@@ -28,6 +28,11 @@ pub struct SweepReport {
     /// Temp files kept because a live writer, in this process or another,
     /// still holds them open: never removed, however old.
     pub in_use: Vec<PathBuf>,
+    /// Entries with a leftover's name that this crate did not leave for
+    /// the user sweeping: owned by another user, or (a directory) without
+    /// the mark the crate puts on its temp trees when it makes them. Left
+    /// alone, whatever their age.
+    pub not_ours: Vec<PathBuf>,
     /// Temp files that could not be examined or removed (permissions, a
     /// read-only filesystem), each error naming the file; or a failed sync
     /// of the directory after the removals, naming it.
@@ -44,13 +49,26 @@ pub struct SweepReport {
 /// - its name has the crate's temp-name shape, `.{name}.{12 random
 ///   characters}.tmp`, or (a directory only) the aside shape below:
 ///   nothing else in `dir` is touched;
+/// - it belongs to the user sweeping (the effective uid), and a directory
+///   carries the mark (an extended attribute, `user.tokio_atomic_write`)
+///   that the crate puts on its temp trees when it makes them, and takes
+///   off before it publishes them (or is empty: a process killed between
+///   its `mkdir` and its mark leaves it so): never the name alone.
+///   Anything else is left alone, in [`SweepReport::not_ours`]. A
+///   filesystem without user extended attributes (many FUSE and network
+///   shares) cannot carry the mark: there a tree is judged by its name and
+///   owner alone, as before the mark. A lone file needs no mark: whoever
+///   may rename a file into a temp name may delete it anyway;
 /// - it is a regular file or a directory, not a symlink (a link is neither
 ///   followed nor removed) nor anything else;
 /// - it was last modified at least `older_than` ago;
 /// - no live writer holds it: every temp file is locked (`flock`) while the
 ///   process writing it lives, so a slow writer's file is never removed
 ///   under it, whatever its age. On filesystems without locks age alone
-///   decides: keep `older_than` above the longest write.
+///   decides: keep `older_than` above the longest write. On Linux only a
+///   lock held by a process of the user sweeping counts (`/proc/locks`
+///   names the holders): another user who can open a leftover cannot keep
+///   it for ever by locking it.
 ///
 /// When it removed anything, it syncs `dir` before returning (where the
 /// platform can sync a directory: not on Windows), so that a power cut does
@@ -131,6 +149,13 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
                 continue;
             }
         };
+        // A name alone proves nothing: a backup named like a leftover, or
+        // a tree another user renamed to a temp name (a rename right must
+        // not become a delete right), is left alone.
+        if found.uid != crate::sys::euid() {
+            report.not_ours.push(entry);
+            continue;
+        }
         if found.held {
             report.in_use.push(entry);
             continue;
@@ -145,12 +170,26 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
         if aside.is_some() && !found.tree {
             continue; // only ever a directory: not ours
         }
+        if found.tree && found.marked == Some(false) {
+            // Not marked: another user's tree renamed to this name, or one
+            // of ours whose process died between its `mkdir` and its mark,
+            // which left it empty. Only an empty one goes: `rmdir` refuses
+            // anything else, in one step.
+            match dir.remove_dir(&name) {
+                Ok(()) if aside.is_none() => report.removed.push(entry),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                _ => report.not_ours.push(entry),
+            }
+            continue;
+        }
         if let Some(target) = aside.filter(|t| matches!(dir.stat(t), Ok(None))) {
             // A tree moved aside by a replacing commit on a filesystem
             // without `RENAME_EXCHANGE`, whose process died before the new
             // tree was in: put it back where the target is missing.
             match put_back(&dir, &name, target) {
                 Ok(()) => {
+                    #[cfg(unix)]
+                    crate::core::tree::unmark_at(&dir, target);
                     report.restored.push(path.join(target));
                     continue;
                 }

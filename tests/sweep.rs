@@ -19,6 +19,11 @@ fn aged_file(path: &Path, age: Duration) {
     f.set_modified(SystemTime::now() - age).unwrap();
 }
 
+/// Marks a hand-made tree as the crate marks its temp trees.
+fn mark(tree: &Path) {
+    tokio_atomic_write::__private::mark_as_leftover(tree).unwrap();
+}
+
 /// A name the crate could have given a temp file for `target`.
 fn leftover_name(target: &str, random: &str) -> String {
     let name = format!(".{target}.{random}.tmp");
@@ -89,6 +94,7 @@ async fn leftover_trees_are_removed_whole_and_live_ones_kept() {
     std::fs::write(d.join(&left).join("a/b/file"), b"x").unwrap();
     std::fs::write(d.join(&left).join("top"), b"x").unwrap();
     std::os::unix::fs::symlink(&outside, d.join(&left).join("a/link")).unwrap();
+    mark(&d.join(&left));
     let link = leftover_name("key", "BBBBBBBBBBBB");
     std::os::unix::fs::symlink(&outside, d.join(&link)).unwrap();
     let live = AsyncAtomicDir::create(d.join("key")).await.unwrap();
@@ -215,7 +221,10 @@ fn an_unremovable_leftover_is_reported_not_fatal() {
     let dir = scratch();
     let d = dir.path();
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    aged_file(&d.join(leftover_name("t", "HHHHHHHHHHHH")), 2 * HOUR);
+    let left = d.join(leftover_name("t", "HHHHHHHHHHHH"));
+    aged_file(&left, 2 * HOUR);
+    // The sweeper's own leftover, in a directory it may not write.
+    std::os::unix::fs::chown(&left, Some(65534), Some(65534)).unwrap();
     run_child(
         "an_unremovable_leftover_is_reported_not_fatal",
         &[],
@@ -242,6 +251,7 @@ async fn a_mount_inside_a_leftover_tree_is_never_entered() {
     let left = leftover_name("key", "AAAAAAAAAAAA");
     let mnt = d.join(&left).join("sub/mnt");
     std::fs::create_dir_all(&mnt).unwrap();
+    mark(&d.join(&left));
     assert!(run_ok(
         std::process::Command::new("mount")
             .arg("--bind")
@@ -273,8 +283,11 @@ async fn aside_trees_are_put_back_or_removed_and_nothing_else() {
     let orphan = ".lost.AAAAAAAAAAAA.old";
     std::fs::create_dir_all(d.join(orphan).join("sub")).unwrap();
     std::fs::write(d.join(orphan).join("sub/data"), b"old tree").unwrap();
+    mark(&d.join(orphan));
     let stale = ".kept.BBBBBBBBBBBB.old";
     std::fs::create_dir(d.join(stale)).unwrap();
+    std::fs::write(d.join(stale).join("data"), b"older tree").unwrap();
+    mark(&d.join(stale));
     std::fs::create_dir(d.join("kept")).unwrap();
     let backup = ".config.202401011200.old";
     std::fs::write(d.join(backup), b"a user's backup").unwrap();
@@ -290,4 +303,211 @@ async fn aside_trees_are_put_back_or_removed_and_nothing_else() {
         .map(|n| n.into_string().unwrap())
         .collect();
     assert_eq!(left, vec![backup.to_string(), "kept".into(), "lost".into()]);
+}
+
+/// Issue #18, point 2: a name alone decides nothing. A backup directory
+/// named like an aside tree is neither removed (`site` exists) nor renamed
+/// to its target (`db` missing); a tree without the crate's mark, renamed
+/// to a temp name, is not removed (but an empty one: what a process killed
+/// between its `mkdir` and its mark leaves); a file another user owns is
+/// not removed. Each is in `not_ours`.
+#[tokio::test]
+async fn a_name_alone_is_not_enough() {
+    if !require(is_root(), "root (to give a file away)") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::create_dir(d.join("site")).unwrap();
+    for backup in [".site.202401011200.old", ".db.202401011200.old"] {
+        std::fs::create_dir(d.join(backup)).unwrap();
+        std::fs::write(d.join(backup).join("data"), b"a user's backup").unwrap();
+    }
+    let renamed = leftover_name("data", "AAAAAAAAAAAA");
+    std::fs::create_dir(d.join(&renamed)).unwrap();
+    std::fs::write(d.join(&renamed).join("precious"), b"root's data").unwrap();
+    let empty = leftover_name("killed", "BBBBBBBBBBBB");
+    std::fs::create_dir(d.join(&empty)).unwrap();
+    let theirs = leftover_name("theirs", "CCCCCCCCCCCC");
+    aged_file(&d.join(&theirs), 2 * HOUR);
+    std::os::unix::fs::chown(d.join(&theirs), Some(65534), Some(65534)).unwrap();
+
+    let report = sweep(d, Duration::ZERO).await.unwrap();
+    assert_eq!(report.removed, vec![d.join(&empty)], "{report:?}");
+    assert!(report.restored.is_empty(), "{report:?}");
+    let mut not_ours = vec![
+        d.join(".db.202401011200.old"),
+        d.join(".site.202401011200.old"),
+        d.join(&renamed),
+        d.join(&theirs),
+    ];
+    not_ours.sort();
+    assert_eq!(report.not_ours, not_ours, "{report:?}");
+    assert!(!d.join("db").exists(), "not renamed to db");
+    for backup in [".site.202401011200.old", ".db.202401011200.old"] {
+        assert_eq!(
+            std::fs::read(d.join(backup).join("data")).unwrap(),
+            b"a user's backup"
+        );
+    }
+    assert_eq!(
+        std::fs::read(d.join(&renamed).join("precious")).unwrap(),
+        b"root's data"
+    );
+}
+
+/// Issue #18, point 2, the review's attack: in a group-writable directory
+/// without the sticky bit, `nobody` (in the group) cannot remove root's
+/// read-only tree `data`, but may rename it to a temp name. Root's sweep
+/// then used to remove it all: a rename right became a delete right. Now
+/// it is left alone (no mark), and says so.
+#[test]
+fn a_rename_right_does_not_become_a_delete_right() {
+    const NAME: &str = "a_rename_right_does_not_become_a_delete_right";
+    let disguise = leftover_name("data", "AAAAAAAAAAAA");
+    if is_child() {
+        let d = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+        std::fs::remove_dir_all(d.join("data")).unwrap_err();
+        std::fs::rename(d.join("data"), d.join(&disguise)).unwrap();
+        return;
+    }
+    if !require(is_root() && have("setpriv"), "root and setpriv") {
+        return;
+    }
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = scratch();
+    let d = dir.path();
+    chown(d, Some(0), Some(4242)).unwrap();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let data = d.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("records"), b"root's records").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--groups=4242",
+        "--",
+    ];
+    run_child(NAME, &setpriv, &[("TAW_DIR", d.to_str().unwrap())], None);
+
+    let report = runtime().block_on(sweep(d, Duration::ZERO)).unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.not_ours, vec![d.join(&disguise)], "{report:?}");
+    assert_eq!(
+        std::fs::read(d.join(&disguise).join("records")).unwrap(),
+        b"root's records"
+    );
+}
+
+/// Issue #18, point 5: another user who can open a leftover (a temp file
+/// left readable) and holds a lock on it cannot keep it from `sweep`: only
+/// a lock held by a process of the sweeping user counts.
+#[test]
+fn another_users_lock_does_not_keep_a_leftover() {
+    if !require(
+        is_root() && have("setpriv") && have("flock"),
+        "root, setpriv and flock",
+    ) {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let left = d.join(leftover_name("state", "AAAAAAAAAAAA"));
+    aged_file(&left, 2 * HOUR);
+    std::fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut holder = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["flock", "--shared"])
+        .arg(&left)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until its lock is in /proc/locks.
+    use std::os::unix::fs::MetadataExt;
+    let ino = format!(":{} ", std::fs::metadata(&left).unwrap().ino());
+    let locked = (0..2000).any(|_| {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let seen = locks
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains(&ino));
+        if !seen {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen
+    });
+    let report = runtime().block_on(sweep(d, Duration::ZERO));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(locked, "nobody's flock never took the lock");
+    let report = report.unwrap();
+    assert_eq!(report.removed, vec![left.clone()], "{report:?}");
+    assert!(report.in_use.is_empty(), "{report:?}");
+    assert!(!left.exists());
+}
+
+/// Issue #18, point 6: a mount inside a leftover tree is found by name,
+/// with `statx` from cached attributes, before any `open` of it: a hung
+/// filesystem mounted there (FUSE) could block that open for ever. strace
+/// shows the sweep's `statx` of the mount point and no `openat` of it.
+#[test]
+fn a_mount_point_is_never_opened() {
+    const NAME: &str = "a_mount_point_is_never_opened";
+    if is_child() {
+        let d = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+        let report = runtime().block_on(sweep(&d, Duration::ZERO)).unwrap();
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert_eq!(report.failed[0].kind(), std::io::ErrorKind::ResourceBusy);
+        return;
+    }
+    if !require(
+        is_root() && have("strace"),
+        "root (a bind mount) and strace",
+    ) {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    let outside = d.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let left = leftover_name("key", "AAAAAAAAAAAA");
+    let mnt = d.join(&left).join("sub/hung");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mark(&d.join(&left));
+    assert!(run_ok(
+        std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&outside)
+            .arg(&mnt)
+    ));
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("strace.log");
+    let wrap = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=openat,statx",
+        "-o",
+        log.to_str().unwrap(),
+    ];
+    let ran = std::panic::catch_unwind(|| {
+        run_child(NAME, &wrap, &[("TAW_DIR", d.to_str().unwrap())], None)
+    });
+    assert!(unmount(&mnt), "umount");
+    ran.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let on_mount: Vec<&str> = text.lines().filter(|l| l.contains("\"hung\"")).collect();
+    assert!(
+        on_mount.iter().any(|l| l.contains("statx(")),
+        "looked at by statx:\n{}",
+        on_mount.join("\n")
+    );
+    assert!(
+        !on_mount.iter().any(|l| l.contains("openat(")),
+        "never opened:\n{}",
+        on_mount.join("\n")
+    );
 }

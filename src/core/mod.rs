@@ -11,6 +11,8 @@ pub(crate) mod resolve;
 #[cfg(unix)]
 pub(crate) mod tree;
 pub(crate) mod update;
+#[cfg(unix)]
+mod walk;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use super::walk::Walk;
 use super::{dir_failures, name, resolve, split, sync_dir, with_fresh, with_fresh_name};
 use crate::sys::{self, Dir, Kind};
 use crate::{Durability, Error, Exists, Op, Published};
@@ -92,32 +93,32 @@ impl Tree {
             let err = resolve::refused("entry", "not replaced");
             return Err(Error::new(Op::Open, &target, err));
         }
-        let existing_mode = match existing {
+        let replaced = match existing {
             None => None,
-            Some(meta) if meta.kind == Kind::Dir => Some(meta.mode),
+            Some(meta) if meta.kind == Kind::Dir => Some(meta),
             Some(_) => {
                 let msg = "exists and is not a directory (symlinks are not followed)";
                 return Err(Error::new(Op::Open, &target, not_a_directory(msg)));
             }
         };
-        // Created with at most the replaced directory's permissions and at
-        // most the final ones for group and others, so that the tree is
-        // never open wider than the one it replaces, from its first entry;
-        // its owner may always fill it (and remove it).
-        let final_mode = mode.map(|m| m & 0o7777).or(existing_mode);
-        let create_mode = 0o700
-            | match (final_mode, existing_mode) {
-                (Some(f), Some(e)) => f & e & 0o777,
-                (Some(f), None) => f & 0o777,
-                (None, _) => 0o777,
-            };
+        let final_mode = mode.map(|m| m & 0o7777).or(replaced.map(|m| m.mode));
+        // Owner-only while it is built, whatever its final mode (the sticky
+        // bit included from the start, where it has it): no other user can
+        // open it, read a partial tree, lock it, or put anything in it.
+        // `commit` applies the final mode.
+        let create_mode = 0o700 | final_mode.map_or(0, |m| m & 0o1000);
         let parent_path = parent_path.to_path_buf();
         let create_err = |e| Error::new(Op::CreateTemp, &parent_path, e);
         let mut root = None;
         let temp_name = with_fresh_name(name, |temp| {
             parent.create_dir(temp, create_mode)?;
             let opened = match parent.open_dir(temp) {
-                Ok(dir) if dir.lock_temp() => dir,
+                Ok(dir) if dir.lock_temp() => {
+                    // So that `sweep` knows it for the crate's, should this
+                    // process die: not by its name alone.
+                    dir.mark_leftover();
+                    dir
+                }
                 // A sweep found it before the lock, or removed it before
                 // the open: let it go, take another name.
                 Ok(_) => {
@@ -138,7 +139,7 @@ impl Tree {
         .map_err(create_err)?;
         let root: Dir = root.expect("created");
         let temp_path = parent_path.join(&temp_name);
-        let made = root.meta().map(|m| m.mode);
+        let made = root.meta();
         let mut tree = Tree {
             parent: Arc::new(parent),
             name: name.to_owned(),
@@ -156,11 +157,42 @@ impl Tree {
         // On error, dropping `tree` removes it.
         let made = made.map_err(|e| Error::new(Op::SetPermissions, &tree.temp_path, e))?;
         // A new directory, mode not given: what mkdir gives, the setgid bit
-        // inherited from the parent included, but no bit of the umask.
-        let final_mode =
-            final_mode.unwrap_or((made & 0o7000) | (0o777 & !umask_of(made, create_mode)));
-        tree.mode_at_commit = (final_mode != made).then_some(final_mode);
+        // inherited from the parent included, and `0o777` less the umask
+        // (read where the platform tells it; elsewhere it stays owner-only).
+        let mut final_mode = final_mode.unwrap_or_else(|| {
+            let perm = sys::umask().map_or(made.mode & 0o777, |umask| 0o777 & !umask);
+            (made.mode & 0o7000) | perm
+        });
+        let mut now = made.mode;
+        if let Some(old) = replaced {
+            // The replaced directory's owner and group, as for files: best
+            // effort. Group bits meant for a group this tree cannot have
+            // are cut to what others have, unless `mode` set them.
+            if !tree.copy_owner(made, old.uid, old.gid) && mode.is_none() {
+                final_mode = super::narrow_group(final_mode);
+            }
+            // A chown may clear the setgid bit: compare with what is there.
+            now = tree.root.meta().map_or(0, |m| m.mode);
+        }
+        tree.mode_at_commit = (final_mode != now).then_some(final_mode);
         Ok(tree)
+    }
+
+    /// Gives the tree's root the owner `uid` and group `gid` (it has
+    /// `now`), as far as this process may: both as root, the group alone
+    /// where it is a member. Whether the group is `gid` now.
+    fn copy_owner(&self, now: sys::Meta, uid: u32, gid: u32) -> bool {
+        if (now.uid, now.gid) == (uid, gid) || self.root.set_owner(Some(uid), Some(gid)).is_ok() {
+            return true;
+        }
+        now.gid == gid || self.root.set_owner(None, Some(gid)).is_ok()
+    }
+
+    /// Takes the crate's mark off the tree's root.
+    fn unmark(&self) -> Result<(), Error> {
+        self.root
+            .unmark_leftover()
+            .map_err(|e| Error::new(Op::SetPermissions, &self.temp_path, e))
     }
 
     /// The temp tree's path.
@@ -187,6 +219,17 @@ impl Tree {
             // leave the target with empty files or missing entries.
             sync_entries(&self.root, &self.temp_path)?;
         }
+        // The mark is for `sweep`, not for the published tree (renamed to a
+        // temp name by another user, it would be swept): it comes off right
+        // after the publish, so that no kill before it leaves an unmarked
+        // temp tree that `sweep` would never remove. Unless the final mode
+        // takes this user's right to remove it: then now, before.
+        let unmark_now = self
+            .mode_at_commit
+            .is_some_and(|mode| mode & 0o200 == 0 && sys::euid() != 0);
+        if unmark_now {
+            self.unmark()?;
+        }
         if let Some(mode) = self.mode_at_commit {
             // After reading the root, which a final mode without the
             // owner's read permission would stop; before its sync.
@@ -207,6 +250,13 @@ impl Tree {
             Exists::Fail | Exists::Keep => (self.publish_new(exists)?, Vec::new()),
             Exists::Replace => (Published::Ours, self.replace()?),
         };
+        if published == Published::Ours && !unmark_now {
+            // Synced with the directory below, by the journal that commits
+            // the rename (ext4, xfs).
+            self.root
+                .unmark_leftover()
+                .map_err(|e| Error::after_publish(Op::SetPermissions, &self.target, e))?;
+        }
         if durable {
             // The rename lives in the directory: until it is synced a power
             // cut can bring the old tree back. After `Existing`, this makes
@@ -285,12 +335,22 @@ impl Tree {
                     return Err(err(not_a_directory(msg)));
                 }
             }
+            // The tree about to be replaced is marked for `sweep` before it
+            // leaves the target's name, so that no crash leaves it under a
+            // temp name without the mark; put back, it is unmarked.
+            mark_at(&self.parent, &self.name);
             match sys::rename_exchange(&self.parent, &self.temp_name, &self.parent, &self.name) {
                 Ok(()) => return self.exchanged(replaced),
                 // Nothing at the target (yet, or any more).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    let aside = self.move_aside().map_err(err)?;
+                    let aside = match self.move_aside() {
+                        Ok(aside) => aside,
+                        Err(e) => {
+                            unmark_at(&self.parent, &self.name);
+                            return Err(err(e));
+                        }
+                    };
                     let renamed = self.rename_noreplace();
                     match (renamed, aside) {
                         (Ok(()), aside) => {
@@ -307,7 +367,10 @@ impl Tree {
                         (Err(e), None) => return Err(err(e)),
                     }
                 }
-                Err(e) => return Err(err(e)),
+                Err(e) => {
+                    unmark_at(&self.parent, &self.name);
+                    return Err(err(e));
+                }
             }
             match self.rename_noreplace() {
                 Ok(()) => return Ok(()),
@@ -330,6 +393,11 @@ impl Tree {
         let meta = self.parent.stat(&name).ok().flatten();
         match meta.map(|m| m.kind) {
             Some(Kind::Dir) | None => {
+                // Garbage now, under a temp name: marked for `sweep`,
+                // should this process die before removing it.
+                if let Ok(old) = self.parent.open_dir(&name) {
+                    old.mark_leftover();
+                }
                 // Its identity: removal stops if the name changes hands.
                 let id = meta.and_then(|m| m.id);
                 replaced.push(Replaced {
@@ -388,6 +456,11 @@ impl Tree {
             ));
         }
         let lock = self.parent.open_dir(&aside).ok().filter(|d| d.lock_temp());
+        // Marked, so that `sweep` may put it back should this process die
+        // now; the mark comes off when it is put back.
+        if let Some(dir) = &lock {
+            dir.mark_leftover();
+        }
         Ok(Some(Replaced {
             parent: Arc::clone(&self.parent),
             id: lock.as_ref().and_then(|d| d.id()),
@@ -422,7 +495,10 @@ impl Tree {
         aside.keep = true;
         aside.lock = None;
         match sys::rename_dir_noreplace(&self.parent, &aside.name, &self.parent, &self.name) {
-            Ok(()) => failed,
+            Ok(()) => {
+                unmark_at(&self.parent, &self.name);
+                failed
+            }
             Err(e) => {
                 let path = self.temp_path.with_file_name(&aside.name);
                 let msg = format!(
@@ -449,12 +525,6 @@ impl Tree {
     }
 }
 
-/// The umask under which `mkdir(mode)` gave a directory `made`: the bits
-/// asked for that it did not get.
-fn umask_of(made: u32, asked: u32) -> u32 {
-    asked & !made & 0o777
-}
-
 impl Drop for Tree {
     fn drop(&mut self) {
         if !self.published && !self.temp_name.is_empty() {
@@ -467,41 +537,55 @@ impl Drop for Tree {
 /// `fsync`s every regular file and directory under `dir` (at `path`,
 /// for errors), each directory after its entries, but not `dir` itself.
 /// Symlinks are not followed; other entries need only their directory's
-/// sync.
+/// sync. Without recursion, and holding a bounded number of descriptors,
+/// however deep the tree (see [`Walk`]).
 fn sync_entries(dir: &Dir, path: &Path) -> Result<(), Error> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e| Error::new(Op::SyncTemp, path, e)
-    };
-    for (name, kind) in dir.entries().map_err(err(path))? {
-        let entry = path.join(&name);
-        match kind {
-            Kind::File => {
-                let file = dir.open_to_sync(&name).map_err(err(&entry))?;
-                sys::sync_file(&file).map_err(err(&entry))?;
+    let err = |path: PathBuf| move |e| Error::new(Op::SyncTemp, path, e);
+    let mut walk = Walk::new(dir, path).map_err(err(path.to_path_buf()))?;
+    loop {
+        match walk.next_entry() {
+            Some((name, Kind::File)) => {
+                let synced = walk
+                    .dir()
+                    .open_to_sync(&name)
+                    .and_then(|file| sys::sync_file(&file));
+                synced.map_err(err(walk.path().join(&name)))?;
             }
-            Kind::Dir => {
-                let sub = dir.open_dir(&name).map_err(err(&entry))?;
-                sync_entries(&sub, &entry)?;
-                sub.sync().map_err(err(&entry))?;
+            Some((name, Kind::Dir)) => {
+                let opened = walk.dir().open_dir(&name);
+                let sub = opened.map_err(err(walk.path().join(&name)))?;
+                let entry = walk.path().join(&name);
+                walk.enter(name, sub).map_err(err(entry))?;
             }
-            Kind::Symlink | Kind::Other => {}
+            Some((_, Kind::Symlink | Kind::Other)) => {}
+            None => {
+                let done_path = walk.path().to_path_buf();
+                match walk.leave().map_err(err(done_path.clone()))? {
+                    Some((done, _)) => done.sync().map_err(err(done_path))?,
+                    None => return Ok(()),
+                }
+            }
         }
     }
-    Ok(())
 }
 
 /// Removes the tree at `name` in `parent`: files, links and directories,
 /// depth first, never following a symlink, never entering a mount (another
 /// filesystem, or a bind mount where the kernel tells: a mount inside is an
-/// error, and nothing under it is touched). A tree already gone, or removed
-/// meanwhile by another remover (a sweep), is no error. `expected`: the tree's identity, when only that
-/// tree may be removed. Holds one descriptor per level of depth.
+/// error, and nothing under it is touched; it is looked for by name, before
+/// the open that a hung filesystem mounted there could block). A tree
+/// already gone, or removed meanwhile by another remover (a sweep), is no
+/// error. `expected`: the tree's identity, when only that tree may be
+/// removed. Without recursion, and holding a bounded number of descriptors,
+/// however deep the tree (see [`Walk`]).
 pub(crate) fn remove_tree(
     parent: &Dir,
     name: &OsStr,
     expected: Option<(u64, u64)>,
 ) -> io::Result<()> {
+    if parent.is_mount_point_at(name)? {
+        return Err(mount_inside());
+    }
     let root = match parent.open_dir(name) {
         Ok(root) => root,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -526,27 +610,56 @@ pub(crate) fn remove_tree(
     ignore_not_found(parent.remove_dir(name))
 }
 
-fn empty_dir(dir: &Dir) -> io::Result<()> {
+/// Removes everything under `root`, depth first.
+fn empty_dir(root: &Dir) -> io::Result<()> {
     // A read-only directory (a tree of read-only directories, such as a
     // module cache) cannot be emptied otherwise.
-    dir.allow_owner_all();
-    for (name, kind) in dir.entries()? {
-        if kind == Kind::Dir {
-            let sub = match dir.open_dir(&name) {
-                Ok(sub) => sub,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if sub.device() != dir.device() || sub.is_mount_root() {
-                return Err(mount_inside());
+    root.allow_owner_all();
+    let mut walk = Walk::new(root, Path::new(""))?;
+    loop {
+        match walk.next_entry() {
+            Some((name, Kind::Dir)) => {
+                let dir = walk.dir();
+                if dir.is_mount_point_at(&name)? {
+                    return Err(mount_inside());
+                }
+                let sub = match dir.open_dir(&name) {
+                    Ok(sub) => sub,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if sub.device() != dir.device() || sub.is_mount_root() {
+                    return Err(mount_inside());
+                }
+                sub.allow_owner_all();
+                walk.enter(name, sub)?;
             }
-            empty_dir(&sub)?;
-            ignore_not_found(dir.remove_dir(&name))?;
-        } else {
-            ignore_not_found(dir.remove(&name))?;
+            Some((name, _)) => ignore_not_found(walk.dir().remove(&name))?,
+            None => match walk.leave()? {
+                Some((done, name)) => {
+                    drop(done);
+                    ignore_not_found(walk.dir().remove_dir(&name))?;
+                }
+                None => return Ok(()),
+            },
         }
     }
-    Ok(())
+}
+
+/// Puts the crate's mark on the directory `name` in `parent`, best effort.
+fn mark_at(parent: &Dir, name: &OsStr) {
+    if let Ok(dir) = parent.open_dir(name) {
+        dir.mark_leftover();
+    }
+}
+
+/// Takes the crate's mark off the directory `name` in `parent`, put back
+/// at a target: best effort (it only makes the tree sweepable, should it
+/// ever be renamed to a temp name).
+pub(crate) fn unmark_at(parent: &Dir, name: &OsStr) {
+    if let Ok(dir) = parent.open_dir(name) {
+        let _ = dir.unmark_leftover();
+    }
 }
 
 fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {

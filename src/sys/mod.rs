@@ -59,12 +59,28 @@ pub(crate) struct Leftover {
     /// Its device and inode numbers, where known: removal stops if the
     /// name comes to hold something else.
     pub(crate) id: Option<(u64, u64)>,
-    /// A live writer holds its lock.
+    /// A live writer holds its lock: a process of this user (on Linux,
+    /// where `/proc/locks` tells; another user's lock on a leftover
+    /// it could open does not count).
     pub(crate) held: bool,
+    /// Its owner.
+    pub(crate) uid: u32,
+    /// For a directory: whether it carries the crate's mark
+    /// ([`LEFTOVER_MARK`]); `None` where the filesystem has no user
+    /// extended attributes to tell.
+    pub(crate) marked: Option<bool>,
     /// The lock taken by the probe, held until this is dropped, after the
     /// removal.
     pub(crate) _lock: Option<std::fs::File>,
 }
+
+/// The extended attribute that marks a directory as one of this crate's
+/// temp trees (or a tree it moved aside or replaced), so that `sweep`
+/// never goes by the name alone: another user who may rename a directory
+/// cannot add it to one they may not write.
+pub(crate) const LEFTOVER_MARK: &str = "user.tokio_atomic_write";
+/// Its value.
+pub(crate) const LEFTOVER_MARK_VALUE: &[u8] = b"leftover";
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

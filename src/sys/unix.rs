@@ -214,20 +214,23 @@ impl Dir {
             _ => return Ok(None),
         };
         let fd = self.open_existing(name, !tree);
-        let (held, lock) = match fd {
+        #[allow(clippy::unnecessary_cast)] // the field widths differ by platform
+        let id = (st.st_dev as u64, st.st_ino as u64);
+        let (held, lock, marked) = match fd {
             Ok(fd) => {
                 let now = rustix::fs::fstat(&fd)?;
                 if now.st_ino != st.st_ino || now.st_dev != st.st_dev {
                     return Ok(None); // replaced since the stat: not ours to judge
                 }
+                let marked = if tree { has_mark(&fd) } else { None };
                 match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-                    Ok(()) => (false, Some(File::from(fd))),
-                    Err(Errno::WOULDBLOCK) => (true, None),
-                    Err(_) => (false, None),
+                    Ok(()) => (false, Some(File::from(fd)), marked),
+                    Err(Errno::WOULDBLOCK) => (held_by_this_user(id), None, marked),
+                    Err(_) => (false, None, marked),
                 }
             }
             Err(Errno::NOENT) => return Ok(None),
-            Err(Errno::ACCESS) | Err(Errno::PERM) => (false, None),
+            Err(Errno::ACCESS) | Err(Errno::PERM) => (false, None, tree.then_some(false)),
             Err(e) => return Err(e.into()),
         };
         #[allow(clippy::unnecessary_cast)] // the field widths differ by platform
@@ -237,13 +240,13 @@ impl Dir {
                 st.st_mtime_nsec as u32,
             ))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        #[allow(clippy::unnecessary_cast)] // the field widths differ by platform
-        let id = Some((st.st_dev as u64, st.st_ino as u64));
         Ok(Some(Leftover {
             modified,
             tree,
-            id,
+            id: Some(id),
             held,
+            uid: st.st_uid,
+            marked,
             _lock: lock,
         }))
     }
@@ -344,6 +347,66 @@ impl Dir {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+}
+
+/// Whether the directory open as `fd` carries the crate's mark; `None`
+/// where its filesystem has no user extended attributes (`EOPNOTSUPP`).
+fn has_mark(fd: &OwnedFd) -> Option<bool> {
+    let mut value = [0u8; 16];
+    match rustix::fs::fgetxattr(fd, super::LEFTOVER_MARK, &mut value) {
+        Ok(len) => Some(value.get(..len) == Some(super::LEFTOVER_MARK_VALUE)),
+        Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// Whether a process of this user holds a `flock` on the file `id` (device
+/// and inode): on Linux, the holders `/proc/locks` lists, each process's
+/// user read from the owner of its `/proc/PID`. Another user who can open
+/// a leftover (one left readable) could otherwise keep it from `sweep` for
+/// as long as it likes. Where nothing can be learned (no `/proc`, a holder
+/// in another PID namespace, a filesystem whose `st_dev` is not its
+/// superblock's, such as a btrfs subvolume), held.
+fn held_by_this_user(id: (u64, u64)) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let (dev, ino) = id;
+        let key = format!(
+            "{:02x}:{:02x}:{ino} ",
+            rustix::fs::major(dev as _),
+            rustix::fs::minor(dev as _)
+        );
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+            return true;
+        };
+        let me = euid();
+        let mut holders = 0;
+        for line in locks
+            .lines()
+            .filter(|l| !l.contains("->") && l.contains(&key))
+        {
+            let mut fields = line.split_whitespace().skip(1);
+            if fields.next() != Some("FLOCK") {
+                continue;
+            }
+            holders += 1;
+            let pid = fields.nth(2).and_then(|p| p.parse::<u32>().ok());
+            let owner = pid
+                .filter(|pid| *pid != 0)
+                .and_then(|pid| std::fs::metadata(format!("/proc/{pid}")).ok())
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+            if owner.is_none_or(|uid| uid == me) {
+                return true;
+            }
+        }
+        // Every holder is another user's (or none is left: let go since).
+        holders == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = id;
+        true
     }
 }
 
@@ -759,12 +822,76 @@ impl Dir {
         false
     }
 
+    /// Whether the entry `name` is the root of a mount (Linux 5.8 and
+    /// later tell, for bind mounts too), looked up without opening it,
+    /// without following a symlink or triggering an automount, and from
+    /// cached attributes (`AT_STATX_DONT_SYNC`): a hung filesystem mounted
+    /// there (FUSE) is not asked. `false` elsewhere; `false` for a missing
+    /// entry.
+    pub(crate) fn is_mount_point_at(&self, name: &OsStr) -> io::Result<bool> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{StatxAttributes, StatxFlags};
+            let flags =
+                AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT | AtFlags::STATX_DONT_SYNC;
+            match rustix::fs::statx(&self.fd, name, flags, StatxFlags::empty()) {
+                Ok(st) => {
+                    #[allow(clippy::unnecessary_cast)]
+                    let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor) as u64;
+                    let root = StatxAttributes::MOUNT_ROOT;
+                    Ok(dev != self.dev
+                        || (st.stx_attributes_mask.contains(root)
+                            && st.stx_attributes.contains(root)))
+                }
+                Err(Errno::NOENT) => Ok(false),
+                // No statx (old kernels, seccomp filters): the check after
+                // the open still stands.
+                Err(Errno::NOSYS) | Err(Errno::PERM) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = name;
+            Ok(false)
+        }
+    }
+
     /// `fchmod` of the directory: the exact mode, umask not applied.
     /// As [`set_mode`] for a file, `EPERM` and `EOPNOTSUPP` are no error.
     pub(crate) fn set_mode(&self, mode: u32) -> io::Result<()> {
         match rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(mode as _)) {
             Err(Errno::PERM) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
             other => Ok(other?),
+        }
+    }
+
+    /// `fchown` of the directory; `None` leaves that id as it is.
+    pub(crate) fn set_owner(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let uid = uid.map(rustix::fs::Uid::from_raw);
+        let gid = gid.map(rustix::fs::Gid::from_raw);
+        Ok(rustix::fs::fchown(&self.fd, uid, gid)?)
+    }
+
+    /// Puts the crate's mark ([`LEFTOVER_MARK`](super::LEFTOVER_MARK)) on
+    /// the directory, best effort: where the filesystem has no user
+    /// extended attributes, or this user may not write the directory, it
+    /// stays unmarked, and `sweep` leaves it alone.
+    pub(crate) fn mark_leftover(&self) {
+        let _ = rustix::fs::fsetxattr(
+            &self.fd,
+            super::LEFTOVER_MARK,
+            super::LEFTOVER_MARK_VALUE,
+            rustix::fs::XattrFlags::empty(),
+        );
+    }
+
+    /// Takes the crate's mark off the directory, before it is published.
+    /// An error only where the mark is there and stays.
+    pub(crate) fn unmark_leftover(&self) -> io::Result<()> {
+        match rustix::fs::fremovexattr(&self.fd, super::LEFTOVER_MARK) {
+            Ok(()) | Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

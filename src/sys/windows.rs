@@ -207,6 +207,8 @@ impl Dir {
             tree: false,
             id: None,
             held,
+            uid: 0,
+            marked: None,
             _lock: None,
         }))
     }
