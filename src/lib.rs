@@ -86,11 +86,12 @@
 //! create   open(parent, O_DIRECTORY); mkdirat(parent, ".{name}.{random}.tmp",
 //!          0700, plus the sticky bit when the final mode has it);
 //!          flock(tree); fsetxattr(tree, "user.tokio_atomic_write")
-//!          the mark for `sweep`; fchown to a replaced directory's
+//!          the mark for `sweep`
 //! fill     anything, under path(); file(): openat per component with
 //!          O_NOFOLLOW, then the same buffered pipeline as a file
 //! commit   fsync every file and directory of the tree, depth first,
 //!          without recursion, at most 32 directories open;
+//!          fchown(tree, a replaced directory's owner and group);
 //!          fchmod(tree, final mode), fsync(tree)
 //!          Fail, Keep: renameat2(tree -> name, RENAME_NOREPLACE)
 //!                      (lost: the tree removed; Keep answers Existing)
@@ -290,7 +291,8 @@ pub mod __private {
     /// as the crate's own marking.
     #[cfg(unix)]
     pub fn mark_as_leftover(path: &std::path::Path) -> std::io::Result<()> {
-        crate::sys::Dir::open(path)?.mark_leftover();
+        let name = path.file_name().unwrap_or_default();
+        crate::sys::Dir::open(path)?.mark_leftover(&[name]);
         Ok(())
     }
 }

@@ -67,8 +67,9 @@ pub struct SweepReport {
 ///   under it, whatever its age. On filesystems without locks age alone
 ///   decides: keep `older_than` above the longest write. On Linux only a
 ///   lock held by a process of the user sweeping counts (`/proc/locks`
-///   names the holders): another user who can open a leftover cannot keep
-///   it for ever by locking it.
+///   names the holders, by the process that took the lock, whose real uid
+///   decides; a taker that is gone counts for nothing): another user who
+///   can open a leftover cannot keep it for ever by locking it.
 ///
 /// When it removed anything, it syncs `dir` before returning (where the
 /// platform can sync a directory: not on Windows), so that a power cut does
@@ -176,9 +177,9 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
             // which left it empty. Only an empty one goes: `rmdir` refuses
             // anything else, in one step.
             match dir.remove_dir(&name) {
-                Ok(()) if aside.is_none() => report.removed.push(entry),
+                Ok(()) => report.removed.push(entry),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                _ => report.not_ours.push(entry),
+                Err(_) => report.not_ours.push(entry),
             }
             continue;
         }

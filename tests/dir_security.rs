@@ -110,6 +110,11 @@ fn child_replace() {
     rt.block_on(async {
         let tree = AsyncAtomicDir::create(&target).await.unwrap();
         std::fs::write(tree.path().join("new"), b"new").unwrap();
+        // While built, the tree is the writer's alone: given the replaced
+        // directory's owner only at commit.
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!(owner_and_mode(tree.path()).0, me, "owner while built");
+        assert_eq!(owner_and_mode(tree.path()).2, 0o700, "mode while built");
         tree.commit(Exists::Replace).await.unwrap();
     });
 }

@@ -408,3 +408,45 @@ async fn another_users_directory_in_a_sticky_directory_is_not_replaced() {
     tree.commit(Exists::Replace).await.unwrap();
     assert_eq!(std::fs::read(mine.join("f")).unwrap(), b"root's");
 }
+
+/// Review of #18: another user's directory put at the target between
+/// `create` and `commit`, in root's sticky directory, is neither replaced
+/// (and removed, with whatever was moved into it) nor taken for the
+/// result of a `Keep`.
+#[tokio::test]
+async fn a_directory_planted_before_commit_is_not_replaced_nor_kept() {
+    use tokio_atomic_write::{AsyncAtomicDir, Exists};
+    if !require(is_root(), "root (to give a directory away)") {
+        return;
+    }
+    for exists in [Exists::Replace, Exists::Keep] {
+        let scene = Scene::new(0);
+        let site = scene.shared().join("site");
+        let tree = AsyncAtomicDir::create(&site).await.unwrap();
+        std::fs::write(tree.path().join("f"), b"root's").unwrap();
+        // Planted after `create`'s check.
+        std::fs::create_dir(&site).unwrap();
+        std::fs::write(site.join("theirs"), b"nobody's").unwrap();
+        std::os::unix::fs::chown(&site, Some(NOBODY), Some(NOBODY)).unwrap();
+        let err = tree.commit(exists).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{exists:?}: {err}"
+        );
+        assert!(!err.is_published(), "{exists:?}");
+        assert_eq!(std::fs::read(site.join("theirs")).unwrap(), b"nobody's");
+        assert_eq!(std::fs::metadata(&site).unwrap().uid(), NOBODY);
+        for _ in 0..500 {
+            if listing(&scene.shared()) == ["site"] {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            listing(&scene.shared()),
+            ["site"],
+            "{exists:?}: our tree removed"
+        );
+    }
+}

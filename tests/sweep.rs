@@ -328,12 +328,17 @@ async fn a_name_alone_is_not_enough() {
     std::fs::write(d.join(&renamed).join("precious"), b"root's data").unwrap();
     let empty = leftover_name("killed", "BBBBBBBBBBBB");
     std::fs::create_dir(d.join(&empty)).unwrap();
+    let empty_aside = ".gone.DDDDDDDDDDDD.old";
+    std::fs::create_dir(d.join(empty_aside)).unwrap();
+    std::fs::create_dir(d.join("gone")).unwrap();
     let theirs = leftover_name("theirs", "CCCCCCCCCCCC");
     aged_file(&d.join(&theirs), 2 * HOUR);
     std::os::unix::fs::chown(d.join(&theirs), Some(65534), Some(65534)).unwrap();
 
     let report = sweep(d, Duration::ZERO).await.unwrap();
-    assert_eq!(report.removed, vec![d.join(&empty)], "{report:?}");
+    let mut removed = vec![d.join(&empty), d.join(empty_aside)];
+    removed.sort();
+    assert_eq!(report.removed, removed, "{report:?}");
     assert!(report.restored.is_empty(), "{report:?}");
     let mut not_ours = vec![
         d.join(".db.202401011200.old"),
@@ -510,4 +515,65 @@ fn a_mount_point_is_never_opened() {
         "never opened:\n{}",
         on_mount.join("\n")
     );
+}
+
+/// Review of #18: a lock whose taker is gone (the descriptor kept by a
+/// child it forked, here the command `flock` runs) is no live writer of
+/// the sweeping user's, whoever holds it now.
+#[test]
+fn a_lock_whose_taker_is_gone_does_not_keep_a_leftover() {
+    if !require(
+        is_root() && have("setpriv") && have("flock"),
+        "root, setpriv and flock",
+    ) {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let left = d.join(leftover_name("state", "AAAAAAAAAAAA"));
+    aged_file(&left, 2 * HOUR);
+    std::fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut taker = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["flock", "--shared"])
+        .arg(&left)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = taker.id();
+    // Its child, `sleep`, holds the descriptor: found, then the taker killed.
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    let mut keeper = None;
+    for _ in 0..2000 {
+        let found = std::fs::read_to_string(&children).unwrap_or_default();
+        keeper = found
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<i32>().ok());
+        if keeper.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let keeper = keeper.expect("flock ran its command");
+    let _ = taker.kill();
+    let _ = taker.wait();
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        format!(":{} ", std::fs::metadata(&left).unwrap().ino())
+    };
+    let still_locked = std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("FLOCK") && l.contains(&ino));
+    let report = runtime().block_on(sweep(d, Duration::ZERO));
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    assert!(still_locked, "the lock outlives its taker");
+    let report = report.unwrap();
+    assert_eq!(report.removed, vec![left], "{report:?}");
+    assert!(report.in_use.is_empty(), "{report:?}");
 }

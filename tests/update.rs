@@ -779,3 +779,36 @@ fn a_lock_file_left_by_root_is_mended_at_roots_next_update() {
     increment_as_nobody(NAME, &state, "65534");
     assert_eq!(counter(&state), 3);
 }
+
+/// Review of #17: only an empty lock file with no other name is mended. A
+/// secret of root's that the directory's owner renamed to the lock name is
+/// locked as it is, never given to the directory's owner nor opened wider.
+#[test]
+fn a_secret_renamed_to_the_lock_name_is_not_given_away() {
+    if !require(is_root(), "root (to give a directory away)") {
+        return;
+    }
+    use std::os::unix::fs::{chown, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    let dir = scratch();
+    let app = dir.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    chown(&app, Some(NOBODY), Some(NOBODY)).unwrap();
+    let state = app.join("state");
+    std::fs::write(&state, "1\n").unwrap();
+    let lock = app.join(".state.lock");
+    std::fs::write(&lock, b"root's token").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // And a hard link to an empty file of root's, elsewhere.
+    let linked = app.join(".other.lock");
+    let elsewhere = dir.path().join("empty_flag");
+    std::fs::write(&elsewhere, b"").unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::hard_link(&elsewhere, &linked).unwrap();
+    increment_as_root(&state);
+    increment_as_root(&app.join("other"));
+    assert_eq!(counter(&state), 2);
+    assert_eq!(owner_and_mode(&lock), (0, 0, 0o600));
+    assert_eq!(std::fs::read(&lock).unwrap(), b"root's token");
+    assert_eq!(owner_and_mode(&elsewhere), (0, 0, 0o600));
+}

@@ -170,16 +170,20 @@ impl Staged {
         // never readable wider than either from its first byte, whatever
         // the options: a descriptor opened in a window before a `chmod`
         // would read all that is written after it.
-        let existing_perm = existing.map_or(0o777, |m| m.mode & 0o777);
+        // The group bits too: they apply to the group the new file gets
+        // (the writer's, or a setgid directory's), which is the replaced
+        // file's only where the two agree; elsewhere they stay off until
+        // the group is copied (or for good: see `match_replaced_file`).
+        let make_in = temp_dir.as_ref().unwrap_or(&dir);
+        let existing_perm = match existing {
+            None => 0o777,
+            Some(m) if make_in.group_of_new_entries() == m.gid => m.mode & 0o777,
+            Some(m) => m.mode & 0o707,
+        };
         let create_mode = final_mode.map_or(0o666, |m| m & 0o777) & existing_perm;
 
-        let (file, temp) = create_temp(
-            temp_dir.as_ref().unwrap_or(&dir),
-            &name,
-            create_mode,
-            opts.unnamed_temp,
-        )
-        .map_err(|e| Error::new(Op::CreateTemp, &temp_dir_path, e))?;
+        let (file, temp) = create_temp(make_in, &name, create_mode, opts.unnamed_temp)
+            .map_err(|e| Error::new(Op::CreateTemp, &temp_dir_path, e))?;
         let mut staged = Staged {
             file: Some(file),
             temp,

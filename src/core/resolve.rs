@@ -110,10 +110,21 @@ impl Found {
 /// the directory's owner. Nothing on disk changes.
 pub(crate) fn find(target: &Path, follow: FollowSymlinks) -> Result<Found, Error> {
     let mut path = target.to_path_buf();
+    // After a relative link: the directory that held it, and what it holds,
+    // looked up from that directory's descriptor, not by path again (an
+    // ancestor renamed meanwhile must not change where the link leads).
+    let mut relative: Option<(Dir, PathBuf)> = None;
     let mut links = 0;
     loop {
         let (parent, name) = split(&path).map_err(|e| Error::new(Op::Open, target, e))?;
-        let dir = Dir::open_lookup(parent).map_err(|e| Error::new(Op::OpenDir, parent, e))?;
+        let opened = match &relative {
+            Some((base, to)) => {
+                let (to_parent, _) = split(to).map_err(|e| Error::new(Op::Open, target, e))?;
+                base.open_lookup_at(to_parent)
+            }
+            None => Dir::open_lookup(parent),
+        };
+        let dir = opened.map_err(|e| Error::new(Op::OpenDir, parent, e))?;
         let existing = dir
             .stat(name)
             .map_err(|e| Error::new(Op::Open, target, e))?;
@@ -134,7 +145,12 @@ pub(crate) fn find(target: &Path, follow: FollowSymlinks) -> Result<Found, Error
                     .read_link(name)
                     .map_err(|e| Error::new(Op::Open, &path, e))?;
                 // An absolute `to` replaces the base in `join`.
-                path = parent.join(to);
+                let next = parent.join(&to);
+                relative = match to.is_absolute() {
+                    true => None,
+                    false => Some((dir, to)),
+                };
+                path = next;
             }
             _ => {
                 let dir = dir

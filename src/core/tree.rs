@@ -38,8 +38,16 @@ pub(crate) struct Tree {
     /// The temp tree's path: `parent` as given, joined with `temp_name`.
     temp_path: PathBuf,
     durability: Durability,
-    /// The root's final mode, when it differs from its mode while built.
-    mode_at_commit: Option<u32>,
+    /// The root's final mode, set at commit.
+    final_mode: u32,
+    /// Whether `final_mode` was given (`mode()`): then kept as it is.
+    mode_given: bool,
+    /// The root's mode as made (owner-only).
+    made_mode: u32,
+    /// The owner and group of the directory this tree replaces, given to
+    /// the root at commit (not before: while it is built it is this
+    /// user's alone).
+    replaced_owner: Option<(u32, u32)>,
     /// Set once the target name refers to the temp tree: nothing to remove.
     published: bool,
 }
@@ -116,7 +124,7 @@ impl Tree {
                 Ok(dir) if dir.lock_temp() => {
                     // So that `sweep` knows it for the crate's, should this
                     // process die: not by its name alone.
-                    dir.mark_leftover();
+                    dir.mark_leftover(&[temp]);
                     dir
                 }
                 // A sweep found it before the lock, or removed it before
@@ -148,10 +156,10 @@ impl Tree {
             target: target.clone(),
             temp_path,
             durability,
-            // Special bits, what the umask took, and bits held back while
-            // the tree is built: set at commit. Compared with the mode the
-            // directory got, not the one asked for.
-            mode_at_commit: None,
+            final_mode: 0,
+            mode_given: mode.is_some(),
+            made_mode: 0,
+            replaced_owner: replaced.map(|old| (old.uid, old.gid)),
             published: false,
         };
         // On error, dropping `tree` removes it.
@@ -159,23 +167,30 @@ impl Tree {
         // A new directory, mode not given: what mkdir gives, the setgid bit
         // inherited from the parent included, and `0o777` less the umask
         // (read where the platform tells it; elsewhere it stays owner-only).
-        let mut final_mode = final_mode.unwrap_or_else(|| {
+        tree.final_mode = final_mode.unwrap_or_else(|| {
             let perm = sys::umask().map_or(made.mode & 0o777, |umask| 0o777 & !umask);
             (made.mode & 0o7000) | perm
         });
-        let mut now = made.mode;
-        if let Some(old) = replaced {
-            // The replaced directory's owner and group, as for files: best
-            // effort. Group bits meant for a group this tree cannot have
-            // are cut to what others have, unless `mode` set them.
-            if !tree.copy_owner(made, old.uid, old.gid) && mode.is_none() {
-                final_mode = super::narrow_group(final_mode);
-            }
-            // A chown may clear the setgid bit: compare with what is there.
-            now = tree.root.meta().map_or(0, |m| m.mode);
-        }
-        tree.mode_at_commit = (final_mode != now).then_some(final_mode);
+        tree.made_mode = made.mode;
         Ok(tree)
+    }
+
+    /// The root's mode to set at commit, if it differs from the one it has:
+    /// first the replaced directory's owner and group, as for files, best
+    /// effort; group bits meant for a group this tree cannot have are cut
+    /// to what others have, unless `mode()` set them.
+    fn mode_at_commit(&self) -> Result<Option<u32>, Error> {
+        let Some((uid, gid)) = self.replaced_owner else {
+            return Ok((self.final_mode != self.made_mode).then_some(self.final_mode));
+        };
+        let err = |e| Error::new(Op::SetPermissions, &self.temp_path, e);
+        let mut final_mode = self.final_mode;
+        if !self.copy_owner(self.root.meta().map_err(err)?, uid, gid) && !self.mode_given {
+            final_mode = super::narrow_group(final_mode);
+        }
+        // A chown may have cleared the setgid bit: compare with what is there.
+        let now = self.root.meta().map_err(err)?.mode;
+        Ok((final_mode != now).then_some(final_mode))
     }
 
     /// Gives the tree's root the owner `uid` and group `gid` (it has
@@ -224,13 +239,12 @@ impl Tree {
         // after the publish, so that no kill before it leaves an unmarked
         // temp tree that `sweep` would never remove. Unless the final mode
         // takes this user's right to remove it: then now, before.
-        let unmark_now = self
-            .mode_at_commit
-            .is_some_and(|mode| mode & 0o200 == 0 && sys::euid() != 0);
+        let mode_at_commit = self.mode_at_commit()?;
+        let unmark_now = mode_at_commit.is_some_and(|mode| mode & 0o200 == 0 && sys::euid() != 0);
         if unmark_now {
             self.unmark()?;
         }
-        if let Some(mode) = self.mode_at_commit {
+        if let Some(mode) = mode_at_commit {
             // After reading the root, which a final mode without the
             // owner's read permission would stop; before its sync.
             self.root
@@ -290,6 +304,11 @@ impl Tree {
                     let msg = "exists and is not a directory";
                     return Err(err(io::Error::new(io::ErrorKind::AlreadyExists, msg)));
                 }
+                // Another user's directory in a sticky, world-writable one
+                // (put there since `create`) is not this tree's result.
+                Some(meta) if !resolve::may_use(&self.parent, &meta) => {
+                    return Err(err(resolve::refused("entry", "not taken as the result")));
+                }
                 Some(_) if exists == Exists::Fail => return Err(err(beaten)),
                 Some(_) => {
                     // Losing is success: the caller learns of a temp tree
@@ -334,11 +353,19 @@ impl Tree {
                     let msg = "exists and is not a directory: not replaced";
                     return Err(err(not_a_directory(msg)));
                 }
+                // Checked at `create`, and again: another user may have put
+                // a directory there since, in a sticky directory.
+                if !resolve::may_use(&self.parent, &meta) {
+                    return Err(err(resolve::refused("entry", "not replaced")));
+                }
             }
-            // The tree about to be replaced is marked for `sweep` before it
-            // leaves the target's name, so that no crash leaves it under a
-            // temp name without the mark; put back, it is unmarked.
-            mark_at(&self.parent, &self.name);
+            // The tree about to be replaced is marked for `sweep`, for the
+            // temp name it is about to get, before it leaves the target's
+            // name: so that no kill leaves it there without the mark (a
+            // leftover never removed). A kill before the exchange leaves the
+            // target marked, but only for that name. Unmarked if not
+            // exchanged.
+            mark_at(&self.parent, &self.name, &[&self.temp_name]);
             match sys::rename_exchange(&self.parent, &self.temp_name, &self.parent, &self.name) {
                 Ok(()) => return self.exchanged(replaced),
                 // Nothing at the target (yet, or any more).
@@ -391,12 +418,24 @@ impl Tree {
         let name = std::mem::take(&mut self.temp_name);
         self.published = true;
         let meta = self.parent.stat(&name).ok().flatten();
-        match meta.map(|m| m.kind) {
-            Some(Kind::Dir) | None => {
+        // What came out: ours to remove only if a directory this user may
+        // replace (another user's, in a sticky directory, put there since
+        // the check, goes back).
+        let refused = match meta {
+            Some(m) if m.kind != Kind::Dir => Some("exists and is not a directory: not replaced"),
+            Some(m) if !resolve::may_use(&self.parent, &m) => {
+                Some("another user's directory in a sticky directory: not replaced")
+            }
+            _ => None,
+        };
+        match refused {
+            None => {
                 // Garbage now, under a temp name: marked for `sweep`,
                 // should this process die before removing it.
+                // (Marked before the exchange; again here, in case another
+                // writer's tree came in between.)
                 if let Ok(old) = self.parent.open_dir(&name) {
-                    old.mark_leftover();
+                    old.mark_leftover(&[&name]);
                 }
                 // Its identity: removal stops if the name changes hands.
                 let id = meta.and_then(|m| m.id);
@@ -409,8 +448,7 @@ impl Tree {
                 });
                 Ok(())
             }
-            Some(_) => {
-                let msg = "exists and is not a directory: not replaced";
+            Some(msg) => {
                 let back = sys::rename_exchange(&self.parent, &name, &self.parent, &self.name);
                 if let Err(e) = back {
                     // Ours is published; what it replaced keeps our temp
@@ -419,7 +457,16 @@ impl Tree {
                 }
                 self.published = false;
                 self.temp_name = name;
-                Err(Error::new(Op::Rename, &self.target, not_a_directory(msg)))
+                unmark_at(&self.parent, &self.name);
+                let kind = match meta.is_some_and(|m| m.kind == Kind::Dir) {
+                    true => io::ErrorKind::PermissionDenied,
+                    false => io::ErrorKind::NotADirectory,
+                };
+                Err(Error::new(
+                    Op::Rename,
+                    &self.target,
+                    io::Error::new(kind, msg),
+                ))
             }
         }
     }
@@ -432,6 +479,9 @@ impl Tree {
         let mut moved = false;
         let fresh = || name::aside_name(&self.name).unwrap_or_else(|| name::temp_name(&self.name));
         let aside = with_fresh(fresh, |aside| {
+            // Marked for the aside name before it gets it, so that `sweep`
+            // may put it back should this process die at any point.
+            mark_at(&self.parent, &self.name, &[aside]);
             match sys::rename_dir_noreplace(&self.parent, &self.name, &self.parent, aside) {
                 Ok(()) => {
                     moved = true;
@@ -456,11 +506,6 @@ impl Tree {
             ));
         }
         let lock = self.parent.open_dir(&aside).ok().filter(|d| d.lock_temp());
-        // Marked, so that `sweep` may put it back should this process die
-        // now; the mark comes off when it is put back.
-        if let Some(dir) = &lock {
-            dir.mark_leftover();
-        }
         Ok(Some(Replaced {
             parent: Arc::clone(&self.parent),
             id: lock.as_ref().and_then(|d| d.id()),
@@ -480,6 +525,8 @@ impl Tree {
             return;
         }
         let renamed = with_fresh_name(&self.name, |temp| {
+            // A leftover under either name, whenever this process dies.
+            mark_at(&self.parent, &old.name, &[&old.name, temp]);
             sys::rename_dir_noreplace(&self.parent, &old.name, &self.parent, temp)
         });
         if let Ok(temp) = renamed {
@@ -646,10 +693,11 @@ fn empty_dir(root: &Dir) -> io::Result<()> {
     }
 }
 
-/// Puts the crate's mark on the directory `name` in `parent`, best effort.
-fn mark_at(parent: &Dir, name: &OsStr) {
+/// Puts the crate's mark, for `names`, on the directory `name` in
+/// `parent`, best effort.
+fn mark_at(parent: &Dir, name: &OsStr, names: &[&OsStr]) {
     if let Ok(dir) = parent.open_dir(name) {
-        dir.mark_leftover();
+        dir.mark_leftover(names);
     }
 }
 

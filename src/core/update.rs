@@ -157,7 +157,17 @@ pub(crate) fn write(
 #[cfg_attr(not(feature = "serde"), allow(dead_code))]
 pub(crate) fn read(target: &Path) -> Result<Option<Vec<u8>>, Error> {
     let found = resolve::find(target, FollowSymlinks::Yes)?;
-    read_in(&found.dir, &found.name).map_err(|e| Error::new(Op::Read, target, e))
+    let err = |e| Error::new(Op::Read, target, e);
+    // Refused before any open: opening a device can have effects.
+    match found.existing.map(|m| m.kind) {
+        Some(Kind::Dir) => return Err(err(io::ErrorKind::IsADirectory.into())),
+        Some(Kind::Other) => {
+            let msg = "not a regular file";
+            return Err(err(io::Error::new(io::ErrorKind::InvalidInput, msg)));
+        }
+        _ => {}
+    }
+    read_in(&found.dir, &found.name).map_err(err)
 }
 
 fn read_in(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<Option<Vec<u8>>> {

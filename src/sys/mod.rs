@@ -77,10 +77,11 @@ pub(crate) struct Leftover {
 /// The extended attribute that marks a directory as one of this crate's
 /// temp trees (or a tree it moved aside or replaced), so that `sweep`
 /// never goes by the name alone: another user who may rename a directory
-/// cannot add it to one they may not write.
+/// cannot add it to one they may not write. Its value lists the names
+/// (`/`-separated) under which the tree is a leftover: the mark holds only
+/// there, so a tree that keeps one after a publish (a crash between the
+/// rename and the unmark) is not swept under any other temp name.
 pub(crate) const LEFTOVER_MARK: &str = "user.tokio_atomic_write";
-/// Its value.
-pub(crate) const LEFTOVER_MARK_VALUE: &[u8] = b"leftover";
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

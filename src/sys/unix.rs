@@ -75,6 +75,24 @@ impl Dir {
         }
     }
 
+    /// [`Dir::open_lookup`] of `rel`, relative to this directory (which
+    /// may be lookup-only).
+    pub(crate) fn open_lookup_at(&self, rel: &Path) -> io::Result<Dir> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        match rustix::fs::openat(&self.fd, rel, flags, Mode::empty()) {
+            Ok(fd) => Dir::from_fd(fd, false),
+            #[cfg(target_os = "linux")]
+            Err(Errno::ACCESS) => {
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                Dir::from_fd(
+                    rustix::fs::openat(&self.fd, rel, flags, Mode::empty())?,
+                    true,
+                )
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// This directory, readable: itself, or when opened by
     /// [`Dir::open_lookup`] with `O_PATH`, reopened through `.` (the same
     /// directory, whatever its path holds now), which fails with `EACCES`
@@ -112,6 +130,15 @@ impl Dir {
     /// when it was opened.
     pub(crate) fn owner_and_mode(&self) -> (u32, u32) {
         (self.uid, self.mode)
+    }
+
+    /// The group a file created in this directory gets: the directory's
+    /// own where it is setgid, else this process's effective group.
+    pub(crate) fn group_of_new_entries(&self) -> u32 {
+        match self.mode & 0o2000 {
+            0 => rustix::process::getegid().as_raw(),
+            _ => self.gid,
+        }
     }
 
     /// `readlinkat`: what the symlink `name` holds.
@@ -222,7 +249,7 @@ impl Dir {
                 if now.st_ino != st.st_ino || now.st_dev != st.st_dev {
                     return Ok(None); // replaced since the stat: not ours to judge
                 }
-                let marked = if tree { has_mark(&fd) } else { None };
+                let marked = if tree { has_mark(&fd, name) } else { None };
                 match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                     Ok(()) => (false, Some(File::from(fd)), marked),
                     Err(Errno::WOULDBLOCK) => (held_by_this_user(id), None, marked),
@@ -273,10 +300,11 @@ impl Dir {
     /// refusing anything but a regular file. `allowed` judges the file
     /// found there (its metadata), before any lock is tried on it.
     ///
-    /// A lock file this process owns gets the directory's owner and group
-    /// (best effort: only root can give a file away) and `mode`: so that
-    /// whoever may replace the target can take its lock, whoever created
-    /// the lock file (an administrator's tool run as root included).
+    /// A lock file this process owns, empty and with no other name, gets
+    /// the directory's owner and group (best effort: only root can give a
+    /// file away) and `mode`: so that whoever may replace the target can
+    /// take its lock, whoever created the lock file (an administrator's tool
+    /// run as root included).
     pub(crate) fn try_lock_file(
         &self,
         name: &OsStr,
@@ -294,14 +322,21 @@ impl Dir {
                 | OFlags::CLOEXEC,
             Mode::from_raw_mode(mode as _),
         )?;
-        let meta = meta_of(&rustix::fs::fstat(&fd)?);
+        let st = rustix::fs::fstat(&fd)?;
+        let meta = meta_of(&st);
         match meta.kind {
             Kind::File => {}
             Kind::Dir => return Err(Errno::ISDIR.into()),
             _ => return Err(not_regular()),
         }
         allowed(&meta)?;
-        if meta.uid == euid() {
+        // Only an empty file with no other name is a lock file to mend:
+        // anything else at the name (a secret renamed there by whoever may
+        // rename in this directory, a hard link to one) is locked as it is,
+        // never given away nor opened wider.
+        #[allow(clippy::unnecessary_cast)] // the field widths differ by platform
+        let bare = st.st_size == 0 && st.st_nlink as u64 == 1;
+        if bare && meta.uid == euid() {
             // Best effort, and quiet: the lock works without it. Root can
             // give the file to the directory's owner; anyone else can at
             // most give it the directory's group, if a member.
@@ -350,24 +385,58 @@ impl Dir {
     }
 }
 
-/// Whether the directory open as `fd` carries the crate's mark; `None`
+/// Whether the directory open as `fd` carries the crate's mark for the
+/// name `name`; `None`
 /// where its filesystem has no user extended attributes (`EOPNOTSUPP`).
-fn has_mark(fd: &OwnedFd) -> Option<bool> {
-    let mut value = [0u8; 16];
+fn has_mark(fd: &OwnedFd, name: &OsStr) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut value = [0u8; 1024];
     match rustix::fs::fgetxattr(fd, super::LEFTOVER_MARK, &mut value) {
-        Ok(len) => Some(value.get(..len) == Some(super::LEFTOVER_MARK_VALUE)),
-        Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => None,
+        Ok(len) => Some(
+            value[..len.min(value.len())]
+                .split(|b| *b == b'/')
+                .any(|n| n == name.as_bytes()),
+        ),
+        Err(e) if no_xattrs(e) => None,
         Err(_) => Some(false),
     }
 }
 
+/// Whether `e` says the filesystem has no extended attributes at all.
+fn no_xattrs(e: Errno) -> bool {
+    // ENOTSUP and EOPNOTSUPP are one number on Linux, two on macOS.
+    e == Errno::OPNOTSUPP || e == Errno::NOTSUP || e == Errno::NOSYS
+}
+
+/// Whether `e` says the attribute is not there: `ENODATA` on Linux,
+/// `ENOATTR` on macOS and the BSDs.
+fn no_such_xattr(e: Errno) -> bool {
+    #[cfg(any(
+        target_vendor = "apple",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    ))]
+    if e == Errno::NOATTR {
+        return true;
+    }
+    #[cfg(not(any(target_os = "freebsd", target_os = "dragonfly", target_os = "openbsd")))]
+    if e == Errno::NODATA {
+        return true;
+    }
+    false
+}
+
 /// Whether a process of this user holds a `flock` on the file `id` (device
 /// and inode): on Linux, the holders `/proc/locks` lists, each process's
-/// user read from the owner of its `/proc/PID`. Another user who can open
+/// real user read from its `/proc/PID/status`. Another user who can open
 /// a leftover (one left readable) could otherwise keep it from `sweep` for
-/// as long as it likes. Where nothing can be learned (no `/proc`, a holder
-/// in another PID namespace, a filesystem whose `st_dev` is not its
-/// superblock's, such as a btrfs subvolume), held.
+/// as long as it likes. A holder that is gone (the lock kept by a child
+/// that inherited the descriptor) is no live writer of this user's. Where
+/// nothing can be learned (no `/proc`, a holder outside this PID
+/// namespace's view, a filesystem whose `st_dev` is not its superblock's,
+/// such as a btrfs subvolume), held.
 fn held_by_this_user(id: (u64, u64)) -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -391,13 +460,17 @@ fn held_by_this_user(id: (u64, u64)) -> bool {
                 continue;
             }
             holders += 1;
-            let pid = fields.nth(2).and_then(|p| p.parse::<u32>().ok());
-            let owner = pid
-                .filter(|pid| *pid != 0)
-                .and_then(|pid| std::fs::metadata(format!("/proc/{pid}")).ok())
-                .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-            if owner.is_none_or(|uid| uid == me) {
-                return true;
+            match fields.nth(2).and_then(|p| p.parse::<u32>().ok()) {
+                // Outside this PID namespace's view: nothing to go by.
+                None | Some(0) => return true,
+                Some(pid) => {
+                    if real_uid_of(pid) == Some(me) {
+                        return true;
+                    }
+                    // Another user's, or a process gone (its lock then held
+                    // by a child that inherited the descriptor, whoever it
+                    // is now): no live writer of this user's.
+                }
             }
         }
         // Every holder is another user's (or none is left: let go since).
@@ -408,6 +481,16 @@ fn held_by_this_user(id: (u64, u64)) -> bool {
         let _ = id;
         true
     }
+}
+
+/// The real user id of process `pid`, from `/proc/PID/status` (not the
+/// owner of `/proc/PID`, which a setuid program makes root's); `None` when
+/// the process is gone.
+#[cfg(target_os = "linux")]
+fn real_uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().next()?.parse().ok()
 }
 
 /// Fails unless `fd` is a regular file: `EISDIR` for a directory,
@@ -874,14 +957,21 @@ impl Dir {
     }
 
     /// Puts the crate's mark ([`LEFTOVER_MARK`](super::LEFTOVER_MARK)) on
-    /// the directory, best effort: where the filesystem has no user
+    /// the directory, for the `names` under which it is a leftover; best
+    /// effort: where the filesystem has no user
     /// extended attributes, or this user may not write the directory, it
     /// stays unmarked, and `sweep` leaves it alone.
-    pub(crate) fn mark_leftover(&self) {
+    pub(crate) fn mark_leftover(&self, names: &[&OsStr]) {
+        use std::os::unix::ffi::OsStrExt;
+        let value = names
+            .iter()
+            .map(|n| n.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&b'/');
         let _ = rustix::fs::fsetxattr(
             &self.fd,
             super::LEFTOVER_MARK,
-            super::LEFTOVER_MARK_VALUE,
+            &value,
             rustix::fs::XattrFlags::empty(),
         );
     }
@@ -890,8 +980,8 @@ impl Dir {
     /// An error only where the mark is there and stays.
     pub(crate) fn unmark_leftover(&self) -> io::Result<()> {
         match rustix::fs::fremovexattr(&self.fd, super::LEFTOVER_MARK) {
-            Ok(()) | Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) if !no_xattrs(e) && !no_such_xattr(e) => Err(e.into()),
+            _ => Ok(()),
         }
     }
 

@@ -65,6 +65,11 @@ impl Dir {
         Dir::open(path)
     }
 
+    /// [`Dir::open_lookup`] of `rel` under this directory.
+    pub(crate) fn open_lookup_at(&self, rel: &Path) -> io::Result<Dir> {
+        Dir::open(&self.path.join(rel))
+    }
+
     /// Itself: [`Dir::open_lookup`] opens nothing less than readable here.
     pub(crate) fn readable(self) -> io::Result<Dir> {
         Ok(self)
@@ -73,6 +78,11 @@ impl Dir {
     /// No unix owner nor mode: never a sticky directory.
     pub(crate) fn owner_and_mode(&self) -> (u32, u32) {
         (0, 0)
+    }
+
+    /// No unix groups: 0, as every `Meta` here has.
+    pub(crate) fn group_of_new_entries(&self) -> u32 {
+        0
     }
 
     /// What the symlink `name` points to.
@@ -171,6 +181,11 @@ impl Dir {
 
     pub(crate) fn remove(&self, name: &OsStr) -> io::Result<()> {
         std::fs::remove_file(self.path.join(name))
+    }
+
+    /// Removes the empty directory `name`.
+    pub(crate) fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        std::fs::remove_dir(self.path.join(name))
     }
 
     pub(crate) fn names(&self) -> io::Result<Vec<std::ffi::OsString>> {
