@@ -423,11 +423,15 @@ fn another_users_lock_does_not_keep_a_leftover() {
     let left = d.join(leftover_name("state", "AAAAAAAAAAAA"));
     aged_file(&left, 2 * HOUR);
     std::fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // `--no-fork`: the process killed below is the one holding the lock,
+    // with no child left behind holding it (or this test's output).
     let mut holder = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(["flock", "--shared"])
+        .args(["flock", "--shared", "--no-fork"])
         .arg(&left)
         .args(["sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     // Wait (bounded) until its lock is in /proc/locks.
@@ -539,6 +543,8 @@ fn a_lock_whose_taker_is_gone_does_not_keep_a_leftover() {
         .args(["flock", "--shared"])
         .arg(&left)
         .args(["sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let pid = taker.id();
