@@ -68,8 +68,10 @@ pub struct SweepReport {
 ///   decides: keep `older_than` above the longest write. On Linux only a
 ///   lock held by a process of the user sweeping counts (`/proc/locks`
 ///   names the holders, by the process that took the lock, whose real uid
-///   decides; a taker that is gone counts for nothing): another user who
-///   can open a leftover cannot keep it for ever by locking it.
+///   decides; a taker that is gone, or that this process cannot see (in
+///   another PID namespace), counts for nothing: run `sweep` where the
+///   writers' processes are visible): another user who can open a
+///   leftover cannot keep it for ever by locking it.
 ///
 /// When it removed anything, it syncs `dir` before returning (where the
 /// platform can sync a directory: not on Windows), so that a power cut does

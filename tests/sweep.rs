@@ -569,17 +569,21 @@ fn a_lock_whose_taker_is_gone_does_not_keep_a_leftover() {
         use std::os::unix::fs::MetadataExt;
         format!(":{} ", std::fs::metadata(&left).unwrap().ino())
     };
-    let still_locked = std::fs::read_to_string("/proc/locks")
+    let locks: Vec<String> = std::fs::read_to_string("/proc/locks")
         .unwrap()
         .lines()
-        .any(|l| l.contains("FLOCK") && l.contains(&ino));
+        .filter(|l| l.contains(&ino))
+        .map(str::to_string)
+        .collect();
+    let still_locked = locks.iter().any(|l| l.contains("FLOCK"));
     let report = runtime().block_on(sweep(d, Duration::ZERO));
     let _ = rustix::process::kill_process(
         rustix::process::Pid::from_raw(keeper).unwrap(),
         rustix::process::Signal::KILL,
     );
-    assert!(still_locked, "the lock outlives its taker");
+    assert!(still_locked, "the lock outlives its taker: {locks:?}");
     let report = report.unwrap();
-    assert_eq!(report.removed, vec![left], "{report:?}");
-    assert!(report.in_use.is_empty(), "{report:?}");
+    let seen = format!("{report:?}; taker {pid}, keeper {keeper}; locks {locks:?}");
+    assert_eq!(report.removed, vec![left], "{seen}");
+    assert!(report.in_use.is_empty(), "{seen}");
 }

@@ -432,11 +432,12 @@ fn no_such_xattr(e: Errno) -> bool {
 /// and inode): on Linux, the holders `/proc/locks` lists, each process's
 /// real user read from its `/proc/PID/status`. Another user who can open
 /// a leftover (one left readable) could otherwise keep it from `sweep` for
-/// as long as it likes. A holder that is gone (the lock kept by a child
-/// that inherited the descriptor) is no live writer of this user's. Where
-/// nothing can be learned (no `/proc`, a holder outside this PID
-/// namespace's view, a filesystem whose `st_dev` is not its superblock's,
-/// such as a btrfs subvolume), held.
+/// as long as it likes. A taker that is gone (the lock kept by a child
+/// that inherited the descriptor), or out of this PID namespace's view
+/// (which the kernel cannot tell apart from gone), is no live writer of
+/// this user's. Where the lock cannot be found at all (no `/proc`, a
+/// filesystem whose `st_dev` is not its superblock's, such as a btrfs
+/// subvolume), held.
 fn held_by_this_user(id: (u64, u64)) -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -460,18 +461,21 @@ fn held_by_this_user(id: (u64, u64)) -> bool {
                 continue;
             }
             holders += 1;
-            match fields.nth(2).and_then(|p| p.parse::<u32>().ok()) {
-                // Outside this PID namespace's view: nothing to go by.
-                None | Some(0) => return true,
-                Some(pid) => {
-                    if real_uid_of(pid) == Some(me) {
-                        return true;
-                    }
-                    // Another user's, or a process gone (its lock then held
-                    // by a child that inherited the descriptor, whoever it
-                    // is now): no live writer of this user's.
-                }
+            // The process that took the lock. 0 where it cannot be named
+            // here: outside this PID namespace's view, or gone (outside the
+            // initial namespace, the kernel can name a dead taker only
+            // until its pid is freed).
+            let pid = fields.nth(2).and_then(|p| p.parse::<u32>().ok());
+            if pid
+                .filter(|pid| *pid != 0)
+                .is_some_and(|pid| real_uid_of(pid) == Some(me))
+            {
+                return true;
             }
+            // Another user's, or a process gone or out of sight (its lock
+            // then kept by a child that inherited the descriptor, whoever
+            // it is now): no live writer of this user's that sweep could
+            // see.
         }
         // Every holder is another user's (or none is left: let go since).
         holders == 0
