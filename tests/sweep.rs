@@ -406,6 +406,32 @@ fn a_rename_right_does_not_become_a_delete_right() {
     );
 }
 
+/// A scratch directory others may enter (0755) holding an old leftover temp
+/// file of root's that others may read (0644).
+fn readable_leftover() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let left = dir.path().join(leftover_name("state", "AAAAAAAAAAAA"));
+    aged_file(&left, 2 * HOUR);
+    std::fs::set_permissions(&left, PermissionsExt::from_mode(0o644)).unwrap();
+    (dir, left)
+}
+
+/// `nobody` running `flock --shared {flags} left sleep 60`, with no output.
+fn lock_as_nobody(left: &Path, flags: &[&str]) -> std::process::Child {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["flock", "--shared"])
+        .args(flags)
+        .arg(left)
+        .args(["sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Issue #18, point 5: another user who can open a leftover (a temp file
 /// left readable) and holds a lock on it cannot keep it from `sweep`: only
 /// a lock held by a process of the sweeping user counts.
@@ -417,23 +443,11 @@ fn another_users_lock_does_not_keep_a_leftover() {
     ) {
         return;
     }
-    let dir = scratch();
+    let (dir, left) = readable_leftover();
     let d = dir.path();
-    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let left = d.join(leftover_name("state", "AAAAAAAAAAAA"));
-    aged_file(&left, 2 * HOUR);
-    std::fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     // `--no-fork`: the process killed below is the one holding the lock,
     // with no child left behind holding it (or this test's output).
-    let mut holder = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(["flock", "--shared", "--no-fork"])
-        .arg(&left)
-        .args(["sleep", "60"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = lock_as_nobody(&left, &["--no-fork"]);
     // Wait (bounded) until its lock is in /proc/locks.
     use std::os::unix::fs::MetadataExt;
     let ino = format!(":{} ", std::fs::metadata(&left).unwrap().ino());
@@ -532,21 +546,9 @@ fn a_lock_whose_taker_is_gone_does_not_keep_a_leftover() {
     ) {
         return;
     }
-    let dir = scratch();
+    let (dir, left) = readable_leftover();
     let d = dir.path();
-    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let left = d.join(leftover_name("state", "AAAAAAAAAAAA"));
-    aged_file(&left, 2 * HOUR);
-    std::fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let mut taker = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(["flock", "--shared"])
-        .arg(&left)
-        .args(["sleep", "60"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut taker = lock_as_nobody(&left, &[]);
     let pid = taker.id();
     // Its child, `sleep`, holds the descriptor: found, then the taker killed.
     let children = format!("/proc/{pid}/task/{pid}/children");

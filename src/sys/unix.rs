@@ -65,32 +65,13 @@ impl Dir {
     /// search permission only: enough to look at a symlink inside and read
     /// it. [`Dir::readable`] then reopens it for the rest.
     pub(crate) fn open_lookup(path: &Path) -> io::Result<Dir> {
-        match Dir::open(path) {
-            #[cfg(target_os = "linux")]
-            Err(e) if e.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) => {
-                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-                Dir::from_fd(rustix::fs::openat(CWD, path, flags, Mode::empty())?, true)
-            }
-            other => other,
-        }
+        open_lookup_in(CWD, path)
     }
 
     /// [`Dir::open_lookup`] of `rel`, relative to this directory (which
     /// may be lookup-only).
     pub(crate) fn open_lookup_at(&self, rel: &Path) -> io::Result<Dir> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        match rustix::fs::openat(&self.fd, rel, flags, Mode::empty()) {
-            Ok(fd) => Dir::from_fd(fd, false),
-            #[cfg(target_os = "linux")]
-            Err(Errno::ACCESS) => {
-                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-                Dir::from_fd(
-                    rustix::fs::openat(&self.fd, rel, flags, Mode::empty())?,
-                    true,
-                )
-            }
-            Err(e) => Err(e.into()),
-        }
+        open_lookup_in(&self.fd, rel)
     }
 
     /// This directory, readable: itself, or when opened by
@@ -382,6 +363,22 @@ impl Dir {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+}
+
+/// [`Dir::open_lookup`] of `path`, relative to `base`: read-only, or on
+/// Linux, where that is refused (`EACCES`: a search-only directory),
+/// `O_PATH`.
+fn open_lookup_in(base: impl AsFd, path: &Path) -> io::Result<Dir> {
+    let flags = OFlags::DIRECTORY | OFlags::CLOEXEC;
+    match rustix::fs::openat(&base, path, flags | OFlags::RDONLY, Mode::empty()) {
+        Ok(fd) => Dir::from_fd(fd, false),
+        #[cfg(target_os = "linux")]
+        Err(Errno::ACCESS) => {
+            let fd = rustix::fs::openat(&base, path, flags | OFlags::PATH, Mode::empty())?;
+            Dir::from_fd(fd, true)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
