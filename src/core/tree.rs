@@ -184,23 +184,37 @@ impl Tree {
             return Ok((self.final_mode != self.made_mode).then_some(self.final_mode));
         };
         let err = |e| Error::new(Op::SetPermissions, &self.temp_path, e);
+        let (group_kept, chowned) = self.copy_owner(uid, gid);
         let mut final_mode = self.final_mode;
-        if !self.copy_owner(self.root.meta().map_err(err)?, uid, gid) && !self.mode_given {
+        if !group_kept && !self.mode_given {
             final_mode = super::narrow_group(final_mode);
         }
-        // A chown may have cleared the setgid bit: compare with what is there.
-        let now = self.root.meta().map_err(err)?.mode;
+        // A chown may have cleared the setgid bit: then compare with what
+        // is there.
+        let now = match chowned {
+            true => self.root.meta().map_err(err)?.mode,
+            false => self.made_mode,
+        };
         Ok((final_mode != now).then_some(final_mode))
     }
 
-    /// Gives the tree's root the owner `uid` and group `gid` (it has
-    /// `now`), as far as this process may: both as root, the group alone
-    /// where it is a member. Whether the group is `gid` now.
-    fn copy_owner(&self, now: sys::Meta, uid: u32, gid: u32) -> bool {
-        if (now.uid, now.gid) == (uid, gid) || self.root.set_owner(Some(uid), Some(gid)).is_ok() {
-            return true;
+    /// Gives the tree's root the owner `uid` and group `gid`, as far as
+    /// this process may: both as root, the group alone where it is a
+    /// member. Whether the group is `gid` now, and whether a chown was made.
+    /// The root has this process's ids until then (it made the root).
+    fn copy_owner(&self, uid: u32, gid: u32) -> (bool, bool) {
+        let (now_uid, now_gid) = self.root.owner_ids();
+        if (now_uid, now_gid) == (uid, gid) {
+            return (true, false);
         }
-        now.gid == gid || self.root.set_owner(None, Some(gid)).is_ok()
+        if self.root.set_owner(Some(uid), Some(gid)).is_ok() {
+            return (true, true);
+        }
+        if now_gid == gid {
+            return (true, false);
+        }
+        let kept = self.root.set_owner(None, Some(gid)).is_ok();
+        (kept, kept)
     }
 
     /// Takes the crate's mark off the tree's root.
@@ -365,9 +379,9 @@ impl Tree {
             // leftover never removed). A kill before the exchange leaves the
             // target marked, but only for that name. Unmarked if not
             // exchanged.
-            mark_at(&self.parent, &self.name, &[&self.temp_name]);
+            let marked = mark_at(&self.parent, &self.name, &[&self.temp_name]);
             match sys::rename_exchange(&self.parent, &self.temp_name, &self.parent, &self.name) {
-                Ok(()) => return self.exchanged(replaced),
+                Ok(()) => return self.exchanged(replaced, marked),
                 // Nothing at the target (yet, or any more).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
@@ -414,7 +428,11 @@ impl Tree {
     /// After the exchange: the old entry has our temp name. A directory is
     /// ours to remove; anything else (put there since the check) is
     /// swapped back, and kept.
-    fn exchanged(&mut self, replaced: &mut Vec<Replaced>) -> Result<(), Error> {
+    fn exchanged(
+        &mut self,
+        replaced: &mut Vec<Replaced>,
+        marked: Option<(u64, u64)>,
+    ) -> Result<(), Error> {
         let name = std::mem::take(&mut self.temp_name);
         self.published = true;
         let meta = self.parent.stat(&name).ok().flatten();
@@ -430,15 +448,14 @@ impl Tree {
         };
         match refused {
             None => {
-                // Garbage now, under a temp name: marked for `sweep`,
-                // should this process die before removing it.
-                // (Marked before the exchange; again here, in case another
-                // writer's tree came in between.)
-                if let Ok(old) = self.parent.open_dir(&name) {
-                    old.mark_leftover(&[&name]);
-                }
                 // Its identity: removal stops if the name changes hands.
                 let id = meta.and_then(|m| m.id);
+                // Garbage now, under a temp name: marked for `sweep` before
+                // the exchange, should this process die before removing
+                // it; marked here if another writer's tree came in between.
+                if id.is_none() || id != marked {
+                    mark_at(&self.parent, &name, &[&name]);
+                }
                 replaced.push(Replaced {
                     parent: Arc::clone(&self.parent),
                     name,
@@ -587,8 +604,10 @@ impl Drop for Tree {
 /// sync. Without recursion, and holding a bounded number of descriptors,
 /// however deep the tree (see [`Walk`]).
 fn sync_entries(dir: &Dir, path: &Path) -> Result<(), Error> {
-    let err = |path: PathBuf| move |e| Error::new(Op::SyncTemp, path, e);
-    let mut walk = Walk::new(dir, path).map_err(err(path.to_path_buf()))?;
+    // Error paths are built only on error: joined for every entry, they
+    // would cost a copy of a path as long as the tree is deep.
+    let err = |path: PathBuf, e| Error::new(Op::SyncTemp, path, e);
+    let mut walk = Walk::new(dir, path).map_err(|e| err(path.to_path_buf(), e))?;
     loop {
         match walk.next_entry() {
             Some((name, Kind::File)) => {
@@ -596,22 +615,24 @@ fn sync_entries(dir: &Dir, path: &Path) -> Result<(), Error> {
                     .dir()
                     .open_to_sync(&name)
                     .and_then(|file| sys::sync_file(&file));
-                synced.map_err(err(walk.path().join(&name)))?;
+                synced.map_err(|e| err(walk.path().join(&name), e))?;
             }
             Some((name, Kind::Dir)) => {
                 let opened = walk.dir().open_dir(&name);
-                let sub = opened.map_err(err(walk.path().join(&name)))?;
-                let entry = walk.path().join(&name);
-                walk.enter(name, sub).map_err(err(entry))?;
-            }
-            Some((_, Kind::Symlink | Kind::Other)) => {}
-            None => {
-                let done_path = walk.path().to_path_buf();
-                match walk.leave().map_err(err(done_path.clone()))? {
-                    Some((done, _)) => done.sync().map_err(err(done_path))?,
-                    None => return Ok(()),
+                let sub = opened.map_err(|e| err(walk.path().join(&name), e))?;
+                if let Err(e) = walk.enter(name.clone(), sub) {
+                    return Err(err(walk.path().join(&name), e));
                 }
             }
+            Some((_, Kind::Symlink | Kind::Other)) => {}
+            None => match walk.leave() {
+                Ok(Some((done, name))) => {
+                    let synced = done.sync();
+                    synced.map_err(|e| err(walk.path().join(&name), e))?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(err(walk.path().to_path_buf(), e)),
+            },
         }
     }
 }
@@ -694,11 +715,11 @@ fn empty_dir(root: &Dir) -> io::Result<()> {
 }
 
 /// Puts the crate's mark, for `names`, on the directory `name` in
-/// `parent`, best effort.
-fn mark_at(parent: &Dir, name: &OsStr, names: &[&OsStr]) {
-    if let Ok(dir) = parent.open_dir(name) {
-        dir.mark_leftover(names);
-    }
+/// `parent`, best effort; returns the identity of the directory marked.
+fn mark_at(parent: &Dir, name: &OsStr, names: &[&OsStr]) -> Option<(u64, u64)> {
+    let dir = parent.open_dir(name).ok()?;
+    dir.mark_leftover(names);
+    dir.id()
 }
 
 /// Takes the crate's mark off the directory `name` in `parent`, put back

@@ -113,6 +113,11 @@ impl Dir {
         (self.uid, self.mode)
     }
 
+    /// The directory's owner and group, as they were when it was opened.
+    pub(crate) fn owner_ids(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
+
     /// The group a file created in this directory gets: the directory's
     /// own where it is setgid, else this process's effective group.
     pub(crate) fn group_of_new_entries(&self) -> u32 {
