@@ -74,6 +74,25 @@ pub enum Op {
     /// runtime shut down first) published nothing and is reported at its
     /// first step instead.
     Commit,
+    /// Starting the multipart upload of an object
+    /// ([`AsyncAtomicObject`](crate::object::AsyncAtomicObject)).
+    #[cfg(feature = "object_store")]
+    StartUpload,
+    /// Uploading a part of an object's multipart upload.
+    #[cfg(feature = "object_store")]
+    UploadPart,
+    /// Completing an object's multipart upload: the step that publishes it.
+    #[cfg(feature = "object_store")]
+    Complete,
+    /// Aborting an object's multipart upload
+    /// ([`rollback`](crate::object::AsyncAtomicObject::rollback)).
+    #[cfg(feature = "object_store")]
+    Abort,
+    /// Putting an object in one request (conditional or not): the step
+    /// that publishes it; for [`object::update`](crate::object::update),
+    /// also running out of tries.
+    #[cfg(feature = "object_store")]
+    Put,
     /// Looking at or removing a leftover temp file or temp tree in
     /// [`sweep`](crate::sweep) (the path is that entry), or syncing the
     /// directory after removing some (the path is the directory).
@@ -106,6 +125,16 @@ impl Op {
             ),
             Op::RemoveTemp => write!(f, "failed to remove temp file `{p}`"),
             Op::Sweep => write!(f, "failed to sweep leftover temp files at `{p}`"),
+            #[cfg(feature = "object_store")]
+            Op::StartUpload => write!(f, "failed to start the multipart upload of `{p}`"),
+            #[cfg(feature = "object_store")]
+            Op::UploadPart => write!(f, "failed to upload a part of `{p}`"),
+            #[cfg(feature = "object_store")]
+            Op::Complete => write!(f, "failed to complete the multipart upload of `{p}`"),
+            #[cfg(feature = "object_store")]
+            Op::Abort => write!(f, "failed to abort the multipart upload of `{p}`"),
+            #[cfg(feature = "object_store")]
+            Op::Put => write!(f, "failed to put `{p}`"),
             Op::Commit => write!(
                 f,
                 "failed to commit `{p}` (the job panicked: old or new content, unknown which)"
@@ -249,6 +278,16 @@ mod tests {
             Op::RemoveTemp,
             Op::Sweep,
             Op::Commit,
+            #[cfg(feature = "object_store")]
+            Op::StartUpload,
+            #[cfg(feature = "object_store")]
+            Op::UploadPart,
+            #[cfg(feature = "object_store")]
+            Op::Complete,
+            #[cfg(feature = "object_store")]
+            Op::Abort,
+            #[cfg(feature = "object_store")]
+            Op::Put,
         ];
         for op in ops {
             let msg = Error::new(op, "p", io::Error::other("x")).to_string();

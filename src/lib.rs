@@ -213,6 +213,9 @@ mod error;
 mod file;
 #[cfg(feature = "serde")]
 mod json;
+#[cfg(feature = "object_store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "object_store")))]
+pub mod object;
 mod options;
 mod pipeline;
 mod sweep;
