@@ -1,0 +1,344 @@
+//! The three stores every object test runs against (the S3 server, when
+//! `weed` is there; `InMemory`; `LocalFileSystem`), and `Watched`, a store
+//! wrapper that counts parts in flight and can make requests fail.
+#![allow(dead_code)]
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RetryConfig, UploadPart,
+};
+
+#[path = "s3.rs"]
+pub mod s3;
+
+/// An S3 client for `server`, with short retries and timeouts so that a
+/// dead server fails a call within seconds, not minutes.
+pub fn s3_client(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(10),
+    };
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("any")
+            .with_secret_access_key("any")
+            .with_retry(retry)
+            // Replaces every client option: `with_allow_http` goes here.
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_timeout(Duration::from_secs(20))
+                    .with_connect_timeout(Duration::from_secs(2)),
+            )
+            .build()
+            .expect("S3 client"),
+    )
+}
+
+pub enum Kind {
+    S3(&'static s3::S3Server),
+    Memory,
+    Local(tempfile::TempDir),
+}
+
+/// One store of the three, with a key prefix of the test's own.
+pub struct Store {
+    pub name: &'static str,
+    pub store: Arc<dyn ObjectStore>,
+    pub kind: Kind,
+    prefix: String,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Store {
+    /// A location no other test uses.
+    pub fn key(&self, name: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}/{name}", self.prefix))
+    }
+
+    /// The multipart uploads in progress for `key`, where the store lets
+    /// them be seen: listed by the S3 server, staging files
+    /// (`{file}#{n}`) of `LocalFileSystem`. `InMemory` keeps its parts in
+    /// the upload itself: `None`.
+    pub fn uploads(&self, key: &ObjectPath) -> Option<usize> {
+        match &self.kind {
+            Kind::S3(server) => Some(
+                server
+                    .list_uploads()
+                    .into_iter()
+                    .filter(|(k, _)| k == key.as_ref())
+                    .count(),
+            ),
+            Kind::Memory => None,
+            Kind::Local(dir) => {
+                let file = dir.path().join(key.as_ref());
+                let parent = file.parent().unwrap();
+                let name = format!("{}#", file.file_name().unwrap().to_string_lossy());
+                let Ok(entries) = std::fs::read_dir(parent) else {
+                    return Some(0);
+                };
+                Some(
+                    entries
+                        .filter(|e| {
+                            e.as_ref()
+                                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&name))
+                        })
+                        .count(),
+                )
+            }
+        }
+    }
+
+    /// Waits (a liveness bound, not a timing) until `key` has no upload in
+    /// progress; false if it still has after 30 s.
+    pub fn uploads_gone(&self, key: &ObjectPath) -> bool {
+        for _ in 0..300 {
+            if self.uploads(key).unwrap_or(0) == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// The object's bytes, or None.
+    pub async fn read(&self, key: &ObjectPath) -> Option<Vec<u8>> {
+        match self.store.get(key).await {
+            Ok(got) => Some(got.bytes().await.expect("read body").to_vec()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("{}: get {key}: {e}", self.name),
+        }
+    }
+
+    pub fn is_s3(&self) -> bool {
+        matches!(self.kind, Kind::S3(_))
+    }
+}
+
+/// The three stores, each with a prefix of its own for `test`. Without
+/// `weed`, the S3 server is left out with a visible skip (a failure in CI).
+pub fn all_stores(test: &str) -> Vec<Store> {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let prefix = format!("{test}-{}-{n}", std::process::id());
+    let mut stores = Vec::new();
+    if s3::require_weed() {
+        let server = s3::shared();
+        stores.push(Store {
+            name: "s3",
+            store: s3_client(&server.endpoint(), server.bucket()),
+            kind: Kind::S3(server),
+            prefix: prefix.clone(),
+        });
+    }
+    stores.push(Store {
+        name: "memory",
+        store: Arc::new(InMemory::new()),
+        kind: Kind::Memory,
+        prefix: prefix.clone(),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    stores.push(Store {
+        name: "local",
+        store: Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("local store")),
+        kind: Kind::Local(dir),
+        prefix,
+    });
+    stores
+}
+
+/// What `Watched` saw and what it is told to break.
+#[derive(Debug, Default)]
+pub struct Watch {
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+    pub parts: AtomicUsize,
+    pub uploads_started: AtomicUsize,
+    pub puts: AtomicUsize,
+    pub conditional_puts: AtomicUsize,
+    pub fail_abort: AtomicBool,
+    pub fail_part: AtomicBool,
+    /// Each part waits this long (ms) before it goes: parts pile up.
+    pub part_delay_ms: AtomicUsize,
+}
+
+/// A store that passes everything to `inner`, counting.
+#[derive(Debug)]
+pub struct Watched {
+    pub inner: Arc<dyn ObjectStore>,
+    pub watch: Arc<Watch>,
+}
+
+impl Watched {
+    pub fn wrap(inner: Arc<dyn ObjectStore>) -> (Arc<dyn ObjectStore>, Arc<Watch>) {
+        let watch = Arc::new(Watch::default());
+        (
+            Arc::new(Watched {
+                inner,
+                watch: watch.clone(),
+            }),
+            watch,
+        )
+    }
+}
+
+impl fmt::Display for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Watched({})", self.inner)
+    }
+}
+
+#[derive(Debug)]
+struct WatchedUpload {
+    inner: Box<dyn MultipartUpload>,
+    watch: Arc<Watch>,
+}
+
+#[async_trait]
+impl MultipartUpload for WatchedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let watch = self.watch.clone();
+        watch.parts.fetch_add(1, Ordering::SeqCst);
+        let part = self.inner.put_part(data);
+        Box::pin(async move {
+            let now = watch.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            watch.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let delay = watch.part_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+            }
+            let result = if watch.fail_part.load(Ordering::SeqCst) {
+                Err(object_store::Error::Generic {
+                    store: "Watched",
+                    source: "injected part failure".into(),
+                })
+            } else {
+                part.await
+            };
+            watch.in_flight.fetch_sub(1, Ordering::SeqCst);
+            result
+        })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        if self.watch.fail_abort.load(Ordering::SeqCst) {
+            return Err(object_store::Error::Generic {
+                store: "Watched",
+                source: "injected abort failure".into(),
+            });
+        }
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Watched {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.watch.puts.fetch_add(1, Ordering::SeqCst);
+        if !matches!(opts.mode, object_store::PutMode::Overwrite) {
+            self.watch.conditional_puts.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.watch.uploads_started.fetch_add(1, Ordering::SeqCst);
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(WatchedUpload {
+            inner,
+            watch: self.watch.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &ObjectPath,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// Where a local store keeps `key`.
+pub fn local_file(dir: &tempfile::TempDir, key: &ObjectPath) -> PathBuf {
+    dir.path().join(key.as_ref())
+}
