@@ -19,6 +19,12 @@
 //! rename, with [`Exists`] deciding between first writer wins, last writer
 //! wins and an error when a tree is already there.
 //!
+//! With the `object_store` feature, `object` keeps the same contract on
+//! object storage (S3, GCS, Azure, any `object_store::ObjectStore`): an
+//! `AsyncAtomicObject` published whole by `commit` or not at all,
+//! `object::write`, no-clobber, and an `object::update` that loses no
+//! update across machines.
+//!
 //! # Examples
 //!
 //! ```
@@ -190,7 +196,10 @@
 //!
 //! # Feature flags
 //!
-//! Both off by default.
+//! All off by default.
+//! - `object_store`: the `object` module, on any `object_store`
+//!   `ObjectStore` (`object::write_json` and `object::read_json` with
+//!   `serde` too).
 //! - `serde`: `write_json`, `write_json_pretty` and `read_json` (and the
 //!   same on [`OpenOptions`]), through `serde_json`.
 //! - `tracing`: a `DEBUG` span named `open` or `commit`, target

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use object_store::{ObjectStore, UpdateVersion};
-use stores::{all_stores, Store, Watched};
+use stores::{all_stores, increment, Store, Watched};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Barrier;
 use tokio_atomic_write::object::{self, AsyncAtomicObject, ObjectOptions};
@@ -105,19 +105,36 @@ async fn parts_in_flight_stay_within_max_concurrency() {
     for s in all_stores("concurrency") {
         let key = s.key("blob");
         let (store, watch) = Watched::wrap(s.store.clone());
-        // Each part waits before it goes, so that parts pile up if they can.
-        watch.part_delay_ms.store(200, Ordering::SeqCst);
-        let data = pattern(6 * PART, 3);
+        // Parts wait at a gate: they pile up as far as the writer lets them.
+        watch.gated.store(true, Ordering::SeqCst);
+        let data = Arc::new(pattern(6 * PART, 3));
         let mut object = parted().open(store, key.clone()).await.unwrap();
-        object.write_all(&data).await.unwrap();
+        let writing = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                object.write_all(&data).await.unwrap();
+                object
+            })
+        };
+        // Two in flight and the writer held: it may not fill a third part.
+        for _ in 0..3000 {
+            if watch.in_flight.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(watch.in_flight.load(Ordering::SeqCst), 2, "{s:?}");
+        assert!(!writing.is_finished(), "{s:?}: the writer was not held");
+        watch.open_gate();
+        let object = writing.await.unwrap();
         object.commit().await.unwrap();
         assert_eq!(watch.parts.load(Ordering::SeqCst), 6, "{s:?}");
         assert_eq!(
             watch.max_in_flight.load(Ordering::SeqCst),
             2,
-            "{s:?}: max_concurrency(2) not used, or exceeded"
+            "{s:?}: max_concurrency(2) exceeded"
         );
-        assert!(s.read(&key).await == Some(data), "{s:?}");
+        assert!(s.read(&key).await.as_ref() == Some(&*data), "{s:?}");
     }
 }
 
@@ -151,6 +168,17 @@ async fn two_parts_in_progress(
     object
 }
 
+/// Waits (a liveness bound) for the abort task, then checks it ran once.
+async fn aborted_once(s: &Store, watch: &stores::Watch) {
+    for _ in 0..3000 {
+        if watch.aborts.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(watch.aborts.load(Ordering::SeqCst), 1, "{s:?}: aborts");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_publishes_nothing_and_aborts_the_upload() {
     for s in all_stores("drop") {
@@ -158,14 +186,34 @@ async fn drop_publishes_nothing_and_aborts_the_upload() {
         object::write(s.store.clone(), key.clone(), b"old")
             .await
             .unwrap();
-        let object = two_parts_in_progress(&s, s.store.clone(), &key).await;
+        let (store, watch) = Watched::wrap(s.store.clone());
+        let object = two_parts_in_progress(&s, store, &key).await;
         drop(object);
+        aborted_once(&s, &watch).await;
         assert!(
             s.uploads_gone(&key),
             "{s:?}: the dropped upload was not aborted"
         );
         assert_eq!(s.read(&key).await.as_deref(), Some(&b"old"[..]), "{s:?}");
     }
+}
+
+#[test]
+fn a_drop_outside_a_runtime_does_not_panic() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let (store, watch) = Watched::wrap(store);
+    let key = object_store::path::Path::from("outside");
+    let object = rt.block_on(async {
+        let mut object = parted().open(store.clone(), key.clone()).await.unwrap();
+        object.write_all(&pattern(PART + 1, 1)).await.unwrap();
+        object.flush().await.unwrap();
+        object
+    });
+    drop(rt);
+    drop(object); // no runtime: the upload stays, for the lifecycle rule
+    assert_eq!(watch.aborts.load(Ordering::SeqCst), 0);
+    assert_eq!(watch.parts.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,50 +242,60 @@ async fn rollback_aborts_and_reports_a_failed_abort() {
             format!("failed to abort the multipart upload of `{key}`")
         );
         assert_eq!(s.read(&key).await, None, "{s:?}");
-        // A failed abort in Drop is dropped by the abort task, never a
-        // panic (a panic there would abort this test's runtime thread).
+        // A failed abort after a drop: tried once, nothing published.
         let key = s.key("failed-abort-drop");
         let (store, watch) = Watched::wrap(s.store.clone());
         let object = two_parts_in_progress(&s, store, &key).await;
         watch.fail_abort.store(true, Ordering::SeqCst);
         drop(object);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        aborted_once(&s, &watch).await;
         assert_eq!(s.read(&key).await, None, "{s:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_commit_publishes_whole_or_nothing() {
+async fn a_cancelled_commit_publishes_nothing_and_aborts() {
     for s in all_stores("cancel") {
-        for polls in 0..4 {
+        for polls in [0, 1, 5] {
             let key = s.key(&format!("blob-{polls}"));
             object::write(s.store.clone(), key.clone(), b"old")
                 .await
                 .unwrap();
-            let new = pattern(2 * PART + 99, 6);
-            let mut object = parted().open(s.store.clone(), key.clone()).await.unwrap();
-            object.write_all(&new).await.unwrap();
+            let (store, watch) = Watched::wrap(s.store.clone());
+            // The parts wait at the gate: the commit cannot complete.
+            watch.gated.store(true, Ordering::SeqCst);
+            let mut object = parted().open(store, key.clone()).await.unwrap();
+            object.write_all(&pattern(PART + 99, 6)).await.unwrap();
             let mut commit = tokio_test::task::spawn(object.commit());
-            let mut done = false;
             for _ in 0..polls {
-                if commit.poll().is_ready() {
-                    done = true;
-                    break;
-                }
+                assert!(commit.poll().is_pending(), "{s:?}: completed at the gate");
                 tokio::task::yield_now().await;
             }
             drop(commit);
+            watch.open_gate();
+            aborted_once(&s, &watch).await;
             assert!(s.uploads_gone(&key), "{s:?} after {polls} polls");
-            let now = s.read(&key).await.unwrap();
-            assert!(
-                now == b"old" || (now == new),
-                "{s:?} after {polls} polls: neither old nor whole new ({} bytes)",
-                now.len()
-            );
-            if !done && polls == 0 {
-                assert_eq!(now, b"old", "{s:?}: a commit never polled published");
-            }
+            assert_eq!(s.read(&key).await.as_deref(), Some(&b"old"[..]), "{s:?}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_rollback_still_aborts() {
+    for s in all_stores("cancel-rollback") {
+        let key = s.key("blob");
+        let (store, watch) = Watched::wrap(s.store.clone());
+        watch.gated.store(true, Ordering::SeqCst);
+        let mut object = parted().open(store, key.clone()).await.unwrap();
+        object.write_all(&pattern(PART + 1, 6)).await.unwrap();
+        // Rollback waits for the gated part: cancel it there.
+        let mut rollback = tokio_test::task::spawn(object.rollback());
+        assert!(rollback.poll().is_pending());
+        drop(rollback);
+        watch.open_gate();
+        aborted_once(&s, &watch).await;
+        assert!(s.uploads_gone(&key), "{s:?}");
+        assert_eq!(s.read(&key).await, None, "{s:?}");
     }
 }
 
@@ -245,7 +303,7 @@ async fn a_cancelled_commit_publishes_whole_or_nothing() {
 async fn a_panicking_task_publishes_nothing_and_aborts() {
     for s in all_stores("panic") {
         let key = s.key("blob");
-        let store = s.store.clone();
+        let (store, watch) = Watched::wrap(s.store.clone());
         let k = key.clone();
         let task = tokio::spawn(async move {
             let mut object = parted().open(store, k).await.unwrap();
@@ -254,6 +312,7 @@ async fn a_panicking_task_publishes_nothing_and_aborts() {
             panic!("the handler failed mid-upload");
         });
         assert!(task.await.unwrap_err().is_panic());
+        aborted_once(&s, &watch).await;
         assert!(s.uploads_gone(&key), "{s:?}");
         assert_eq!(s.read(&key).await, None, "{s:?}");
     }
@@ -328,14 +387,6 @@ async fn a_conditional_write_past_its_limit_fails_and_sends_nothing() {
         assert_eq!(watch.uploads_started.load(Ordering::SeqCst), 0, "{s:?}");
         assert_eq!(s.read(&key).await, None, "{s:?}");
     }
-}
-
-fn increment(old: Option<Vec<u8>>) -> Result<Vec<u8>, tokio_atomic_write::Error> {
-    let n: u64 = match old {
-        Some(bytes) => String::from_utf8(bytes).unwrap().parse().unwrap(),
-        None => 0,
-    };
-    Ok((n + 1).to_string().into_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,7 +541,8 @@ async fn if_version_replaces_only_that_version() {
 async fn a_bad_location_fails_at_open_and_sends_nothing() {
     for s in all_stores("bad") {
         let (store, watch) = Watched::wrap(s.store.clone());
-        for location in ["", "/"] {
+        let long = "k".repeat(1025);
+        for location in ["", "/", long.as_str()] {
             let err = AsyncAtomicObject::create(store.clone(), location)
                 .await
                 .unwrap_err();
@@ -509,6 +561,13 @@ async fn a_bad_location_fails_at_open_and_sends_nothing() {
                 .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         }
+        let mut options = ObjectOptions::new();
+        options.if_version(UpdateVersion {
+            e_tag: None,
+            version: None,
+        });
+        let err = options.write(store.clone(), "k", b"x").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{s:?}: {err}");
         assert_eq!(watch.puts.load(Ordering::SeqCst), 0, "{s:?}");
         assert_eq!(watch.uploads_started.load(Ordering::SeqCst), 0, "{s:?}");
     }
@@ -555,5 +614,146 @@ async fn json_round_trips_on_every_store() {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{s:?}");
         assert_eq!(err.op(), Op::Read);
+    }
+}
+
+/// The stores whose conditional puts carry the stamp: not
+/// `LocalFileSystem` (no metadata, no `Update`, and no answer lost).
+fn stamping(s: &Store) -> bool {
+    !matches!(s.kind, stores::Kind::Local(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_found_landed_and_f_runs_once() {
+    for s in all_stores("lost").into_iter().filter(stamping) {
+        let key = s.key("counter");
+        let (store, watch) = Watched::wrap(s.store.clone());
+        // A Create, then an Update: each lands, its answer lost.
+        for expected in 1..=2u64 {
+            watch.lose_answers.store(1, Ordering::SeqCst);
+            let mut calls = 0;
+            object::update(store.clone(), key.clone(), |old| {
+                calls += 1;
+                increment(old)
+            })
+            .await
+            .unwrap();
+            assert_eq!(watch.lose_answers.load(Ordering::SeqCst), 0, "{s:?}");
+            assert_eq!(calls, 1, "{s:?}: f ran again after its write landed");
+            assert_eq!(s.read(&key).await, Some(expected.to_string().into_bytes()));
+        }
+        // A no-clobber write: its own success, not AlreadyExists.
+        let once = s.key("once");
+        watch.lose_answers.store(1, Ordering::SeqCst);
+        let mut options = ObjectOptions::new();
+        options.overwrite(false);
+        options
+            .write(store.clone(), once.clone(), b"mine")
+            .await
+            .unwrap();
+        assert_eq!(s.read(&once).await.as_deref(), Some(&b"mine"[..]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_meets_its_own_write_is_no_conflict() {
+    for s in all_stores("own-retry").into_iter().filter(stamping) {
+        let key = s.key("counter");
+        let (store, watch) = Watched::wrap(s.store.clone());
+        for expected in 1..=2u64 {
+            watch.conflict_after_landing.store(1, Ordering::SeqCst);
+            let mut calls = 0;
+            let put = object::update(store.clone(), key.clone(), |old| {
+                calls += 1;
+                increment(old)
+            })
+            .await
+            .unwrap();
+            assert_eq!(calls, 1, "{s:?}");
+            assert_eq!(s.read(&key).await, Some(expected.to_string().into_bytes()));
+            // Ours is the last write: its version is returned.
+            assert!(put.e_tag.is_some(), "{s:?}");
+        }
+        let once = s.key("once");
+        watch.conflict_after_landing.store(1, Ordering::SeqCst);
+        let mut options = ObjectOptions::new();
+        options.overwrite(false);
+        options
+            .write(store.clone(), once.clone(), b"mine")
+            .await
+            .unwrap();
+        // A real rival still loses.
+        let err = options.write(store, once, b"theirs").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_buried_by_33_writes_is_reported_not_guessed() {
+    for s in all_stores("buried").into_iter().filter(stamping) {
+        let key = s.key("counter");
+        let (store, watch) = Watched::wrap(s.store.clone());
+        watch.lose_answers.store(1, Ordering::SeqCst);
+        watch.rivals_after_lost.store(33, Ordering::SeqCst);
+        let mut calls = 0;
+        let err = object::update(store.clone(), key.clone(), |old| {
+            calls += 1;
+            increment(old)
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1, "{s:?}: f ran again");
+        assert_eq!(err.op(), Op::Put, "{s:?}");
+        let why = err.io_error().to_string();
+        assert!(why.contains("cannot be told"), "{s:?}: {why}");
+        // Ours landed, then the 33 rivals: 34, not 35.
+        assert_eq!(s.read(&key).await.as_deref(), Some(&b"34"[..]), "{s:?}");
+
+        // 31 rivals leave our token in sight: found landed.
+        let key = s.key("counter-31");
+        watch.lose_answers.store(1, Ordering::SeqCst);
+        watch.rivals_after_lost.store(31, Ordering::SeqCst);
+        let mut calls = 0;
+        object::update(store.clone(), key.clone(), |old| {
+            calls += 1;
+            increment(old)
+        })
+        .await
+        .unwrap();
+        assert_eq!(calls, 1, "{s:?}");
+        assert_eq!(s.read(&key).await.as_deref(), Some(&b"32"[..]), "{s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_keeps_the_objects_other_attributes() {
+    use object_store::{Attribute, Attributes, ObjectStoreExt, PutOptions};
+    for s in all_stores("attributes").into_iter().filter(stamping) {
+        let key = s.key("page");
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, "text/plain".into());
+        s.store
+            .put_opts(
+                &key,
+                b"1".to_vec().into(),
+                PutOptions {
+                    attributes,
+                    ..PutOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        object::update(s.store.clone(), key.clone(), increment)
+            .await
+            .unwrap();
+        let got = s.store.get(&key).await.unwrap();
+        assert_eq!(
+            got.attributes
+                .get(&Attribute::ContentType)
+                .map(|v| v.as_ref()),
+            Some("text/plain"),
+            "{s:?}"
+        );
+        assert_eq!(&got.bytes().await.unwrap()[..], b"2");
     }
 }

@@ -96,7 +96,7 @@ fn three_instances_share_one_state_and_a_kill_loses_no_answered_visit() {
         .map(|i| i.as_ref().unwrap().url.clone())
         .collect();
     let rt = runtime();
-    let answered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let answered = Arc::new(Mutex::new(Vec::<(usize, String)>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for (i, url) in urls.iter().enumerate() {
@@ -121,16 +121,24 @@ fn three_instances_share_one_state_and_a_kill_loses_no_answered_visit() {
                     let Ok((id, _count)) = answer.json::<(String, usize)>().await else {
                         return; // killed while answering
                     };
-                    answered.lock().unwrap().push(id);
+                    answered.lock().unwrap().push((i, id));
                 }
             }));
         }
     }
-    while answered.lock().unwrap().len() < ANSWERS_BEFORE_KILL {
+    // Enough answers, from every instance, before the kill (a liveness
+    // bound, not a timing).
+    let enough = |answered: &[(usize, String)]| {
+        answered.len() >= ANSWERS_BEFORE_KILL
+            && (0..INSTANCES).all(|i| answered.iter().any(|(j, _)| *j == i))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !enough(&answered.lock().unwrap()) {
         assert!(
             !clients.iter().any(|c| c.is_finished()),
             "a client stopped before the kill"
         );
+        assert!(std::time::Instant::now() < deadline, "no progress in 120 s");
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(instances[0].take()); // SIGKILL, with updates in flight
@@ -141,7 +149,12 @@ fn three_instances_share_one_state_and_a_kill_loses_no_answered_visit() {
         }
     });
 
-    let answered = answered.lock().unwrap().clone();
+    let answered: Vec<String> = answered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, id)| id.clone())
+        .collect();
     let state: object_state::State = rt.block_on(async {
         reqwest::get(format!("{}/state", urls[1]))
             .await

@@ -75,7 +75,7 @@ pub async fn read_json<T: DeserializeOwned>(
 ) -> Result<T, Error> {
     let location = location.into();
     put::check_location(&location)?;
-    let bytes = put::current(store.as_ref(), &location, false)
+    let bytes = put::current(store.as_ref(), &location, false, None)
         .await?
         .bytes
         .ok_or_else(|| {

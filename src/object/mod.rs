@@ -26,13 +26,19 @@
 //! write fails with kind [`FileTooLarge`](std::io::ErrorKind::FileTooLarge)
 //! and publishes nothing.
 //!
-//! Every conditional put carries a random token, with the tokens of the
-//! last few writes, in the object's metadata (key
-//! `tokio-atomic-write`, `x-amz-meta-tokio-atomic-write` on S3), so that a
-//! put whose answer was lost, or that the client retried after it landed,
-//! is never taken for a lost race: the object is read back first. On a
-//! store that keeps no metadata (`LocalFileSystem`) the put goes without;
-//! there no answer is lost.
+//! Every conditional put stamps the object's metadata (key
+//! `tokioatomicwrite`, `x-amz-meta-tokioatomicwrite` on S3) with a count
+//! of stamped writes and random tokens of the last 32, its own last, and
+//! carries the object's other attributes on. So a put whose answer was
+//! lost, or that the client retried after it landed, is never taken for a
+//! lost race: the object is read back first, and its token there means it
+//! landed. When that cannot be told (more than 32 stamped writes landed
+//! meanwhile, or the object carries no stamp: written without this crate,
+//! or a store that drops metadata), the write fails with an error that
+//! says so, kind `Other`, rather than guess. On a store that keeps no
+//! metadata at all (`LocalFileSystem` rejects it) the put goes without;
+//! there no answer is lost. Unconditional writes (overwrite, multipart)
+//! carry no stamp.
 //!
 //! # Examples
 //!
@@ -109,8 +115,9 @@ pub async fn write(
 /// read otherwise. When another writer got there first, `f` runs again on
 /// the fresh content, after a jittered pause (10 ms doubling to 500 ms),
 /// at most [`ObjectOptions::max_tries`] times (32 by default). A put whose
-/// answer was lost is checked against the object's write tokens before
-/// `f` runs again: `f` is never applied twice to the stored object. No
+/// answer was lost is checked against the object's write stamp before
+/// `f` runs again: `f` is never applied twice to the stored object (when
+/// that cannot be told, `update` fails instead, see the module docs). No
 /// lock file, no lock: `f` may run more than once, on different contents,
 /// and must not have side effects that matter.
 ///
@@ -121,11 +128,18 @@ pub async fn write(
 /// sent); [`Op::Read`](crate::Op::Read) when the get fails;
 /// [`Op::Put`](crate::Op::Put) when the put fails for good (kind
 /// [`Unsupported`](std::io::ErrorKind::Unsupported) on a store without
-/// conditional puts), or, kind
+/// conditional puts; kind `Other` when its answer was lost and whether it
+/// landed cannot be told: read the object before trying again), or, kind
 /// [`ResourceBusy`](std::io::ErrorKind::ResourceBusy), when the tries ran
-/// out; [`Op::Put`](crate::Op::Put), kind
-/// [`FileTooLarge`](std::io::ErrorKind::FileTooLarge), when `f`'s result is
-/// past [`ObjectOptions::conditional_limit`].
+/// out (the last failure in its message); kind
+/// [`FileTooLarge`](std::io::ErrorKind::FileTooLarge) when `f`'s result, or
+/// ([`Op::Read`](crate::Op::Read)) the object read, is past
+/// [`ObjectOptions::conditional_limit`].
+///
+/// # Panics
+///
+/// Outside a Tokio runtime with its timer enabled: the pause between tries
+/// is a `tokio::time::sleep`.
 ///
 /// # Cancel safety
 ///

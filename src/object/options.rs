@@ -107,17 +107,19 @@ impl ObjectOptions {
         self
     }
 
-    /// The size of a multipart upload's part, in bytes (0 counts as 1).
+    /// The size of a multipart upload's part, in bytes (0: the default).
     /// An object that fits in one part is sent by one PUT at `commit`.
-    /// S3 rejects parts under 5 MiB but the last when the upload completes.
+    /// S3 rejects parts under 5 MiB but the last when the upload completes,
+    /// and takes at most 10,000 parts: 78 GiB at the default size.
     pub fn part_size(&mut self, bytes: usize) -> &mut Self {
-        self.part_size = bytes.max(1);
+        self.part_size = if bytes == 0 { DEFAULT_PART_SIZE } else { bytes };
         self
     }
 
-    /// How many parts are uploaded at once (0 counts as 1). Memory stays
-    /// under `(parts + 1) * part_size` plus a constant: the parts in flight
-    /// and the one being filled.
+    /// How many parts are uploaded at once (0 counts as 1). A new part is
+    /// filled only while fewer are in flight, so memory stays under
+    /// `parts * part_size` plus a constant: the parts in flight and the one
+    /// being filled together, as with `object_store`'s `BufWriter`.
     pub fn max_concurrency(&mut self, parts: usize) -> &mut Self {
         self.max_concurrency = parts.max(1);
         self
@@ -161,6 +163,7 @@ impl ObjectOptions {
     ) -> Result<AsyncAtomicObject, Error> {
         let location = location.into();
         put::check_location(&location)?;
+        put::check_options(self, &location)?;
         Ok(AsyncAtomicObject::new(store, location, self.clone()))
     }
 
@@ -186,6 +189,7 @@ impl ObjectOptions {
     ) -> Result<PutResult, Error> {
         let location = location.into();
         put::check_location(&location)?;
+        put::check_options(self, &location)?;
         let bytes = bytes.as_ref();
         let mut object = AsyncAtomicObject::new(store, location, self.clone());
         if object.is_conditional() || bytes.len() <= self.part_size {

@@ -55,7 +55,8 @@ enum Kind {
 /// while the caller goes on writing (a multipart upload, started with the
 /// first full part), at most
 /// [`max_concurrency`](ObjectOptions::max_concurrency) at a time: memory
-/// stays under `max_concurrency + 1` parts plus a constant. An object that
+/// stays under `max_concurrency` parts plus a constant (a new part is
+/// filled only while a slot is free for it). An object that
 /// fits in one part is sent by one PUT at `commit`. Nothing is visible at
 /// the location before `commit`: readers see the old object (or none)
 /// until the upload completes, then the whole new one. `flush` and
@@ -252,7 +253,7 @@ impl AsyncAtomicObject {
     /// version fails with kind `Other` and the source
     /// `object_store::Error::Precondition`; neither publishes anything. A
     /// conditional put whose answer was lost and which the client retried
-    /// is checked against the object's write tokens, so that its own
+    /// is checked against the object's write stamp, so that its own
     /// success is never reported as a conflict. The error's
     /// [`path`](Error::path) is the location.
     ///
@@ -290,7 +291,22 @@ impl AsyncAtomicObject {
     /// of the runtime, as on drop.
     pub async fn rollback(mut self) -> Result<(), Error> {
         let mut inner = self.inner.take().expect("used after commit or rollback");
-        inner.abort().await
+        let upload = std::mem::replace(&mut inner.upload, Upload::None);
+        let parts = std::mem::take(&mut inner.parts);
+        if matches!(upload, Upload::None) {
+            return Ok(());
+        }
+        let location = inner.location.clone();
+        // A task of its own, so that dropping this future (a `timeout`, a
+        // `select!`) does not drop the abort with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return abort_upload(upload, parts, location).await;
+        };
+        let abort = runtime.spawn(abort_upload(upload, parts, location));
+        match abort.await {
+            Ok(done) => done,
+            Err(e) => Err(Error::new(Op::Abort, inner.path(), io::Error::other(e))),
+        }
     }
 }
 
@@ -317,7 +333,7 @@ impl Inner {
             let limit = self.options.conditional_limit;
             let len = self.buf.len().saturating_add(n);
             if len > limit {
-                return Err(put::too_large(&self.location, len, limit));
+                return Err(put::too_large(Op::Put, &self.location, len as u64, limit));
             }
         }
         Ok(())
@@ -370,6 +386,15 @@ impl Inner {
     /// Sends the part buffer as a part, once the upload exists and a slot
     /// is free. Ready(Ok) once it is sent.
     fn poll_send_part(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Parts are tasks of the runtime: without one, refuse before
+            // the part is taken.
+            return Poll::Ready(Err(Error::new(
+                Op::UploadPart,
+                self.path(),
+                io::Error::other("no Tokio runtime to upload parts on"),
+            )));
+        }
         ready!(self.poll_started(cx))?;
         while let Some(joined) = self.parts.try_join_next() {
             self.reap(joined);
@@ -421,6 +446,19 @@ impl Inner {
                 return Poll::Ready(Err(self.fail(e)));
             }
         }
+        if self.buf.is_empty() {
+            // A new part is filled only once a slot is free for it: the
+            // parts in flight and the one filling stay within
+            // `max_concurrency`, as with `object_store`'s `BufWriter`.
+            while self.parts.len() >= self.options.max_concurrency {
+                if let Some(joined) = ready!(self.parts.poll_join_next(cx)) {
+                    self.reap(joined);
+                }
+            }
+            if let Some(e) = self.sticky() {
+                return Poll::Ready(Err(e));
+            }
+        }
         let n = data.len().min(part_size - self.buf.len());
         if self.buf.capacity() - self.buf.len() < n {
             // A part after the first is known to fill: take it whole at
@@ -467,20 +505,14 @@ impl Inner {
 
     /// The object in one conditional PUT.
     async fn put_conditional(&mut self) -> Result<PutResult, Error> {
-        let mode = match &self.options.if_version {
-            Some(version) => PutMode::Update(version.clone()),
-            None => PutMode::Create,
-        };
-        // Carry on the tokens of the object replaced, when replacing a
-        // known version, so that an update racing this write can still
-        // tell its own write.
-        let previous = match mode {
-            PutMode::Update(_) => {
-                put::current(self.store.as_ref(), &self.location, true)
-                    .await?
-                    .tokens
-            }
-            _ => Vec::new(),
+        let (mode, replaced) = match &self.options.if_version {
+            // Carry on the stamp and attributes of the object replaced, so
+            // that an update racing this write can still tell its own.
+            Some(version) => (
+                PutMode::Update(version.clone()),
+                put::current(self.store.as_ref(), &self.location, true, None).await?,
+            ),
+            None => (PutMode::Create, put::Current::absent()),
         };
         let payload = PutPayload::from(std::mem::take(&mut self.buf));
         let mut write = Conditional::new();
@@ -490,7 +522,7 @@ impl Inner {
                 &self.location,
                 &payload,
                 mode,
-                &previous,
+                &replaced,
             )
             .await?
         {
@@ -521,13 +553,6 @@ impl Inner {
             .map_err(|e| store_error(Op::Complete, &self.location, e))?;
         self.completed = true;
         Ok(put)
-    }
-
-    /// Waits for the parts in flight, then aborts the upload.
-    async fn abort(&mut self) -> Result<(), Error> {
-        let upload = std::mem::replace(&mut self.upload, Upload::None);
-        let parts = std::mem::take(&mut self.parts);
-        abort_upload(upload, parts, self.location.clone()).await
     }
 }
 

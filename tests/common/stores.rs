@@ -176,7 +176,7 @@ pub fn all_stores(test: &str) -> Vec<Store> {
 }
 
 /// What `Watched` saw and what it is told to break.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Watch {
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
@@ -184,10 +184,50 @@ pub struct Watch {
     pub uploads_started: AtomicUsize,
     pub puts: AtomicUsize,
     pub conditional_puts: AtomicUsize,
+    pub aborts: AtomicUsize,
     pub fail_abort: AtomicBool,
     pub fail_part: AtomicBool,
-    /// Each part waits this long (ms) before it goes: parts pile up.
-    pub part_delay_ms: AtomicUsize,
+    /// Parts wait here before they go, while `gated`: they pile up.
+    pub gate: tokio::sync::Semaphore,
+    pub gated: AtomicBool,
+    /// The next this many conditional puts land, then answer a transport
+    /// error: the answer was lost.
+    pub lose_answers: AtomicUsize,
+    /// The next this many conditional puts land, then answer a conflict:
+    /// the client retried a try that had landed.
+    pub conflict_after_landing: AtomicUsize,
+    /// After a put whose answer is lost, this many rival increments land
+    /// (`object::update` on the store behind) before the error is answered.
+    pub rivals_after_lost: AtomicUsize,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            parts: AtomicUsize::new(0),
+            uploads_started: AtomicUsize::new(0),
+            puts: AtomicUsize::new(0),
+            conditional_puts: AtomicUsize::new(0),
+            aborts: AtomicUsize::new(0),
+            fail_abort: AtomicBool::new(false),
+            fail_part: AtomicBool::new(false),
+            gate: tokio::sync::Semaphore::new(0),
+            gated: AtomicBool::new(false),
+            lose_answers: AtomicUsize::new(0),
+            conflict_after_landing: AtomicUsize::new(0),
+            rivals_after_lost: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Watch {
+    /// Lets every part waiting at the gate, and all later ones, go.
+    pub fn open_gate(&self) {
+        self.gated.store(false, Ordering::SeqCst);
+        self.gate.add_permits(1 << 20);
+    }
 }
 
 /// A store that passes everything to `inner`, counting.
@@ -231,9 +271,8 @@ impl MultipartUpload for WatchedUpload {
         Box::pin(async move {
             let now = watch.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             watch.max_in_flight.fetch_max(now, Ordering::SeqCst);
-            let delay = watch.part_delay_ms.load(Ordering::SeqCst);
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+            if watch.gated.load(Ordering::SeqCst) {
+                drop(watch.gate.acquire().await);
             }
             let result = if watch.fail_part.load(Ordering::SeqCst) {
                 Err(object_store::Error::Generic {
@@ -253,6 +292,7 @@ impl MultipartUpload for WatchedUpload {
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {
+        self.watch.aborts.fetch_add(1, Ordering::SeqCst);
         if self.watch.fail_abort.load(Ordering::SeqCst) {
             return Err(object_store::Error::Generic {
                 store: "Watched",
@@ -272,10 +312,38 @@ impl ObjectStore for Watched {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.watch.puts.fetch_add(1, Ordering::SeqCst);
-        if !matches!(opts.mode, object_store::PutMode::Overwrite) {
-            self.watch.conditional_puts.fetch_add(1, Ordering::SeqCst);
+        if matches!(opts.mode, object_store::PutMode::Overwrite) {
+            return self.inner.put_opts(location, payload, opts).await;
         }
-        self.inner.put_opts(location, payload, opts).await
+        self.watch.conditional_puts.fetch_add(1, Ordering::SeqCst);
+        let conflict = opts.mode.clone();
+        let put = self.inner.put_opts(location, payload, opts).await?;
+        if take_one(&self.watch.lose_answers) {
+            let rivals = self.watch.rivals_after_lost.swap(0, Ordering::SeqCst);
+            for _ in 0..rivals {
+                tokio_atomic_write::object::update(self.inner.clone(), location.clone(), increment)
+                    .await
+                    .expect("a rival increment");
+            }
+            return Err(object_store::Error::Generic {
+                store: "Watched",
+                source: "injected: the answer was lost".into(),
+            });
+        }
+        if take_one(&self.watch.conflict_after_landing) {
+            let source = "injected: a retry saw its own write".into();
+            return Err(match conflict {
+                object_store::PutMode::Create => object_store::Error::AlreadyExists {
+                    path: location.to_string(),
+                    source,
+                },
+                _ => object_store::Error::Precondition {
+                    path: location.to_string(),
+                    source,
+                },
+            });
+        }
+        Ok(put)
     }
 
     async fn put_multipart_opts(
@@ -336,6 +404,20 @@ impl ObjectStore for Watched {
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
+}
+
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+/// A counter's next value: `None` or the decimal bytes of n, to n + 1.
+pub fn increment(old: Option<Vec<u8>>) -> Result<Vec<u8>, tokio_atomic_write::Error> {
+    let n: u64 = match old {
+        Some(bytes) => String::from_utf8(bytes).unwrap().parse().unwrap(),
+        None => 0,
+    };
+    Ok((n + 1).to_string().into_bytes())
 }
 
 /// Where a local store keeps `key`.
