@@ -2,7 +2,8 @@
 //! on loopback, started by the bench), ours against `object_store`'s own
 //! ways of doing the same work.
 //!
-//! `cargo bench --bench object` (needs `weed` on PATH)
+//! `cargo bench --bench object` (needs `weed` on PATH); `cargo bench --bench
+//! object -- none` skips criterion's pass and runs the side-by-side one only.
 //!
 //! - `stream`: 256 MiB fed by `tokio::io::copy` into `AsyncAtomicObject`
 //!   (then `commit`) and into `object_store::buffered::BufWriter` (then
@@ -40,8 +41,8 @@ const STREAM: u64 = 256 << 20;
 const SMALL: usize = 4 << 10;
 const PART: usize = 8 << 20;
 const CONCURRENCY: usize = 4;
-const ROUNDS_STREAM: usize = 5;
-const ROUNDS_SMALL: usize = 200;
+const ROUNDS_STREAM: usize = 9;
+const ROUNDS_SMALL: usize = 400;
 
 struct Counting;
 static HELD: AtomicUsize = AtomicUsize::new(0);
