@@ -255,7 +255,11 @@ impl AsyncAtomicObject {
     /// conditional put whose answer was lost and which the client retried
     /// is checked against the object's write stamp, so that its own
     /// success is never reported as a conflict. The error's
-    /// [`path`](Error::path) is the location.
+    /// [`path`](Error::path) is the location. A transport failure of the
+    /// PUT or the completion ([`Op::Put`], [`Op::Complete`], kind `Other`)
+    /// leaves it unknown whether the request took effect: the client may
+    /// have retried a completion that had landed, and been told the upload
+    /// is gone. Read the object before writing it again.
     ///
     /// # Cancel safety
     ///
@@ -276,8 +280,9 @@ impl AsyncAtomicObject {
     }
 
     /// Discards the object: publishes nothing, aborts the multipart upload
-    /// (after its parts in flight end) and reports an abort that fails,
-    /// which dropping the object cannot.
+    /// (after its parts in flight end, each bounded by the client's request
+    /// timeout) and reports an abort that fails, which dropping the object
+    /// cannot.
     ///
     /// # Errors
     ///
