@@ -46,27 +46,52 @@ fn no_dependency_of_the_library_needs_a_newer_rust() {
     let root = meta["resolve"]["root"].as_str().unwrap();
     let ours = version(packages[root]["rust_version"].as_str().unwrap());
     assert_eq!(ours, (1, 85, 0), "Cargo.toml's rust-version");
-    let nodes: HashMap<&str, &Value> = meta["resolve"]["nodes"]
-        .as_array()
-        .unwrap()
+    // Every package the library builds with: `cargo tree` of normal and
+    // build edges, on every platform. Not `cargo metadata`'s resolve graph:
+    // that one unifies features with the dev-dependencies' (object_store's
+    // `aws` in the tests brings reqwest), which a user's build never does
+    // (resolver 2).
+    let tree = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "tree",
+            "--locked",
+            "--all-features",
+            "-e",
+            "normal,build",
+            "--target",
+            "all",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    let tree = String::from_utf8(tree.stdout).unwrap();
+    let by_name_version: HashMap<(&str, &str), &str> = packages
         .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
+        .map(|(id, p)| {
+            (
+                (p["name"].as_str().unwrap(), p["version"].as_str().unwrap()),
+                *id,
+            )
+        })
         .collect();
-
-    // Every package reached from the library by normal or build edges.
     let mut seen = HashSet::new();
-    let mut todo = vec![root];
-    while let Some(id) = todo.pop() {
-        for dep in nodes[id]["deps"].as_array().unwrap() {
-            let used = dep["dep_kinds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|k| k["kind"].as_str() != Some("dev"));
-            let dep_id = dep["pkg"].as_str().unwrap();
-            if used && dep_id != root && seen.insert(dep_id) {
-                todo.push(dep_id);
-            }
+    for line in tree.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(v)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let id = by_name_version[&(name, v.trim_start_matches('v'))];
+        if id != root {
+            seen.insert(id);
         }
     }
     let names: HashSet<&str> = seen
