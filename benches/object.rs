@@ -18,13 +18,11 @@
 //! the medians and ratios measured side by side (and writes them to
 //! `target/criterion/object.md`): on a shared machine only those compare.
 
-#![allow(unsafe_code)] // the counting allocator only
-
+#[path = "../tests/common/counting.rs"]
+mod counting;
 #[path = "../tests/common/s3.rs"]
 mod s3;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,31 +41,6 @@ const PART: usize = 8 << 20;
 const CONCURRENCY: usize = 4;
 const ROUNDS_STREAM: usize = 9;
 const ROUNDS_SMALL: usize = 400;
-
-struct Counting;
-static HELD: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call goes to `System` with the caller's arguments.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as the caller promised.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = HELD.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 fn store(server: &s3::S3Server) -> Arc<dyn ObjectStore> {
     Arc::new(
@@ -134,12 +107,11 @@ where
     for round in 0..=rounds {
         for k in 0..n {
             let i = (k + round) % n;
-            let before = HELD.load(Ordering::SeqCst);
-            PEAK.store(before, Ordering::SeqCst);
+            let before = counting::start();
             let start = Instant::now();
             rt.block_on(peers[i].1(round));
             let took = start.elapsed().as_secs_f64();
-            let peak = PEAK.load(Ordering::SeqCst).saturating_sub(before);
+            let peak = counting::peak_since(before);
             if round > 0 {
                 times[i].push(took);
                 peaks[i] = peaks[i].max(peak);

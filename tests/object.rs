@@ -9,28 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use object_store::{ObjectStore, UpdateVersion};
-use stores::{all_stores, increment, Store, Watched};
+use stores::{all_stores, increment, parted, pattern, Store, Watched, MIB, PART};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Barrier;
 use tokio_atomic_write::object::{self, AsyncAtomicObject, ObjectOptions};
 use tokio_atomic_write::Op;
-
-const MIB: usize = 1024 * 1024;
-/// S3's smallest part but the last.
-const PART: usize = 5 * MIB;
-
-/// Bytes that say where they are: a part out of place shows.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u64 * 31 + seed as u64 * 7 + (i / 4096) as u64) as u8)
-        .collect()
-}
-
-fn parted() -> ObjectOptions {
-    let mut options = ObjectOptions::new();
-    options.part_size(PART).max_concurrency(2);
-    options
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_object_is_invisible_until_commit() {

@@ -13,26 +13,13 @@ use object_store::ObjectStore;
 use proxy::{Fault, Proxy};
 use std::sync::Arc;
 use stores::s3::{require_weed, S3Server};
+use stores::{parted, pattern, MIB, PART};
 use tokio::io::AsyncWriteExt;
 use tokio_atomic_write::object::{self, ObjectOptions};
 use tokio_atomic_write::Op;
 
-const MIB: usize = 1024 * 1024;
-const PART: usize = 5 * MIB;
 /// A liveness bound: a call against a dead server must end, not hang.
 const BOUND: Duration = Duration::from_secs(90);
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u64 * 31 + seed as u64 * 7 + (i / 4096) as u64) as u8)
-        .collect()
-}
-
-fn parted() -> ObjectOptions {
-    let mut options = ObjectOptions::new();
-    options.part_size(PART).max_concurrency(2);
-    options
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_upload_fails_the_commit_and_publishes_nothing() {

@@ -1,60 +1,16 @@
 //! Memory of a streamed object stays within `max_concurrency` parts (in
-//! flight and filling together) plus a constant, counted by a global allocator that keeps the peak of
-//! the bytes held. One test in this binary, so that no other test's
-//! allocations count.
+//! flight and filling together) plus a constant, counted by a global
+//! allocator that keeps the peak of the bytes held. One test in this
+//! binary, so that no other test's allocations count.
 
-#![allow(unsafe_code)] // the counting allocator only
-
+#[path = "common/counting.rs"]
+mod counting;
 #[path = "common/stores.rs"]
 mod stores;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use object_store::ObjectStoreExt;
 use tokio::io::AsyncWriteExt;
 use tokio_atomic_write::object::ObjectOptions;
-
-struct Counting;
-
-static HELD: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call goes to `System` with the caller's arguments; the
-// counters are plain atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as the caller promised `GlobalAlloc::alloc`.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = HELD.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as the caller promised `GlobalAlloc::realloc`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as a new block beside the old one: a copying realloc
-            // holds both for a moment.
-            let now = HELD.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(now, Ordering::Relaxed);
-            HELD.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 const MIB: usize = 1024 * 1024;
 const PART: usize = 5 * MIB;
@@ -76,13 +32,12 @@ async fn a_streamed_object_holds_at_most_max_concurrency_parts() {
         let mut options = ObjectOptions::new();
         options.part_size(PART).max_concurrency(PARTS_IN_FLIGHT);
         let mut object = options.open(s.store.clone(), key.clone()).await.unwrap();
-        let before = HELD.load(Ordering::SeqCst);
-        PEAK.store(before, Ordering::SeqCst);
+        let before = counting::start();
         for _ in 0..TOTAL / chunk.len() {
             object.write_all(&chunk).await.unwrap();
         }
         object.commit().await.unwrap();
-        let peak = PEAK.load(Ordering::SeqCst) - before;
+        let peak = counting::peak_since(before);
         let bound = PARTS_IN_FLIGHT * PART + CONSTANT;
         eprintln!(
             "{s:?}: {} MiB streamed, peak {:.1} MiB held, bound {:.1} MiB",

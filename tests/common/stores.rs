@@ -411,6 +411,24 @@ fn take_one(n: &AtomicUsize) -> bool {
         .is_ok()
 }
 
+pub const MIB: usize = 1024 * 1024;
+/// S3's smallest part but the last.
+pub const PART: usize = 5 * MIB;
+
+/// Bytes that say where they are: a part out of place shows.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 * 31 + seed as u64 * 7 + (i / 4096) as u64) as u8)
+        .collect()
+}
+
+/// Parts of S3's smallest size, two in flight.
+pub fn parted() -> tokio_atomic_write::object::ObjectOptions {
+    let mut options = tokio_atomic_write::object::ObjectOptions::new();
+    options.part_size(PART).max_concurrency(2);
+    options
+}
+
 /// A counter's next value: `None` or the decimal bytes of n, to n + 1.
 pub fn increment(old: Option<Vec<u8>>) -> Result<Vec<u8>, tokio_atomic_write::Error> {
     let n: u64 = match old {
