@@ -15,6 +15,14 @@ use tokio::sync::Barrier;
 use tokio_atomic_write::object::{self, AsyncAtomicObject, ObjectOptions};
 use tokio_atomic_write::Op;
 
+#[test]
+fn the_types_have_the_traits_the_issue_fixes() {
+    fn writer<T: tokio::io::AsyncWrite + Send + Sync + Unpin + std::fmt::Debug>() {}
+    fn options<T: Clone + std::fmt::Debug + Default>() {}
+    writer::<AsyncAtomicObject>();
+    options::<ObjectOptions>();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_object_is_invisible_until_commit() {
     for s in all_stores("small") {
@@ -23,6 +31,7 @@ async fn a_small_object_is_invisible_until_commit() {
         let mut object = AsyncAtomicObject::create(s.store.clone(), key.clone())
             .await
             .unwrap();
+        assert_eq!(object.location(), &key);
         object.write_all(b"first").await.unwrap();
         object.flush().await.unwrap();
         assert_eq!(s.read(&key).await, None, "{s:?}");
@@ -30,7 +39,8 @@ async fn a_small_object_is_invisible_until_commit() {
         assert_eq!(s.read(&key).await.as_deref(), Some(&b"first"[..]), "{s:?}");
 
         // Present before: the old one until commit.
-        let mut object = AsyncAtomicObject::create(s.store.clone(), key.clone())
+        let mut object = AsyncAtomicObject::options()
+            .open(s.store.clone(), key.clone())
             .await
             .unwrap();
         object.write_all(b"second, longer").await.unwrap();
