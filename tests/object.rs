@@ -184,7 +184,7 @@ async fn drop_publishes_nothing_and_aborts_the_upload() {
         drop(object);
         aborted_once(&s, &watch).await;
         assert!(
-            s.uploads_gone(&key),
+            s.uploads_gone(&key).await,
             "{s:?}: the dropped upload was not aborted"
         );
         assert_eq!(s.read(&key).await.as_deref(), Some(&b"old"[..]), "{s:?}");
@@ -267,7 +267,7 @@ async fn a_cancelled_commit_publishes_nothing_and_aborts() {
             drop(commit);
             watch.open_gate();
             aborted_once(&s, &watch).await;
-            assert!(s.uploads_gone(&key), "{s:?} after {polls} polls");
+            assert!(s.uploads_gone(&key).await, "{s:?} after {polls} polls");
             assert_eq!(s.read(&key).await.as_deref(), Some(&b"old"[..]), "{s:?}");
         }
     }
@@ -287,7 +287,7 @@ async fn a_cancelled_rollback_still_aborts() {
         drop(rollback);
         watch.open_gate();
         aborted_once(&s, &watch).await;
-        assert!(s.uploads_gone(&key), "{s:?}");
+        assert!(s.uploads_gone(&key).await, "{s:?}");
         assert_eq!(s.read(&key).await, None, "{s:?}");
     }
 }
@@ -306,7 +306,7 @@ async fn a_panicking_task_publishes_nothing_and_aborts() {
         });
         assert!(task.await.unwrap_err().is_panic());
         aborted_once(&s, &watch).await;
-        assert!(s.uploads_gone(&key), "{s:?}");
+        assert!(s.uploads_gone(&key).await, "{s:?}");
         assert_eq!(s.read(&key).await, None, "{s:?}");
     }
 }
@@ -582,7 +582,7 @@ async fn a_failed_part_fails_the_commit_and_aborts() {
             err.to_string(),
             format!("failed to upload a part of `{key}`")
         );
-        assert!(s.uploads_gone(&key), "{s:?}");
+        assert!(s.uploads_gone(&key).await, "{s:?}");
         assert_eq!(s.read(&key).await, None, "{s:?}");
     }
 }

@@ -162,8 +162,7 @@ impl ObjectOptions {
         location: impl Into<ObjectPath>,
     ) -> Result<AsyncAtomicObject, Error> {
         let location = location.into();
-        put::check_location(&location)?;
-        put::check_options(self, &location)?;
+        put::check(self, &location)?;
         Ok(AsyncAtomicObject::new(store, location, self.clone()))
     }
 
@@ -188,8 +187,7 @@ impl ObjectOptions {
         bytes: impl AsRef<[u8]>,
     ) -> Result<PutResult, Error> {
         let location = location.into();
-        put::check_location(&location)?;
-        put::check_options(self, &location)?;
+        put::check(self, &location)?;
         let bytes = bytes.as_ref();
         let mut object = AsyncAtomicObject::new(store, location, self.clone());
         if object.is_conditional() || bytes.len() <= self.part_size {

@@ -75,8 +75,9 @@ pub(crate) fn check_location(location: &ObjectPath) -> Result<(), Error> {
     }
 }
 
-/// Rejects options no request should be sent with.
-pub(crate) fn check_options(options: &ObjectOptions, location: &ObjectPath) -> Result<(), Error> {
+/// Rejects a location, or options, no request should be sent for.
+pub(crate) fn check(options: &ObjectOptions, location: &ObjectPath) -> Result<(), Error> {
+    check_location(location)?;
     match &options.if_version {
         Some(v) if v.e_tag.is_none() && v.version.is_none() => Err(Error::new(
             Op::Open,

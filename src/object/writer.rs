@@ -296,19 +296,15 @@ impl AsyncAtomicObject {
     /// of the runtime, as on drop.
     pub async fn rollback(mut self) -> Result<(), Error> {
         let mut inner = self.inner.take().expect("used after commit or rollback");
-        let upload = std::mem::replace(&mut inner.upload, Upload::None);
-        let parts = std::mem::take(&mut inner.parts);
-        if matches!(upload, Upload::None) {
+        let Some(abort) = inner.take_abort() else {
             return Ok(());
-        }
-        let location = inner.location.clone();
+        };
         // A task of its own, so that dropping this future (a `timeout`, a
         // `select!`) does not drop the abort with it.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return abort_upload(upload, parts, location).await;
+            return abort.await;
         };
-        let abort = runtime.spawn(abort_upload(upload, parts, location));
-        match abort.await {
+        match runtime.spawn(abort).await {
             Ok(done) => done,
             Err(e) => Err(Error::new(Op::Abort, inner.path(), io::Error::other(e))),
         }
@@ -404,11 +400,7 @@ impl Inner {
         while let Some(joined) = self.parts.try_join_next() {
             self.reap(joined);
         }
-        while self.parts.len() >= self.options.max_concurrency {
-            if let Some(joined) = ready!(self.parts.poll_join_next(cx)) {
-                self.reap(joined);
-            }
-        }
+        ready!(self.poll_slot(cx));
         if let Some(e) = self.error.take() {
             return Poll::Ready(Err(e));
         }
@@ -420,6 +412,16 @@ impl Inner {
         self.parts.spawn(upload.put_part(part));
         self.sent_parts += 1;
         Poll::Ready(Ok(()))
+    }
+
+    /// Waits until fewer than `max_concurrency` parts are in flight.
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.parts.len() >= self.options.max_concurrency {
+            if let Some(joined) = ready!(self.parts.poll_join_next(cx)) {
+                self.reap(joined);
+            }
+        }
+        Poll::Ready(())
     }
 
     /// Waits for every part in flight.
@@ -455,11 +457,7 @@ impl Inner {
             // A new part is filled only once a slot is free for it: the
             // parts in flight and the one filling stay within
             // `max_concurrency`, as with `object_store`'s `BufWriter`.
-            while self.parts.len() >= self.options.max_concurrency {
-                if let Some(joined) = ready!(self.parts.poll_join_next(cx)) {
-                    self.reap(joined);
-                }
-            }
+            ready!(self.poll_slot(cx));
             if let Some(e) = self.sticky() {
                 return Poll::Ready(Err(e));
             }
@@ -585,20 +583,30 @@ async fn abort_upload(
         .map_err(|e| store_error(Op::Abort, &location, e))
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Inner {
+    /// The abort of the upload, taken out of `self`: waits for the parts
+    /// in flight, then aborts. `None` when there is nothing to abort (no
+    /// upload, or it completed).
+    fn take_abort(&mut self) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
         if self.completed || matches!(self.upload, Upload::None) {
-            return;
+            return None;
         }
         let upload = std::mem::replace(&mut self.upload, Upload::None);
         let parts = std::mem::take(&mut self.parts);
-        let location = self.location.clone();
+        Some(abort_upload(upload, parts, self.location.clone()))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
         // Never panics: without a runtime the upload stays behind, for the
         // bucket's lifecycle rule; a failed abort is dropped (`rollback`
         // reports it).
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if let (Some(abort), Ok(runtime)) =
+            (self.take_abort(), tokio::runtime::Handle::try_current())
+        {
             runtime.spawn(async move {
-                let _ = abort_upload(upload, parts, location).await;
+                let _ = abort.await;
             });
         }
     }

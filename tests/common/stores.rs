@@ -120,12 +120,13 @@ impl Store {
 
     /// Waits (a liveness bound, not a timing) until `key` has no upload in
     /// progress; false if it still has after 30 s.
-    pub fn uploads_gone(&self, key: &ObjectPath) -> bool {
+    pub async fn uploads_gone(&self, key: &ObjectPath) -> bool {
         for _ in 0..300 {
             if self.uploads(key).unwrap_or(0) == 0 {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // The abort is a task of this runtime: yield to it, not block.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
     }
