@@ -97,13 +97,25 @@ pub enum Op {
     /// [`sweep`](crate::sweep) (the path is that entry), or syncing the
     /// directory after removing some (the path is the directory).
     Sweep,
+    /// An [`io::Error`] from outside this crate, made an [`Error`] by `?`
+    /// (`From<io::Error>`): a failed read from the source of a
+    /// `tokio::io::copy`, say. Its path is empty and its message is the
+    /// `io::Error`'s own. (An `io::Error` that this crate made comes back
+    /// as the `Error` it was, with its step and path.)
+    Other,
 }
 
 impl Op {
-    /// The message of an error at this step, the path in backticks.
-    fn describe(self, path: &Path, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The message of an error at this step, the path in backticks; the
+    /// cause follows it. `exists`: the cause is `AlreadyExists`.
+    fn describe(self, path: &Path, exists: bool, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = path.display();
         match self {
+            // Only a no-clobber publish (`overwrite(false)`, `Exists::Fail`
+            // or `Keep`) meets an existing target: say so, before the errno.
+            Op::Link | Op::Rename if exists => {
+                write!(f, "failed to publish `{p}`: the target already exists")
+            }
             Op::Open => write!(f, "failed to open `{p}` for atomic replacement"),
             Op::OpenDir => write!(f, "failed to open directory `{p}`"),
             Op::CreateTemp => write!(f, "failed to create temp file in `{p}`"),
@@ -139,36 +151,68 @@ impl Op {
                 f,
                 "failed to commit `{p}` (the job panicked: old or new content, unknown which)"
             ),
+            Op::Other => Ok(()),
         }
     }
 }
 
 /// An error from an atomic write: which step failed, on which path, and why.
 ///
-/// `Display` prints the step and the path (`failed to rename temp file to
-/// `state.json``); the underlying [`io::Error`] is the
-/// [`source`](std::error::Error::source), so a report chain prints it exactly
-/// once. [`kind`](Error::kind) is the source's kind, and converting into an
-/// [`io::Error`] keeps it.
+/// `Display` prints one line with all three, as `fs-err` does: the step and
+/// the path, then the cause (the underlying [`io::Error`]'s message):
+///
+/// ```text
+/// failed to open directory `/srv/app/nope`: No such file or directory (os error 2)
+/// ```
+///
+/// That line is what a server logs or answers, and it stays the same after
+/// `?` turns the error into an `io::Error` (`From<Error> for io::Error`).
+/// Since the cause is in the message, [`source`](std::error::Error::source)
+/// does not return the `io::Error` again but only what its message leaves
+/// out (the source of an error it wraps), so that a chain printer, such as
+/// anyhow's `{:#}`, prints every message once. The `io::Error` itself is
+/// [`io_error`](Error::io_error); [`kind`](Error::kind) is its kind, and
+/// converting into an `io::Error` keeps it.
+///
+/// `?` also works the other way: an `io::Error` becomes an `Error`
+/// (`From<io::Error>`), so one function can `?` both the `write_all` of an
+/// [`AsyncAtomicFile`](crate::AsyncAtomicFile) and its `commit`. An
+/// `io::Error` that this crate made (a failed write) comes back as the
+/// `Error` it was, step and path kept; any other is [`Op::Other`].
 ///
 /// Errors before the publishing step ([`Op::Rename`] or [`Op::Link`]) leave the
 /// target untouched. An [`Op::SyncDir`] error comes after it: the new content
 /// is already visible, so do not retry the write as if it had failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", Display(self))]
+#[derive(Debug)]
 pub struct Error {
     op: Op,
     path: PathBuf,
     published: bool,
-    #[source]
     source: io::Error,
 }
 
-struct Display<'a>(&'a Error);
-
-impl fmt::Display for Display<'_> {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.op.describe(&self.0.path, f)
+        if self.op == Op::Other {
+            return fmt::Display::fmt(&self.source, f);
+        }
+        let exists = self.source.kind() == io::ErrorKind::AlreadyExists;
+        self.op.describe(&self.path, exists, f)?;
+        write!(f, ": {}", self.source)
+    }
+}
+
+impl std::error::Error for Error {
+    /// What the message leaves out: the source of the error that the
+    /// `io::Error` wraps (its own message is in this one's), or `None`.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let wrapped = self.source.get_ref()?;
+        // `object_store`'s messages print their source too: skip it.
+        #[cfg(feature = "object_store")]
+        if let Some(e) = wrapped.downcast_ref::<object_store::Error>() {
+            return std::error::Error::source(e)?.source();
+        }
+        wrapped.source()
     }
 }
 
@@ -226,9 +270,33 @@ impl Error {
 }
 
 impl From<Error> for io::Error {
-    /// Wraps the error, keeping its [`kind`](Error::kind).
+    /// Wraps the error, keeping its [`kind`](Error::kind) and its message.
     fn from(err: Error) -> io::Error {
         io::Error::new(err.kind(), err)
+    }
+}
+
+impl From<io::Error> for Error {
+    /// Takes back the [`Error`] inside an `io::Error` made from one (a
+    /// failed write of an [`AsyncAtomicFile`](crate::AsyncAtomicFile)),
+    /// step and path kept; any other `io::Error` becomes an
+    /// [`Op::Other`] error with an empty path.
+    fn from(err: io::Error) -> Error {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let inner = err.into_inner().expect("checked above");
+            return *inner.downcast::<Error>().expect("checked above");
+        }
+        Error::new(Op::Other, PathBuf::new(), err)
+    }
+}
+
+/// A copy of `e` for a second caller (an error kept for later calls): the
+/// OS error code where there is one, so that `raw_os_error` still answers;
+/// else the kind and the message.
+pub(crate) fn copy_io_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -238,7 +306,7 @@ mod tests {
     use std::error::Error as _;
 
     #[test]
-    fn message_names_op_and_path_and_source_prints_once() {
+    fn the_message_names_op_path_and_cause_and_the_source_is_not_repeated() {
         let err = Error::new(
             Op::Rename,
             "state.json",
@@ -246,14 +314,79 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "failed to rename temp file to `state.json`"
+            "failed to rename temp file to `state.json`: denied"
         );
-        assert_eq!(err.source().unwrap().to_string(), "denied");
+        assert!(err.source().is_none(), "the cause is in the message");
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         let io: io::Error = err.into();
         assert_eq!(io.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            io.to_string(),
+            "failed to rename temp file to `state.json`: denied"
+        );
         let inner = io.get_ref().unwrap().downcast_ref::<Error>().unwrap();
         assert_eq!(inner.op(), Op::Rename);
+    }
+
+    /// An error with a source of its own, not in its message.
+    #[derive(Debug)]
+    struct Outer(io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn what_the_message_leaves_out_is_the_source() {
+        let inner = io::Error::other("inner");
+        let err = Error::new(Op::Read, "p", io::Error::other(Outer(inner)));
+        assert_eq!(err.to_string(), "failed to read `p`: outer");
+        assert_eq!(err.source().unwrap().to_string(), "inner");
+    }
+
+    #[test]
+    fn an_os_error_keeps_its_code_when_copied() {
+        let e = io::Error::from_raw_os_error(28);
+        let copy = copy_io_error(&e);
+        assert_eq!(copy.raw_os_error(), Some(28));
+        assert_eq!(copy.to_string(), e.to_string());
+        let custom = copy_io_error(&io::Error::new(io::ErrorKind::StorageFull, "full"));
+        assert_eq!((custom.kind(), custom.to_string().as_str()), (io::ErrorKind::StorageFull, "full"));
+    }
+
+    #[test]
+    fn an_io_error_made_here_comes_back_whole_and_others_are_other() {
+        let err = Error::after_publish(Op::SyncDir, "p", io::Error::from_raw_os_error(5));
+        let back = Error::from(io::Error::from(err));
+        assert_eq!((back.op(), back.path()), (Op::SyncDir, Path::new("p")));
+        assert!(back.is_published());
+        assert_eq!(back.io_error().raw_os_error(), Some(5));
+
+        let foreign = Error::from(io::Error::new(io::ErrorKind::BrokenPipe, "pipe"));
+        assert_eq!(foreign.op(), Op::Other);
+        assert_eq!(foreign.path(), Path::new(""));
+        assert_eq!(foreign.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(foreign.to_string(), "pipe");
+    }
+
+    #[test]
+    fn a_no_clobber_publish_that_loses_says_the_target_exists() {
+        for op in [Op::Link, Op::Rename] {
+            let err = Error::new(op, "t", io::ErrorKind::AlreadyExists.into());
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("failed to publish `t`: the target already exists: "),
+                "{msg}"
+            );
+        }
     }
 
     #[test]
@@ -292,7 +425,7 @@ mod tests {
         for op in ops {
             let msg = Error::new(op, "p", io::Error::other("x")).to_string();
             assert!(msg.starts_with("failed to "), "{msg}");
-            assert!(msg.contains("`p`"), "{msg}");
+            assert!(msg.contains("`p`") && msg.ends_with(": x"), "{msg}");
             assert!(!msg.ends_with('.'), "{msg}");
             assert!(!Error::new(op, "p", io::Error::other("x")).is_published());
         }

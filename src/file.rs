@@ -118,8 +118,9 @@ impl AsyncAtomicFile {
     /// The first failed write ([`Op::Write`], the original `io::Error` with
     /// it), or the failed step: [`Op::SetPermissions`], [`Op::SyncTemp`],
     /// [`Op::Link`], [`Op::Rename`] (with `overwrite(false)`, either one, of
-    /// kind [`AlreadyExists`](io::ErrorKind::AlreadyExists), when the target
-    /// exists). Until then the target is untouched and the temp file is
+    /// kind [`AlreadyExists`](io::ErrorKind::AlreadyExists), when another
+    /// writer created the target since `open`: the message says the target
+    /// already exists). Until then the target is untouched and the temp file is
     /// removed. [`Op::SyncDir`] comes after the rename: the new content is
     /// visible, its durability unknown ([`Error::is_published`]); the file
     /// is not removed, and `fsync` is not retried.

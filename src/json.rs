@@ -1,7 +1,6 @@
 //! Feature `serde`: a value as a JSON file, written atomically and durably
 //! (a web server's state file), and read back.
 
-use std::io;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -73,11 +72,12 @@ pub async fn write_json_pretty<T: Serialize + ?Sized>(
 ///
 /// # Errors
 ///
-/// [`Op::Read`] when the file cannot be read (of kind
-/// [`NotFound`](io::ErrorKind::NotFound) when there is none; a directory
+/// [`Op::Read`] when the file cannot be read (when there is none, the OS
+/// error: of kind [`NotFound`](std::io::ErrorKind::NotFound), `raw_os_error`
+/// `ENOENT`; a directory
 /// or a FIFO fails without blocking); [`Op::Deserialize`] when its content
-/// is not a `T` in JSON, of kind [`InvalidData`](io::ErrorKind::InvalidData)
-/// (or [`UnexpectedEof`](io::ErrorKind::UnexpectedEof) for a truncated
+/// is not a `T` in JSON, of kind [`InvalidData`](std::io::ErrorKind::InvalidData)
+/// (or [`UnexpectedEof`](std::io::ErrorKind::UnexpectedEof) for a truncated
 /// document), the parser's message (line and column) as the source.
 ///
 /// # Cancel safety
@@ -90,7 +90,7 @@ pub async fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T,
     let bytes = blocking::run(move || core::update::read(&to_read))
         .await
         .map_err(|e| Error::new(Op::Read, &target, e))??
-        .ok_or_else(|| Error::new(Op::Read, &target, io::ErrorKind::NotFound.into()))?;
+        .ok_or_else(|| Error::new(Op::Read, &target, crate::sys::not_found()))?;
     serde_json::from_slice(&bytes).map_err(|e| Error::new(Op::Deserialize, &target, e.into()))
 }
 

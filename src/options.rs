@@ -100,6 +100,10 @@ impl OpenOptions {
     /// path, and fails with [`ErrorKind::AlreadyExists`] otherwise. The check
     /// and the publish are one atomic step (`renameat2(RENAME_NOREPLACE)`, or
     /// `linkat` to the final name), so of many racing writers exactly one wins.
+    /// A target that exists already at [`open`](Self::open) (any entry, a
+    /// symlink included) fails the `open` itself, with the same kind
+    /// ([`Op::Open`](crate::Op::Open)), before anything is created or
+    /// written.
     ///
     /// [`ErrorKind::AlreadyExists`]: std::io::ErrorKind::AlreadyExists
     pub fn overwrite(&mut self, overwrite: bool) -> &mut Self {
@@ -248,7 +252,9 @@ impl OpenOptions {
     ///
     /// [`Op::Open`](crate::Op::Open) for an empty path, one without a file
     /// name (ending in `..`), a directory or a special file at the target, or
-    /// a symlink loop; [`Op::OpenDir`](crate::Op::OpenDir) when the parent
+    /// a symlink loop, or, with [`overwrite(false)`](Self::overwrite), a
+    /// target that exists ([`AlreadyExists`](std::io::ErrorKind::AlreadyExists));
+    /// [`Op::OpenDir`](crate::Op::OpenDir) when the parent
     /// directory is missing; [`Op::CreateTemp`](crate::Op::CreateTemp) when the
     /// directory is not writable or `temp_dir` is on another filesystem.
     /// Nothing on disk changes on error.

@@ -150,9 +150,7 @@ where
     }
 
     fn sticky(&self) -> Option<io::Error> {
-        self.error
-            .as_ref()
-            .map(|e| io::Error::new(e.kind(), e.to_string()))
+        self.error.as_ref().map(crate::error::copy_io_error)
     }
 
     fn fail(&mut self, e: io::Error) {
@@ -381,7 +379,7 @@ where
     pub(crate) fn take_parts(&mut self) -> io::Result<(W, Vec<u8>)> {
         if let Some(e) = self.error.take() {
             // Later calls still fail, with the same kind.
-            self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            self.error = Some(crate::error::copy_io_error(&e));
             return Err(e);
         }
         match &mut self.state {

@@ -62,6 +62,14 @@ pub(crate) fn commit(path: &Path, durability: Durability, bytes: u64) -> Span {
     Span
 }
 
+/// Records the error of a one-shot write (`write`, `update`) that failed
+/// before its commit, at the open step, in the current commit span.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn failed_before_commit(error: &Error) {
+    #[cfg(feature = "tracing")]
+    Span::current().record("error", tracing::field::display(error));
+}
+
 /// Records where the commit in the current span spent its time, and its
 /// error.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]

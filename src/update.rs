@@ -83,7 +83,8 @@ impl OpenOptions {
     /// [`update`](crate::update) with these options: the lock file
     /// ([`lock_file`](Self::lock_file)), durability, mode and the rest
     /// apply to the write. With `overwrite(false)` the update can only
-    /// create the file: an existing one fails the commit.
+    /// create the file: an existing one fails the write, after `f` has run
+    /// ([`AlreadyExists`](std::io::ErrorKind::AlreadyExists)).
     ///
     /// # Errors
     ///

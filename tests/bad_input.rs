@@ -31,7 +31,7 @@ async fn a_missing_parent_directory_is_not_found() {
     assert_eq!(
         err.to_string(),
         format!(
-            "failed to open directory `{}`",
+            "failed to open directory `{}`: No such file or directory (os error 2)",
             dir.path().join("missing").display()
         )
     );

@@ -71,14 +71,12 @@ async fn a_value_that_cannot_be_serialized_changes_nothing() {
         .unwrap_err();
         assert_eq!(err.op(), Op::Serialize, "{err}");
         assert_eq!(err.path(), path);
-        assert!(err.to_string().contains("state.json"), "{err}");
-        assert!(
-            std::error::Error::source(&err)
-                .unwrap()
-                .to_string()
-                .contains("key must be a string"),
-            "the serializer's message as the source"
-        );
+        let msg = err.to_string();
+        assert!(msg.starts_with("failed to serialize the new content of `"), "{msg}");
+        assert!(msg.contains("state.json`: key must be a string"), "{msg}");
+        // The serializer's message is in the one line, so not repeated as
+        // a source.
+        assert!(std::error::Error::source(&err).is_none());
     }
     assert_eq!(std::fs::read(&path).unwrap(), b"old");
     assert_eq!(listing(dir.path()), ["state.json"]);
@@ -96,6 +94,15 @@ async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
         "{err}"
     );
     assert_eq!(err.path(), path);
+    // The OS error, as a failed open gives it: ENOENT.
+    assert_eq!(err.io_error().raw_os_error(), Some(2), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "failed to read `{}`: No such file or directory (os error 2)",
+            path.display()
+        )
+    );
 
     std::fs::write(&path, "{\"version\": 1,\n \"users\": nope}").unwrap();
     let err = read_json::<State>(&path).await.unwrap_err();
@@ -105,8 +112,8 @@ async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
         "{err}"
     );
     assert_eq!(err.path(), path);
-    let source = std::error::Error::source(&err).unwrap().to_string();
-    assert!(source.contains("line 2"), "{source}");
+    let msg = err.to_string();
+    assert!(msg.contains("state.json`: expected ident at line 2 column 12"), "{msg}");
 
     std::fs::write(&path, "{\"version\": 1, \"us").unwrap();
     let err = read_json::<State>(&path).await.unwrap_err();

@@ -253,23 +253,76 @@ async fn each_operation_is_one_pool_hop() {
     assert_eq!(std::fs::read(&target).unwrap(), data);
 }
 
+/// A target created between `open` and `commit` wins: the commit fails,
+/// saying why, and both files stay as they were.
 #[tokio::test]
 async fn no_clobber_commit_fails_with_already_exists_and_keeps_both() {
     for unnamed in TEMP_KINDS {
         let dir = scratch();
         let target = dir.path().join("t");
-        std::fs::write(&target, b"first").unwrap();
         let mut file = OpenOptions::new()
             .overwrite(false)
             .unnamed_temp(unnamed)
             .open(&target)
             .await
             .unwrap();
+        std::fs::write(&target, b"first").unwrap();
         file.write_all(b"second").await.unwrap();
         let err = file.commit().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        assert!(matches!(err.op(), Op::Link | Op::Rename), "{err}");
         assert_eq!(err.path(), target);
+        let msg = err.to_string();
+        let head = format!("failed to publish `{}`: the target already exists: ", target.display());
+        assert!(msg.starts_with(&head), "{msg}");
+        assert!(msg.ends_with("File exists (os error 17)"), "{msg}");
         assert_eq!(std::fs::read(&target).unwrap(), b"first");
+        assert_no_leftovers_eventually(dir.path());
+    }
+}
+
+/// With `overwrite(false)`, an existing target (a file, or a symlink not
+/// followed, even a dangling one) fails `open` itself: nothing is created,
+/// and no byte is accepted in vain. `write` fails the same way.
+#[tokio::test]
+async fn no_clobber_open_fails_at_once_on_an_existing_target() {
+    for unnamed in TEMP_KINDS {
+        let dir = scratch();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"first").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("nowhere", &link).unwrap();
+        let before = listing(dir.path());
+        for (path, follow) in [(&target, true), (&target, false), (&link, false)] {
+            let mut options = OpenOptions::new();
+            options.overwrite(false).unnamed_temp(unnamed).follow_symlinks(follow);
+            let err = options.open(path).await.unwrap_err();
+            assert_eq!((err.op(), err.kind()), (Op::Open, ErrorKind::AlreadyExists), "{err}");
+            assert_eq!(err.path(), path);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "failed to open `{}` for atomic replacement: the target already exists, \
+                     and overwrite(false) forbids replacing it",
+                    path.display()
+                )
+            );
+            let err = options.write(path, b"second").await.unwrap_err();
+            assert_eq!((err.op(), err.kind()), (Op::Open, ErrorKind::AlreadyExists), "{err}");
+            assert_eq!(listing(dir.path()), before, "nothing created");
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"first");
+        // A dangling link that is followed names no file yet: its target
+        // is created, as with overwrite.
+        let mut file = OpenOptions::new()
+            .overwrite(false)
+            .unnamed_temp(unnamed)
+            .open(&link)
+            .await
+            .unwrap();
+        file.write_all(b"made").await.unwrap();
+        file.commit().await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("nowhere")).unwrap(), b"made");
         assert_no_leftovers_eventually(dir.path());
     }
 }

@@ -128,6 +128,9 @@ impl Staged {
             name,
             existing,
         } = found;
+        // Any entry at the name, a symlink not followed included, is one a
+        // no-clobber publish would lose to.
+        let found_entry = existing.is_some();
         let existing = match existing {
             Some(m) if m.kind == Kind::Dir => {
                 return Err(Error::new(
@@ -143,6 +146,14 @@ impl Staged {
             Some(m) if m.kind == Kind::File => Some(m),
             _ => None,
         };
+        if !opts.overwrite && found_entry {
+            // Fails now, not after the caller has written it all; the
+            // commit's no-clobber publish still decides a race with a
+            // writer that creates the target meanwhile.
+            let msg = "the target already exists, and overwrite(false) forbids replacing it";
+            let err = io::Error::new(io::ErrorKind::AlreadyExists, msg);
+            return Err(Error::new(Op::Open, &target, err));
+        }
 
         let temp_dir = match &opts.temp_dir {
             Some(path) => {
@@ -621,7 +632,9 @@ fn with_fresh(
 
 /// `tokio_atomic_write::write`, whole: open, write, commit.
 pub(crate) fn write(opts: &OpenOptions, target: PathBuf, contents: &[u8]) -> Result<(), Error> {
-    Staged::open(opts, target)?.commit(contents)
+    Staged::open(opts, target)
+        .inspect_err(crate::trace::failed_before_commit)?
+        .commit(contents)
 }
 
 #[cfg(test)]

@@ -146,8 +146,11 @@ pub(crate) fn write(
     mut found: Found,
     contents: &[u8],
 ) -> Result<(), Error> {
-    found.refresh(target)?;
-    Staged::open_found(opts, target.to_path_buf(), found)?.commit(contents)
+    found
+        .refresh(target)
+        .and_then(|()| Staged::open_found(opts, target.to_path_buf(), found))
+        .inspect_err(crate::trace::failed_before_commit)?
+        .commit(contents)
 }
 
 /// The content of the regular file at `target`, following symlinks as

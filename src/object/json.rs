@@ -82,7 +82,7 @@ pub async fn read_json<T: DeserializeOwned>(
             Error::new(
                 Op::Read,
                 location_path(&location),
-                io::ErrorKind::NotFound.into(),
+                io::Error::new(io::ErrorKind::NotFound, "no such object"),
             )
         })?;
     serde_json::from_slice(&bytes)

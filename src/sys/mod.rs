@@ -108,6 +108,14 @@ pub(crate) struct Meta {
 #[cfg(windows)]
 pub(crate) use windows::*;
 
+/// The OS error for a file that is not there, for a caller that learnt it
+/// from a lookup answering "none": `ENOENT` on unix, `ERROR_FILE_NOT_FOUND`
+/// on Windows, both 2, so `raw_os_error` answers as for a failed open.
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+pub(crate) fn not_found() -> std::io::Error {
+    std::io::Error::from_raw_os_error(2)
+}
+
 /// Random bytes from std's randomly keyed SipHash over a counter and the
 /// clock: the source where the platform has no `getrandom` in rustix.
 #[allow(dead_code)]
