@@ -975,6 +975,33 @@ mod tests {
         assert!(p.take_sink().is_some(), "the sink stays for cleanup");
     }
 
+    /// Every write fails with an OS error: `ENOSPC`.
+    struct NoSpace;
+
+    impl Write for NoSpace {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(28))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A later call's copy of a sticky error keeps the OS error code, not
+    /// just its kind and message.
+    #[test]
+    fn a_sticky_os_error_keeps_its_code_in_every_copy() {
+        let mut p: Pipeline<NoSpace, FakePool> = Pipeline::new(NoSpace, 4);
+        assert_eq!(drive(|cx| p.poll_write(cx, b"abcd")).unwrap(), 4);
+        let flushed = drive(|cx| p.poll_flush(cx)).unwrap_err();
+        let written = drive(|cx| p.poll_write(cx, b"more")).unwrap_err();
+        let first = p.take_parts().err().expect("the first error");
+        let again = p.take_parts().err().expect("still failed");
+        for e in [flushed, written, first, again] {
+            assert_eq!(e.raw_os_error(), Some(28), "{e:?}");
+        }
+    }
+
     #[test]
     fn a_lost_job_fails_the_pipeline() {
         struct LostPool;

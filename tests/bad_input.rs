@@ -198,6 +198,21 @@ async fn disk_full_while_writing_is_storage_full() {
         // with the original error.
         let again = file.write_all(b"more").await.unwrap_err();
         assert_eq!(again.kind(), ErrorKind::StorageFull);
+        // The copy a later call gets keeps the OS error, and `?` into an
+        // `Error` gives back the step and the path.
+        let again = tokio_atomic_write::Error::from(again);
+        assert_eq!((again.op(), again.path()), (Op::Write, target.as_path()));
+        assert_eq!(
+            again.io_error().raw_os_error(),
+            Some(rustix::io::Errno::NOSPC.raw_os_error())
+        );
+        assert_eq!(
+            again.to_string(),
+            format!(
+                "failed to write temp file for `{}`: No space left on device (os error 28)",
+                target.display()
+            )
+        );
         let err = file.commit().await.unwrap_err();
         assert_eq!((err.kind(), err.op()), (ErrorKind::StorageFull, Op::Write));
         assert_eq!(
