@@ -359,7 +359,10 @@ mod tests {
         assert_eq!(copy.raw_os_error(), Some(28));
         assert_eq!(copy.to_string(), e.to_string());
         let custom = copy_io_error(&io::Error::new(io::ErrorKind::StorageFull, "full"));
-        assert_eq!((custom.kind(), custom.to_string().as_str()), (io::ErrorKind::StorageFull, "full"));
+        assert_eq!(
+            (custom.kind(), custom.to_string().as_str()),
+            (io::ErrorKind::StorageFull, "full")
+        );
     }
 
     #[test]

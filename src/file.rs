@@ -23,6 +23,33 @@ use crate::{Durability, Error, Op, OpenOptions};
 /// content or the whole new one. Dropping the file without committing
 /// discards the temp file and leaves the target as it was.
 ///
+/// # Feeding it from a file
+///
+/// A `tokio::io::copy` from a `tokio::fs::File` reads 8 KiB per trip to the
+/// blocking pool: a 500 MiB file costs 64,000 trips. To copy a whole file,
+/// use [`copy`](crate::copy) (one trip; the kernel moves the bytes, by a
+/// reflink where it can). To transform or check the bytes on the way, read
+/// through a `tokio::io::BufReader` of 1 MiB and use `copy_buf`, so each
+/// trip reads a buffer's worth:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let (from, to) = (dir.path().join("input.bin"), dir.path().join("output.bin"));
+/// # std::fs::write(&from, vec![1u8; 3 << 20])?;
+/// use tokio::io::BufReader;
+/// use tokio_atomic_write::AsyncAtomicFile;
+///
+/// let mut reader = BufReader::with_capacity(1 << 20, tokio::fs::File::open(&from).await?);
+/// let mut file = AsyncAtomicFile::create(&to).await?;
+/// tokio::io::copy_buf(&mut reader, &mut file).await?;
+/// file.commit().await?;
+/// # assert_eq!(std::fs::read(&to)?.len(), 3 << 20);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Examples
 ///
 /// ```

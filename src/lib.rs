@@ -279,6 +279,41 @@ pub async fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result
     OpenOptions::new().write(path, contents).await
 }
 
+/// Copies the file `from` to `to`, atomically and durably: an atomic
+/// [`std::fs::copy`], in one trip to the blocking pool, with a reflink or
+/// the kernel's `copy_file_range` where the filesystem allows. See
+/// [`OpenOptions::copy`], which does the same with other options.
+///
+/// A new `to` gets the mode of `from`; a replaced one keeps its own mode
+/// and owner. Returns the bytes copied.
+///
+/// # Errors
+///
+/// As [`OpenOptions::copy`].
+///
+/// # Cancel safety
+///
+/// Dropping the future before its first poll does nothing. After that the
+/// copy runs to its end on the pool: `to` ends up whole, old or new.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let (download, cached) = (dir.path().join("download.tmp"), dir.path().join("cached.bin"));
+/// # std::fs::write(&download, vec![7u8; 4096])?;
+/// let n = tokio_atomic_write::copy(&download, &cached).await?;
+/// assert_eq!(n, 4096);
+/// assert_eq!(std::fs::read(&cached)?, vec![7u8; 4096]);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn copy(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<u64, Error> {
+    OpenOptions::new().copy(from, to).await
+}
+
 /// The README's code, compiled as a doctest so that it cannot rot.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

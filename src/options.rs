@@ -67,6 +67,9 @@ pub struct OpenOptions {
     pub(crate) buffer_size: usize,
     pub(crate) unnamed_temp: bool,
     pub(crate) lock_file: bool,
+    /// The mode of a new file when [`mode`](Self::mode) is unset, umask not
+    /// applied: [`copy`](Self::copy) gives the source's. Not an option.
+    pub(crate) new_file_mode: Option<u32>,
 }
 
 impl Default for OpenOptions {
@@ -82,6 +85,7 @@ impl Default for OpenOptions {
             buffer_size: DEFAULT_BUFFER_SIZE,
             unnamed_temp: true,
             lock_file: true,
+            new_file_mode: None,
         }
     }
 }
@@ -311,6 +315,70 @@ impl OpenOptions {
     ) -> Result<(), Error> {
         self.write_vec(path.as_ref(), contents.as_ref().to_vec())
             .await
+    }
+
+    /// Copies the file `from` to `to` under these options: an atomic,
+    /// durable [`std::fs::copy`]. [`copy`](crate::copy) is this with the
+    /// default options.
+    ///
+    /// The whole copy runs in **one** trip to the blocking pool, the
+    /// kernel moving the bytes: a reflink (`FICLONE`) where the filesystem
+    /// shares extents (xfs, btrfs: the copy takes no time and no space
+    /// until either file changes), else `copy_file_range`, else reads and
+    /// writes of 1 MiB (as on macOS and Windows). Then the usual commit:
+    /// readers of `to` see the old file or the whole copy, and with
+    /// [`Durability::Full`] the copy survives a power loss once `Ok`
+    /// returns. A `tokio::io::copy` from a `tokio::fs::File` into an
+    /// [`AsyncAtomicFile`] costs a pool trip per 8 KiB read instead.
+    ///
+    /// Every option applies. The mode: [`mode`](Self::mode) if set, else a
+    /// replaced file's (with [`preserve_permissions`](Self::preserve_permissions)),
+    /// else `from`'s exact mode, as `std::fs::copy` gives. The owner is the
+    /// caller, or a replaced file's. `from` is found as a target is: links
+    /// followed under the same sticky-directory rules. Copying a file onto
+    /// itself leaves it as it was. Returns the bytes copied.
+    ///
+    /// # Errors
+    ///
+    /// [`Op::Read`](crate::Op::Read) naming `from` when it cannot be
+    /// opened: missing (`NotFound`, the OS error), a directory or not a
+    /// regular file; then as [`open`](Self::open) for `to` (with
+    /// `overwrite(false)`, `AlreadyExists` before a byte is copied);
+    /// [`Op::Write`](crate::Op::Write) when the copy fails (a full disk);
+    /// then as [`commit`](AsyncAtomicFile::commit). Until the publish,
+    /// `to` is untouched and no temp file stays.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before its first poll does nothing. After that
+    /// the copy runs to its end on the pool: `to` ends up whole, old or
+    /// new.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tokio_atomic_write::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let (from, to) = (dir.path().join("upload.part"), dir.path().join("current.bin"));
+    /// # std::fs::write(&from, b"payload").unwrap();
+    /// use tokio_atomic_write::OpenOptions;
+    ///
+    /// // Publish a copy once: a second copy onto the same name fails.
+    /// let n = OpenOptions::new().overwrite(false).copy(&from, &to).await?;
+    /// assert_eq!(n, 7);
+    /// let again = OpenOptions::new().overwrite(false).copy(&from, &to).await;
+    /// assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn copy(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<u64, Error> {
+        let (opts, from) = (self.clone(), from.as_ref().to_path_buf());
+        let (target, to) = (to.as_ref().to_path_buf(), to.as_ref().to_path_buf());
+        let span = crate::trace::commit(&to, self.durability, 0);
+        crate::blocking::run(move || span.in_scope(|| crate::core::copy(&opts, &from, to)))
+            .await
+            .map_err(|e| crate::blocking::lost_commit(crate::Op::Open, &target, e))?
     }
 
     /// [`write`](Self::write) of bytes already owned: no copy.

@@ -70,6 +70,13 @@ pub(crate) fn failed_before_commit(error: &Error) {
     Span::current().record("error", tracing::field::display(error));
 }
 
+/// Records the bytes of a copy in the current commit span, once known.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn copied(bytes: u64) {
+    #[cfg(feature = "tracing")]
+    Span::current().record("bytes", bytes);
+}
+
 /// Records where the commit in the current span spent its time, and its
 /// error.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]

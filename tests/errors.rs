@@ -96,7 +96,10 @@ async fn a_store_error_is_printed_once() {
         store_error.is::<object_store::Error>(),
         "the store's error stays reachable"
     );
-    let inner = store_error.source().expect("the store's own source").to_string();
+    let inner = store_error
+        .source()
+        .expect("the store's own source")
+        .to_string();
     assert!(line.ends_with(&inner), "{line}");
     printed_once(&err);
     let chain = format!("{:#}", anyhow::Error::new(err));
@@ -162,7 +165,10 @@ async fn question_mark_turns_io_errors_into_errors() {
     assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     assert_eq!(err.path(), std::path::Path::new(""));
     assert_eq!(err.to_string(), "the upload was cut");
-    assert_eq!(format!("{:#}", anyhow::Error::new(err)), "the upload was cut");
+    assert_eq!(
+        format!("{:#}", anyhow::Error::new(err)),
+        "the upload was cut"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), b"saved");
     common::assert_no_leftovers_eventually(dir.path());
 }

@@ -72,7 +72,10 @@ async fn a_value_that_cannot_be_serialized_changes_nothing() {
         assert_eq!(err.op(), Op::Serialize, "{err}");
         assert_eq!(err.path(), path);
         let msg = err.to_string();
-        assert!(msg.starts_with("failed to serialize the new content of `"), "{msg}");
+        assert!(
+            msg.starts_with("failed to serialize the new content of `"),
+            "{msg}"
+        );
         assert!(msg.contains("state.json`: key must be a string"), "{msg}");
         // The serializer's message is in the one line, so not repeated as
         // a source.
@@ -113,7 +116,10 @@ async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
     );
     assert_eq!(err.path(), path);
     let msg = err.to_string();
-    assert!(msg.contains("state.json`: expected ident at line 2 column 12"), "{msg}");
+    assert!(
+        msg.contains("state.json`: expected ident at line 2 column 12"),
+        "{msg}"
+    );
 
     std::fs::write(&path, "{\"version\": 1, \"us").unwrap();
     let err = read_json::<State>(&path).await.unwrap_err();

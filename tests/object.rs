@@ -369,7 +369,10 @@ async fn a_conditional_write_past_its_limit_fails_and_sends_nothing() {
         assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
         assert_eq!(err.op(), Op::Put);
         let msg = err.to_string();
-        assert!(msg.starts_with(&format!("failed to put `{key}`: ")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("failed to put `{key}`: ")),
+            "{msg}"
+        );
         assert!(msg.contains("limit of 1048576 bytes"), "{s:?}: {msg}");
         let err = options
             .write(store, key.clone(), pattern(MIB + 1, 8))

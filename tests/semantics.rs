@@ -273,7 +273,10 @@ async fn no_clobber_commit_fails_with_already_exists_and_keeps_both() {
         assert!(matches!(err.op(), Op::Link | Op::Rename), "{err}");
         assert_eq!(err.path(), target);
         let msg = err.to_string();
-        let head = format!("failed to publish `{}`: the target already exists: ", target.display());
+        let head = format!(
+            "failed to publish `{}`: the target already exists: ",
+            target.display()
+        );
         assert!(msg.starts_with(&head), "{msg}");
         assert!(msg.ends_with("File exists (os error 17)"), "{msg}");
         assert_eq!(std::fs::read(&target).unwrap(), b"first");
@@ -295,9 +298,16 @@ async fn no_clobber_open_fails_at_once_on_an_existing_target() {
         let before = listing(dir.path());
         for (path, follow) in [(&target, true), (&target, false), (&link, false)] {
             let mut options = OpenOptions::new();
-            options.overwrite(false).unnamed_temp(unnamed).follow_symlinks(follow);
+            options
+                .overwrite(false)
+                .unnamed_temp(unnamed)
+                .follow_symlinks(follow);
             let err = options.open(path).await.unwrap_err();
-            assert_eq!((err.op(), err.kind()), (Op::Open, ErrorKind::AlreadyExists), "{err}");
+            assert_eq!(
+                (err.op(), err.kind()),
+                (Op::Open, ErrorKind::AlreadyExists),
+                "{err}"
+            );
             assert_eq!(err.path(), path);
             assert_eq!(
                 err.to_string(),
@@ -308,7 +318,11 @@ async fn no_clobber_open_fails_at_once_on_an_existing_target() {
                 )
             );
             let err = options.write(path, b"second").await.unwrap_err();
-            assert_eq!((err.op(), err.kind()), (Op::Open, ErrorKind::AlreadyExists), "{err}");
+            assert_eq!(
+                (err.op(), err.kind()),
+                (Op::Open, ErrorKind::AlreadyExists),
+                "{err}"
+            );
             assert_eq!(listing(dir.path()), before, "nothing created");
         }
         assert_eq!(std::fs::read(&target).unwrap(), b"first");

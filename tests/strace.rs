@@ -60,9 +60,15 @@ fn child_commit() {
             std::fs::create_dir(&temps).unwrap();
             opts.temp_dir(temps);
         }
-        let mut file = opts.open(&target).await.unwrap();
-        file.write_all(b"new content").await.unwrap();
-        let result = file.commit().await;
+        let result = if case.contains("copy") {
+            let source = Path::new(&dir).join("source");
+            std::fs::write(&source, b"new content").unwrap();
+            opts.copy(&source, &target).await.map(|n| assert_eq!(n, 11))
+        } else {
+            let mut file = opts.open(&target).await.unwrap();
+            file.write_all(b"new content").await.unwrap();
+            file.commit().await
+        };
         if case.contains("fail_sync_temp") {
             let err = result.unwrap_err();
             assert_eq!(err.op(), Op::SyncTemp, "{err}");
@@ -132,7 +138,7 @@ fn trace_in(
         std::fs::write(dir.join(TARGET), b"old").unwrap();
     }
     let out = dir.join("strace.out");
-    let calls = "trace=openat,write,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,fchmod,fchown,close,flock";
+    let calls = "trace=openat,read,write,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,fchmod,fchown,close,flock,ioctl,copy_file_range";
     let out_str = out.to_str().unwrap();
     let dir_str = dir.to_str().unwrap();
     let mut wrap = vec!["strace", "-f", "-y", "-qq", "-e", calls, "-o", out_str];
@@ -395,6 +401,53 @@ fn no_clobber_links_or_renames_without_replace() {
         "{}",
         calls[rename].line
     );
+}
+
+/// `copy` (issue #20): the kernel copies into the temp file (a reflink or
+/// `copy_file_range`; no byte read or written by the process), then the
+/// commit of any write: fsync, rename, directory fsync; none of the syncs
+/// with `Durability::None`.
+#[test]
+fn a_copy_is_made_by_the_kernel_then_committed_like_a_write() {
+    if !parent_with_strace() {
+        return;
+    }
+    for case in ["copy named", "copy none named"] {
+        let calls = trace(
+            "a_copy_is_made_by_the_kernel_then_committed_like_a_write",
+            case,
+            true,
+        );
+        let copied = position(&calls, "the kernel's copy into the temp file", |c| {
+            (c.name == "copy_file_range" || (c.name == "ioctl" && c.line.contains("FICLONE")))
+                && on_temp(c)
+        });
+        // After the crate opens the source (the test wrote it before).
+        let opened = position(&calls, "the open of the source", |c| {
+            c.name == "openat" && c.line.contains("\"source\"") && c.line.contains("O_RDONLY")
+        });
+        let by_hand = calls[opened..]
+            .iter()
+            .any(|c| c.name == "read" || c.name == "write");
+        assert!(!by_hand, "no read or write of the bytes:\n{}", dump(&calls));
+        let renamed = position(&calls, "rename", |c| c.name.starts_with("rename"));
+        assert!(copied < renamed, "{}", dump(&calls));
+        if case.contains("none") {
+            assert!(!calls.iter().any(is_sync), "{}", dump(&calls));
+            continue;
+        }
+        let synced = position(&calls, "fsync of the temp file", |c| {
+            c.name == "fsync" && on_temp(c)
+        });
+        let dir_synced = position(&calls, "fsync of the directory", |c| {
+            c.name == "fsync" && !on_temp(c)
+        });
+        assert!(
+            copied < synced && synced < renamed && renamed < dir_synced,
+            "{}",
+            dump(&calls)
+        );
+    }
 }
 
 #[test]

@@ -174,7 +174,7 @@ impl Staged {
         let final_mode = match (opts.mode, existing) {
             (Some(mode), _) => Some(mode & 0o7777),
             (None, Some(meta)) if opts.preserve_permissions => Some(meta.mode),
-            _ => None,
+            _ => opts.new_file_mode.map(|mode| mode & 0o7777),
         };
         // Created with at most the final bits and at most the replaced
         // file's (the kernel also applies the umask), so the temp file is
@@ -628,6 +628,28 @@ fn with_fresh(
         io::ErrorKind::AlreadyExists,
         "no free temp file name",
     ))
+}
+
+/// `tokio_atomic_write::copy`, whole: the source opened (links followed
+/// as for a target, under the sticky-directory rules), the target opened
+/// with the source's mode for a new file, the bytes copied by the kernel
+/// where it can, and the commit. Returns the bytes copied.
+pub(crate) fn copy(opts: &OpenOptions, from: &Path, to: PathBuf) -> Result<u64, Error> {
+    let source = update::open_source(from)?;
+    let mut opts = opts.clone();
+    if opts.mode.is_none() && sys::HAS_MODES {
+        let meta = sys::file_meta(&source).map_err(|e| Error::new(Op::Read, from, e))?;
+        opts.new_file_mode = Some(meta.mode);
+    }
+    let staged = Staged::open(&opts, to).inspect_err(crate::trace::failed_before_commit)?;
+    let copied = sys::copy_file(&source, staged.file()).map_err(|e| {
+        let err = Error::new(Op::Write, &staged.plan.target, e);
+        crate::trace::failed_before_commit(&err);
+        err
+    })?;
+    crate::trace::copied(copied);
+    staged.commit(&[])?;
+    Ok(copied)
 }
 
 /// `tokio_atomic_write::write`, whole: open, write, commit.

@@ -159,8 +159,21 @@ pub(crate) fn write(
 /// path and [`Op::Read`].
 #[cfg_attr(not(feature = "serde"), allow(dead_code))]
 pub(crate) fn read(target: &Path) -> Result<Option<Vec<u8>>, Error> {
-    let found = resolve::find(target, FollowSymlinks::Yes)?;
-    let err = |e| Error::new(Op::Read, target, e);
+    let Some(mut file) = open_regular(target)? else {
+        return Ok(None);
+    };
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)
+        .map_err(|e| Error::new(Op::Read, target, e))?;
+    Ok(Some(content))
+}
+
+/// The regular file at `path` opened to read, found as [`read`] finds it:
+/// `None` when there is none. Errors are [`Op::Read`] naming `path` (or
+/// [`Op::OpenDir`] naming its directory).
+fn open_regular(path: &Path) -> Result<Option<File>, Error> {
+    let found = resolve::find(path, FollowSymlinks::Yes)?;
+    let err = |e| Error::new(Op::Read, path, e);
     // Refused before any open: opening a device can have effects.
     match found.existing.map(|m| m.kind) {
         Some(Kind::Dir) => return Err(err(io::ErrorKind::IsADirectory.into())),
@@ -170,7 +183,13 @@ pub(crate) fn read(target: &Path) -> Result<Option<Vec<u8>>, Error> {
         }
         _ => {}
     }
-    read_in(&found.dir, &found.name).map_err(err)
+    found.dir.open_read(&found.name).map_err(err)
+}
+
+/// The source of a copy, opened to read: as [`open_regular`], and a
+/// missing file is the OS error (`ENOENT`).
+pub(crate) fn open_source(path: &Path) -> Result<File, Error> {
+    open_regular(path)?.ok_or_else(|| Error::new(Op::Read, path, crate::sys::not_found()))
 }
 
 fn read_in(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<Option<Vec<u8>>> {

@@ -108,10 +108,36 @@ pub(crate) struct Meta {
 #[cfg(windows)]
 pub(crate) use windows::*;
 
+/// Copies `from`, from its current offset to its end, into `to` at its
+/// current offset, through one buffer of `COPY_CHUNK` bytes: the fallback
+/// where the kernel offers no copy of its own. Returns the bytes copied.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+pub(crate) fn copy_chunks(
+    mut from: &std::fs::File,
+    mut to: &std::fs::File,
+) -> std::io::Result<u64> {
+    use std::io::{Read, Write};
+    let mut buf = vec![0; COPY_CHUNK];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// The buffer of [`copy_chunks`]: big enough that a copy costs few system
+/// calls, as the buffer of a file written through the pipeline.
+pub(crate) const COPY_CHUNK: usize = 1 << 20;
+
 /// The OS error for a file that is not there, for a caller that learnt it
 /// from a lookup answering "none": `ENOENT` on unix, `ERROR_FILE_NOT_FOUND`
 /// on Windows, both 2, so `raw_os_error` answers as for a failed open.
-#[cfg_attr(not(feature = "serde"), allow(dead_code))]
 pub(crate) fn not_found() -> std::io::Error {
     std::io::Error::from_raw_os_error(2)
 }
@@ -134,5 +160,33 @@ pub(crate) fn random_bytes_portable(buf: &mut [u8]) {
         );
         let bytes = h.finish().to_le_bytes();
         chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The fallback copy, whole across several chunks, from the current
+    /// offsets.
+    #[test]
+    fn copy_chunks_copies_everything_from_the_offsets() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..2 * super::COPY_CHUNK + 123)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut from = std::fs::File::create_new(dir.path().join("from")).unwrap();
+        from.write_all(&body).unwrap();
+        from.seek(SeekFrom::Start(0)).unwrap();
+        let mut to = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("to"))
+            .unwrap();
+        assert_eq!(super::copy_chunks(&from, &to).unwrap(), body.len() as u64);
+        let mut copied = Vec::new();
+        to.seek(SeekFrom::Start(0)).unwrap();
+        to.read_to_end(&mut copied).unwrap();
+        assert!(copied == body, "the same bytes");
     }
 }

@@ -17,9 +17,13 @@ use rustix::io::Errno;
 
 use super::{Kind, Leftover, Meta, NoReplace};
 
+/// Elsewhere: through a buffer. (macOS could clone with `fclonefileat`,
+/// which rustix does not offer.)
+#[cfg(not(target_os = "linux"))]
+pub(crate) use super::copy_chunks as copy_file;
 #[cfg(target_os = "linux")]
 pub(crate) use super::linux::{
-    after_link, create_unnamed, link_unnamed, random_bytes, sync_after_link,
+    after_link, copy_file, create_unnamed, link_unnamed, random_bytes, sync_after_link,
 };
 #[cfg(target_os = "macos")]
 pub(crate) use super::macos::sync_fd;

@@ -18,6 +18,10 @@ use windows_sys::Win32::Storage::FileSystem::{
     MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
 };
 
+/// Through a buffer: `CopyFileExW` would write the target itself, not the
+/// open temp file.
+pub(crate) use super::copy_chunks as copy_file;
+
 pub(crate) const HAS_MODES: bool = false;
 
 #[derive(Debug)]
