@@ -4,9 +4,10 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
@@ -94,9 +95,46 @@ pub struct AsyncAtomicDir {
     path: PathBuf,
     target: PathBuf,
     buffer_size: usize,
-    /// The first file of the tree dropped or failed before its `finish`
-    /// succeeded: the tree may be incomplete, and `commit` refuses it.
-    unfinished: Mutex<Option<PathBuf>>,
+    /// What the tree's files tell its `commit`; shared with them.
+    files: Arc<Files>,
+}
+
+/// The files of a tree, as its `commit` must know them: shared between an
+/// [`AsyncAtomicDir`] and its [`AsyncDirFile`]s, borrowed or owned.
+#[derive(Debug, Default)]
+struct Files(Mutex<FilesState>);
+
+#[derive(Debug, Default)]
+struct FilesState {
+    /// The first file dropped or failed before its `finish` succeeded:
+    /// the tree may be incomplete, and `commit` refuses it.
+    unfinished: Option<PathBuf>,
+    /// Files created and not yet dropped (an owned one may outlive a
+    /// `commit` call): `commit` refuses the tree while one is open.
+    open: Vec<PathBuf>,
+}
+
+impl Files {
+    fn state(&self) -> std::sync::MutexGuard<'_, FilesState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn note_unfinished(&self, file: &Path) {
+        self.state()
+            .unfinished
+            .get_or_insert_with(|| file.to_path_buf());
+    }
+
+    /// A file ends (dropped, finished or not): no longer open.
+    fn closed(&self, file: &Path, finished: bool) {
+        let mut state = self.state();
+        if let Some(i) = state.open.iter().position(|p| p == file) {
+            state.open.swap_remove(i);
+        }
+        if !finished {
+            state.unfinished.get_or_insert_with(|| file.to_path_buf());
+        }
+    }
 }
 
 impl fmt::Debug for AsyncAtomicDir {
@@ -198,7 +236,7 @@ impl DirOptions {
             tree: Some(tree),
             target,
             buffer_size: self.buffer_size,
-            unfinished: Mutex::new(None),
+            files: Arc::default(),
         })
     }
 }
@@ -268,23 +306,79 @@ impl AsyncAtomicDir {
     /// empty, inside the temp tree; the tree's `commit` then fails, as
     /// after dropping the file.
     pub async fn file(&self, name: impl AsRef<Path>) -> Result<AsyncDirFile<'_>, Error> {
-        let path = self.path.join(name.as_ref());
+        self.make_file(name.as_ref()).await
+    }
+
+    /// [`file`](Self::file), owning what it needs: an
+    /// `AsyncDirFile<'static>`, to move into a spawned task and fill there
+    /// while other files of the tree are filled elsewhere.
+    ///
+    /// [`commit`](Self::commit) then checks at run time what the borrow
+    /// of `file` checks at compile time: it fails while such a file is
+    /// still open, neither finished nor dropped ([`Op::Write`], naming
+    /// it), and, as for any file, when one was dropped before its `finish`
+    /// succeeded.
+    ///
+    /// # Errors
+    ///
+    /// As [`file`](Self::file).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`file`](Self::file).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tokio_atomic_write::Error> {
+    /// # let scratch = tempfile::tempdir().unwrap();
+    /// use tokio::io::AsyncWriteExt;
+    /// use tokio_atomic_write::{AsyncAtomicDir, Exists};
+    ///
+    /// let dir = AsyncAtomicDir::create(scratch.path().join("entry")).await?;
+    /// let mut tasks = Vec::new();
+    /// for i in 0..4 {
+    ///     let mut file = dir.file_owned(format!("part-{i}")).await?;
+    ///     tasks.push(tokio::spawn(async move {
+    ///         file.write_all(format!("part {i}").as_bytes()).await?;
+    ///         file.finish().await
+    ///     }));
+    /// }
+    /// for task in tasks {
+    ///     task.await.unwrap()?;
+    /// }
+    /// dir.commit(Exists::Replace).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn file_owned(&self, name: impl AsRef<Path>) -> Result<AsyncDirFile<'static>, Error> {
+        self.make_file(name.as_ref()).await
+    }
+
+    /// Creates the file `name` of the tree, for a borrowed or an owned
+    /// [`AsyncDirFile`].
+    async fn make_file<'a>(&self, name: &Path) -> Result<AsyncDirFile<'a>, Error> {
+        let path = self.path.join(name);
         let root = self.tree().root();
-        let (rel, p) = (name.as_ref().to_path_buf(), path.clone());
+        let (rel, p) = (name.to_path_buf(), path.clone());
         // Dropped while the file is being created, the future may leave it
         // empty where an older one was: the tree then counts as unfinished.
         let cancelled = Unfinished {
-            dir: Some(self),
+            files: Some(&self.files),
             path: &path,
         };
         let created = blocking::run(move || crate::core::tree::create_file(&root, &rel, &p)).await;
         cancelled.disarm();
         let sink = created.map_err(|e| Error::new(Op::CreateFile, &path, e))??;
+        self.files.state().open.push(path.clone());
         Ok(AsyncDirFile {
             pipeline: Pipeline::new(sink, self.buffer_size),
             path,
-            dir: self,
+            files: self.files.clone(),
             finished: false,
+            ended: false,
+            _dir: PhantomData,
         })
     }
 
@@ -334,8 +428,9 @@ impl AsyncAtomicDir {
     /// # Errors
     ///
     /// - [`Op::Write`], naming the file: a file from [`file`](Self::file)
-    ///   was dropped, or failed, before its `finish` succeeded. Nothing is
-    ///   published.
+    ///   was dropped, or failed, before its `finish` succeeded, or one from
+    ///   [`file_owned`](Self::file_owned) is still open. Nothing is
+    ///   published, and the temp tree is removed.
     /// - [`Op::SyncTemp`], naming the file or directory of the tree.
     /// - [`Op::SetPermissions`]: the root's final mode could not be set.
     /// - [`Op::Rename`]: of kind
@@ -362,15 +457,22 @@ impl AsyncAtomicDir {
     /// the old tree or the new one. Dropping it before its first poll is
     /// dropping the `AsyncAtomicDir`.
     pub async fn commit(mut self, exists: Exists) -> Result<Published, Error> {
-        let unfinished = self
-            .unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(file) = unfinished {
-            let msg = "dropped or failed before `finish`: the tree may be incomplete";
-            let err = io::Error::other(msg);
-            return Err(Error::new(Op::Write, file, err));
+        let refused = {
+            let state = self.files.state();
+            match (&state.unfinished, state.open.first()) {
+                (Some(file), _) => Some((
+                    file.clone(),
+                    "dropped or failed before `finish`: the tree may be incomplete",
+                )),
+                (None, Some(file)) => Some((
+                    file.clone(),
+                    "still open at the tree's commit: finish it first",
+                )),
+                (None, None) => None,
+            }
+        };
+        if let Some((file, msg)) = refused {
+            return Err(Error::new(Op::Write, file, io::Error::other(msg)));
         }
         let tree = self.tree.take().expect("present until commit");
         let (published, replaced) = blocking::run(move || tree.commit(exists))
@@ -400,31 +502,24 @@ impl AsyncAtomicDir {
             .await
             .map_err(|e| Error::new(Op::RemoveTemp, &self.path, e))?
     }
-
-    fn note_unfinished(&self, file: &Path) {
-        self.unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert_with(|| file.to_path_buf());
-    }
 }
 
 /// Marks the tree unfinished when dropped armed.
 struct Unfinished<'a> {
-    dir: Option<&'a AsyncAtomicDir>,
+    files: Option<&'a Files>,
     path: &'a Path,
 }
 
 impl Unfinished<'_> {
     fn disarm(mut self) {
-        self.dir = None;
+        self.files = None;
     }
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(dir) = self.dir {
-            dir.note_unfinished(self.path);
+        if let Some(files) = self.files {
+            files.note_unfinished(self.path);
         }
     }
 }
@@ -440,7 +535,9 @@ impl Drop for AsyncAtomicDir {
 }
 
 /// A file written inside an [`AsyncAtomicDir`]'s temp tree, from
-/// [`AsyncAtomicDir::file`].
+/// [`AsyncAtomicDir::file`] (borrowing the directory), or
+/// [`AsyncAtomicDir::file_owned`] (an `AsyncDirFile<'static>`, for a
+/// spawned task).
 ///
 /// The same buffering as [`AsyncAtomicFile`](crate::AsyncAtomicFile):
 /// small writes gather in memory, full buffers go to the blocking pool while
@@ -450,8 +547,11 @@ impl Drop for AsyncAtomicDir {
 pub struct AsyncDirFile<'a> {
     pipeline: Pipeline<TreeFile, TokioPool>,
     path: PathBuf,
-    dir: &'a AsyncAtomicDir,
+    files: Arc<Files>,
     finished: bool,
+    /// `finish` was called: a drop is no silent discard.
+    ended: bool,
+    _dir: PhantomData<&'a AsyncAtomicDir>,
 }
 
 impl fmt::Debug for AsyncDirFile<'_> {
@@ -484,6 +584,7 @@ impl AsyncDirFile<'_> {
     /// Dropping the future may lose the buffered bytes: the tree's
     /// `commit` then fails, as after dropping the file.
     pub async fn finish(mut self) -> Result<(), Error> {
+        self.ended = true;
         poll_fn(|cx| self.pipeline.poll_idle(cx)).await;
         let (sink, rest) = self
             .pipeline
@@ -531,9 +632,10 @@ impl Drop for AsyncDirFile<'_> {
     /// A file dropped before its `finish` succeeded makes the tree's
     /// `commit` fail. Its descriptor is closed on the blocking pool.
     fn drop(&mut self) {
-        if !self.finished {
-            self.dir.note_unfinished(&self.path);
+        if !self.ended {
+            crate::trace::discarded(&self.path, self.pipeline.accepted());
         }
+        self.files.closed(&self.path, self.finished);
         if let Some(sink) = self.pipeline.take_sink() {
             blocking::drop_in_background(sink);
         }

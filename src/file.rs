@@ -72,6 +72,8 @@ pub struct AsyncAtomicFile {
     target: PathBuf,
     /// For the commit's span.
     durability: Durability,
+    /// `commit` or `rollback` was called: a drop is no silent discard.
+    ended: bool,
 }
 
 impl fmt::Debug for AsyncAtomicFile {
@@ -119,6 +121,7 @@ impl AsyncAtomicFile {
             pipeline: Pipeline::new(staged, buffer_size),
             target,
             durability,
+            ended: false,
         })
     }
 
@@ -160,6 +163,7 @@ impl AsyncAtomicFile {
     /// commit completes on the pool, or fails and removes its temp file.
     /// Either way the target is whole, old or new, and no temp file is left.
     pub async fn commit(mut self) -> Result<(), Error> {
+        self.ended = true;
         poll_fn(|cx| self.pipeline.poll_settle(cx)).await;
         let (staged, rest) = self
             .pipeline
@@ -187,6 +191,7 @@ impl AsyncAtomicFile {
     /// Dropping the future drops the file, which removes the temp file all
     /// the same, only without a report.
     pub async fn rollback(mut self) -> Result<(), Error> {
+        self.ended = true;
         poll_fn(|cx| self.pipeline.poll_idle(cx)).await;
         match self.pipeline.take_sink() {
             Some(staged) => blocking::run(move || staged.rollback())
@@ -268,8 +273,14 @@ impl AsyncSeek for AsyncAtomicFile {
 impl Drop for AsyncAtomicFile {
     /// Discards an uncommitted file: the temp file is removed on the
     /// blocking pool inside a runtime, at once outside one. A write still in
-    /// flight keeps the temp file until it ends, then removes it.
+    /// flight keeps the temp file until it ends, then removes it. With the
+    /// `tracing` feature, a file that accepted bytes and saw neither
+    /// `commit` nor `rollback` says so in a `WARN` event (`DEBUG` while a
+    /// panic unwinds), with its target and the bytes discarded.
     fn drop(&mut self) {
+        if !self.ended {
+            trace::discarded(&self.target, self.pipeline.accepted());
+        }
         if let Some(staged) = self.pipeline.take_sink() {
             blocking::drop_in_background(staged);
         }

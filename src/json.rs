@@ -94,8 +94,95 @@ pub async fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T,
     serde_json::from_slice(&bytes).map_err(|e| Error::new(Op::Deserialize, &target, e.into()))
 }
 
+/// Applies `f` to the value in the JSON file at `path` and writes it back:
+/// the typed read-modify-write of a state file, with no change lost to a
+/// concurrent update (an [`update`](crate::update) underneath: the same
+/// in-process turn and lock file). Returns what `f` returns.
+///
+/// A missing file starts from `T::default()`. The value is written back
+/// as compact JSON, as [`write_json`] writes it, atomically and durably.
+/// `f` runs on the caller's task, as `update`'s does, and must not itself
+/// update the same path.
+///
+/// # Errors
+///
+/// [`Op::Deserialize`] when the file holds no `T` in JSON: the file is left
+/// as it is and `f` does not run. [`Op::Serialize`] when the new value
+/// cannot be written as JSON: nothing changes. Otherwise as
+/// [`update`](crate::update).
+///
+/// # Cancel safety
+///
+/// As [`update`](crate::update): dropped before `f` runs, nothing changes;
+/// after, the write runs to its end.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tokio_atomic_write::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("state.json");
+/// use std::collections::BTreeMap;
+///
+/// // No file yet: starts from an empty map.
+/// let visits = tokio_atomic_write::update_json(&path, |hits: &mut BTreeMap<String, u64>| {
+///     let n = hits.entry("/".to_string()).or_default();
+///     *n += 1;
+///     *n
+/// })
+/// .await?;
+/// assert_eq!(visits, 1);
+/// assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"{"/":1}"#);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn update_json<T, R>(
+    path: impl AsRef<Path>,
+    f: impl FnOnce(&mut T) -> R,
+) -> Result<R, Error>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    OpenOptions::new().update_json(path, f).await
+}
+
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl OpenOptions {
+    /// [`update_json`](crate::update_json) with these options: the lock
+    /// file, durability, mode and the rest apply as to
+    /// [`update`](Self::update).
+    ///
+    /// # Errors
+    ///
+    /// As [`update_json`](crate::update_json).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`update_json`](crate::update_json).
+    pub async fn update_json<T, R>(
+        &self,
+        path: impl AsRef<Path>,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, Error>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let path = path.as_ref();
+        let mut out = None;
+        self.update(path, |old| {
+            let mut value = match old {
+                None => T::default(),
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::new(Op::Deserialize, path, e.into()))?,
+            };
+            out = Some(f(&mut value));
+            serde_json::to_vec(&value).map_err(|e| serialize_error(path, e))
+        })
+        .await?;
+        Ok(out.expect("f ran: the update succeeded"))
+    }
+
     /// [`write_json`](crate::write_json) with these options.
     ///
     /// # Errors

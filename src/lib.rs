@@ -241,7 +241,7 @@ pub use error::{Error, Op};
 pub use file::AsyncAtomicFile;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
-pub use json::{read_json, write_json, write_json_pretty};
+pub use json::{read_json, update_json, write_json, write_json_pretty};
 pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
 pub use sweep::{sweep, SweepReport};
 pub use update::update;

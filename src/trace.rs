@@ -7,7 +7,8 @@
 //! commit also `bytes` (accepted by the file, in all), and, once done,
 //! `fsync_us` and `rename_us` (microseconds in `fsync`s, and in linking and
 //! renaming), and `error` if it failed. The span is entered on the
-//! blocking-pool thread that does the work.
+//! blocking-pool thread that does the work. A file dropped with bytes
+//! written and neither committed nor rolled back gives a `WARN` event.
 
 use std::path::Path;
 
@@ -68,6 +69,26 @@ pub(crate) fn commit(path: &Path, durability: Durability, bytes: u64) -> Span {
 pub(crate) fn failed_before_commit(error: &Error) {
     #[cfg(feature = "tracing")]
     Span::current().record("error", tracing::field::display(error));
+}
+
+/// A file that accepted `bytes` dropped without `commit` or `rollback`
+/// (for a file of a tree: without `finish`): its bytes are discarded. A
+/// `WARN` event, since that is usually a bug (a `?` that skipped the
+/// commit); a `DEBUG` one while a panic unwinds, which explains it.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn discarded(path: &Path, bytes: u64) {
+    #[cfg(feature = "tracing")]
+    {
+        if bytes == 0 {
+            return;
+        }
+        let message = "dropped without commit: the bytes written are discarded";
+        if std::thread::panicking() {
+            tracing::debug!(target: "tokio_atomic_write", path = %path.display(), bytes, "{message}");
+        } else {
+            tracing::warn!(target: "tokio_atomic_write", path = %path.display(), bytes, "{message}");
+        }
+    }
 }
 
 /// Records the bytes of a copy in the current commit span, once known.

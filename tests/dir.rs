@@ -161,6 +161,71 @@ fn dropped_outside_a_runtime_the_tree_is_removed_at_once() {
     assert_eq!(listing(scratch.path()), Vec::<OsString>::new());
 }
 
+/// Issue #20: files owned by spawned tasks, filled side by side, are all
+/// in the published tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_files_filled_in_spawned_tasks_are_published() {
+    let scratch = scratch();
+    let target = scratch.path().join(KEY);
+    let dir = AsyncAtomicDir::create(&target).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8u32 {
+        let mut file = dir.file_owned(format!("part-{i}")).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            // `?` on write_all and finish alike, into the crate's Error.
+            file.write_all(&version(i, 100_000 + i as usize)).await?;
+            file.finish().await?;
+            Ok::<_, tokio_atomic_write::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(dir.commit(Exists::Fail).await.unwrap(), Published::Ours);
+    for i in 0..8u32 {
+        let body = std::fs::read(target.join(format!("part-{i}"))).unwrap();
+        assert_eq!(body, version(i, 100_000 + i as usize));
+    }
+    assert_only_eventually(scratch.path(), &[KEY]);
+}
+
+/// An owned file still open (not finished, not dropped) fails the
+/// commit, naming it: nothing is published and the temp tree goes. Once
+/// it is dropped unfinished, the commit fails as for a borrowed file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_while_an_owned_file_is_open_fails() {
+    let scratch = scratch();
+    let target = scratch.path().join(KEY);
+    let dir = AsyncAtomicDir::create(&target).await.unwrap();
+    let mut open = dir.file_owned("open.bin").await.unwrap();
+    open.write_all(b"not finished").await.unwrap();
+    let mut done = dir.file_owned("done.bin").await.unwrap();
+    done.write_all(b"finished").await.unwrap();
+    done.finish().await.unwrap();
+    let err = dir.commit(Exists::Replace).await.unwrap_err();
+    assert_eq!((err.op(), err.path()), (Op::Write, open.path()), "{err}");
+    assert!(err.to_string().contains("still open"), "{err}");
+    assert!(!target.exists(), "nothing published");
+    // Its writes go on into the removed tree, harmlessly.
+    open.write_all(b" more").await.unwrap();
+    drop(open);
+    assert_only_eventually(scratch.path(), &[]);
+
+    let dir = AsyncAtomicDir::create(&target).await.unwrap();
+    let mut dropped = dir.file_owned("dropped.bin").await.unwrap();
+    dropped.write_all(b"half").await.unwrap();
+    let dropped_path = dropped.path().to_path_buf();
+    tokio::spawn(async move { drop(dropped) }).await.unwrap();
+    let err = dir.commit(Exists::Replace).await.unwrap_err();
+    assert_eq!(
+        (err.op(), err.path()),
+        (Op::Write, dropped_path.as_path()),
+        "{err}"
+    );
+    assert!(!target.exists(), "nothing published");
+    assert_only_eventually(scratch.path(), &[]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_dropped_before_finish_fails_the_commit() {
     let scratch = scratch();

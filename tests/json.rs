@@ -9,7 +9,9 @@ use std::io::ErrorKind;
 
 use common::*;
 use serde::{Deserialize, Serialize};
-use tokio_atomic_write::{read_json, write_json, write_json_pretty, Durability, Op, OpenOptions};
+use tokio_atomic_write::{
+    read_json, update_json, write_json, write_json_pretty, Durability, Op, OpenOptions,
+};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct State {
@@ -140,4 +142,85 @@ async fn bad_files_fail_with_the_step_the_path_and_the_parser_position() {
         (Op::Read, ErrorKind::InvalidInput),
         "{err}"
     );
+}
+
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Counter {
+    n: u64,
+    by: Vec<u32>,
+}
+
+/// Issue #20: `update_json`. A missing file starts from the default; 32
+/// concurrent updates from tasks lose none; `f`'s result comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_json_starts_from_default_and_loses_no_update() {
+    let dir = scratch();
+    let path = dir.path().join("state.json");
+    let first = update_json(&path, |c: &mut Counter| {
+        assert_eq!(*c, Counter::default(), "no file: the default");
+        c.n += 1;
+        c.n
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, 1);
+    let tasks: Vec<_> = (0..32u32)
+        .map(|i| {
+            let path = path.clone();
+            tokio::spawn(async move {
+                update_json(&path, move |c: &mut Counter| {
+                    c.n += 1;
+                    c.by.push(i);
+                })
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let back: Counter = read_json(&path).await.unwrap();
+    assert_eq!(back.n, 33);
+    let mut by = back.by.clone();
+    by.sort();
+    assert_eq!(by, (0..32).collect::<Vec<_>>());
+    // Compact, as write_json writes it; with options, as they say.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains('\n'), "{text}");
+    OpenOptions::new()
+        .durability(Durability::None)
+        .update_json(&path, |c: &mut Counter| c.n = 0)
+        .await
+        .unwrap();
+    assert_eq!(read_json::<Counter>(&path).await.unwrap().n, 0);
+}
+
+/// A file that does not parse: `Op::Deserialize`, `f` never runs, and the
+/// file is left as it is. A value that cannot be written: `Op::Serialize`,
+/// nothing changes.
+#[tokio::test]
+async fn update_json_leaves_a_bad_file_as_it_is() {
+    let dir = scratch();
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, "{\"n\": oops").unwrap();
+    let err = update_json(&path, |_: &mut Counter| panic!("f must not run"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::Deserialize, ErrorKind::InvalidData),
+        "{err}"
+    );
+    assert_eq!(err.path(), path);
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\": oops");
+
+    let other = dir.path().join("map.json");
+    std::fs::write(&other, "{}").unwrap();
+    let err = update_json(&other, |m: &mut HashMap<(u8, u8), u8>| {
+        m.insert((1, 2), 3);
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.op(), Op::Serialize, "{err}");
+    assert_eq!(std::fs::read(&other).unwrap(), b"{}");
 }

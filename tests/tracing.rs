@@ -42,6 +42,9 @@ impl Visit for Fields<'_> {
 /// recorded on blocking-pool threads.
 static SPANS: Mutex<Vec<(u64, Seen)>> = Mutex::new(Vec::new());
 
+/// Every event of the process: its level and fields (`name` is unused).
+static EVENTS: Mutex<Vec<(tracing::Level, Seen)>> = Mutex::new(Vec::new());
+
 struct Recorder;
 
 impl<S: tracing::Subscriber> Layer<S> for Recorder {
@@ -55,6 +58,18 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
             fields,
         };
         SPANS.lock().unwrap().push((id.into_u64(), seen));
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        let meta = event.metadata();
+        let seen = Seen {
+            name: meta.name(),
+            target: meta.target().into(),
+            fields,
+        };
+        EVENTS.lock().unwrap().push((*meta.level(), seen));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
@@ -181,4 +196,99 @@ async fn bytes_counts_every_byte_written_across_seeks() {
     let commits = spans("commit", &path);
     assert_eq!(commits.len(), 1, "{commits:?}");
     assert_eq!(commits[0].fields["bytes"], "1004");
+}
+
+/// The events whose `path` is `path`.
+fn events(path: &Path) -> Vec<(tracing::Level, Seen)> {
+    let path = path.display().to_string();
+    EVENTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s.fields.get("path") == Some(&path))
+        .cloned()
+        .collect()
+}
+
+/// Issue #20: a file dropped with bytes written and no `commit` or
+/// `rollback` says so (`WARN`, with the target and the bytes discarded);
+/// not a file that wrote nothing, was committed or rolled back, and only
+/// at `DEBUG` while a panic unwinds. Files of an atomic directory alike,
+/// until `finish`.
+#[tokio::test]
+async fn a_file_dropped_with_bytes_and_no_commit_warns() {
+    install();
+    let dir = scratch();
+    let path = |name: &str| dir.path().join(name);
+
+    let mut file = AsyncAtomicFile::create(path("dropped")).await.unwrap();
+    file.write_all(&[1; 3000]).await.unwrap();
+    drop(file);
+    let seen = events(&path("dropped"));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (level, event) = &seen[0];
+    assert_eq!(*level, tracing::Level::WARN);
+    assert_eq!(event.target, "tokio_atomic_write");
+    assert_eq!(event.fields["bytes"], "3000");
+    assert!(event.fields["message"].contains("discarded"), "{event:?}");
+
+    // Quiet: nothing written; committed; rolled back; a failed commit.
+    drop(AsyncAtomicFile::create(path("empty")).await.unwrap());
+    let mut file = AsyncAtomicFile::create(path("committed")).await.unwrap();
+    file.write_all(b"x").await.unwrap();
+    file.commit().await.unwrap();
+    let mut file = AsyncAtomicFile::create(path("rolled")).await.unwrap();
+    file.write_all(b"x").await.unwrap();
+    file.rollback().await.unwrap();
+    let mut file = OpenOptions::new()
+        .overwrite(false)
+        .open(path("taken"))
+        .await
+        .unwrap();
+    std::fs::write(path("taken"), b"first").unwrap();
+    file.write_all(b"x").await.unwrap();
+    file.commit().await.unwrap_err();
+    for quiet in ["empty", "committed", "rolled", "taken"] {
+        assert!(
+            events(&path(quiet)).is_empty(),
+            "{quiet}: {:?}",
+            events(&path(quiet))
+        );
+    }
+
+    // A panic while the file is held: DEBUG.
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut file = futures::executor::block_on(async {
+            let mut f = AsyncAtomicFile::create(path("panicked")).await.unwrap();
+            f.write_all(b"abc").await.unwrap();
+            f
+        });
+        let _keep = &mut file;
+        panic!("a bug while writing");
+    }));
+    assert!(unwound.is_err());
+    let seen = events(&path("panicked"));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, tracing::Level::DEBUG);
+    assert_eq!(seen[0].1.fields["bytes"], "3");
+
+    // A file of an atomic directory, dropped before `finish`.
+    let tree = tokio_atomic_write::AsyncAtomicDir::create(path("tree"))
+        .await
+        .unwrap();
+    let mut file = tree.file("a").await.unwrap();
+    file.write_all(b"12345").await.unwrap();
+    let file_path = file.path().to_path_buf();
+    drop(file);
+    let seen = events(&file_path);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].0, seen[0].1.fields["bytes"].as_str()),
+        (tracing::Level::WARN, "5")
+    );
+    let mut file = tree.file("b").await.unwrap();
+    file.write_all(b"12345").await.unwrap();
+    let finished = file.path().to_path_buf();
+    file.finish().await.unwrap();
+    assert!(events(&finished).is_empty());
 }
