@@ -234,6 +234,19 @@ impl Error {
         }
     }
 
+    /// A copy for a second caller (an error kept for later calls): the
+    /// same step, path and publish state, the cause as [`copy_io_error`]
+    /// copies it.
+    #[cfg_attr(not(feature = "object_store"), allow(dead_code))]
+    pub(crate) fn duplicate(&self) -> Error {
+        Error {
+            op: self.op,
+            path: self.path.clone(),
+            published: self.published,
+            source: copy_io_error(&self.source),
+        }
+    }
+
     /// The step that failed.
     pub fn op(&self) -> Op {
         self.op

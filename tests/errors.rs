@@ -106,6 +106,32 @@ async fn a_store_error_is_printed_once() {
     assert_eq!(chain.matches(&inner).count(), 1, "{chain}");
 }
 
+/// An object's write error, too, comes back through `?` with its step and
+/// location.
+#[tokio::test]
+async fn an_object_write_error_comes_back_whole() {
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let mut object = ObjectOptions::new()
+        .overwrite(false)
+        .conditional_limit(4)
+        .open(store, "small")
+        .await
+        .unwrap();
+    let err = Error::from(object.write_all(b"too long").await.unwrap_err());
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::Put, io::ErrorKind::FileTooLarge),
+        "{err}"
+    );
+    assert_eq!(err.path(), std::path::Path::new("small"));
+    assert!(
+        err.to_string().starts_with("failed to put `small`: "),
+        "{err}"
+    );
+    let again = Error::from(object.write_all(b"x").await.unwrap_err());
+    assert_eq!((again.op(), again.to_string()), (Op::Put, err.to_string()));
+}
+
 /// `?` works on `write_all` and on `commit` in one function returning the
 /// crate's `Error`.
 async fn save(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {

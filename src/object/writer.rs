@@ -316,14 +316,14 @@ impl Inner {
         put::location_path(&self.location)
     }
 
+    /// The first error again, for a later call: an `io::Error` that `?`
+    /// turns back into that `Error` (step and location kept).
     fn sticky(&self) -> Option<io::Error> {
-        self.error
-            .as_ref()
-            .map(|e| io::Error::new(e.kind(), e.to_string()))
+        self.error.as_ref().map(|e| e.duplicate().into())
     }
 
     fn fail(&mut self, e: Error) -> io::Error {
-        let copy = io::Error::new(e.kind(), e.to_string());
+        let copy = e.duplicate().into();
         self.error.get_or_insert(e);
         copy
     }
