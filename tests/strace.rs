@@ -450,6 +450,30 @@ fn a_copy_is_made_by_the_kernel_then_committed_like_a_write() {
     }
 }
 
+/// On xfs and btrfs the copy is one `FICLONE`, which shares the source's
+/// extents (what `tests/copy.rs` sees in the free space), and no byte
+/// copied besides.
+#[test]
+fn on_xfs_and_btrfs_a_copy_is_one_reflink() {
+    if !parent_with_strace() {
+        return;
+    }
+    for fs in ["xfs", "btrfs"] {
+        let Some((_mount, dir)) = filesystem(fs, &[]) else {
+            continue;
+        };
+        let test = "on_xfs_and_btrfs_a_copy_is_one_reflink";
+        let calls = trace_in(&dir, test, "copy named", true, &[], b"new content");
+        let cloned = position(&calls, "FICLONE", |c| c.name == "ioctl" && c.line.contains("FICLONE"));
+        assert!(calls[cloned].line.ends_with("= 0"), "{fs}: {}", calls[cloned].line);
+        assert!(
+            !calls.iter().any(|c| c.name == "copy_file_range"),
+            "{fs}: the reflink did it all:\n{}",
+            dump(&calls)
+        );
+    }
+}
+
 #[test]
 fn durability_none_never_syncs() {
     if !parent_with_strace() {
