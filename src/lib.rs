@@ -7,10 +7,11 @@
 //! writes so that they do not each cost a trip to the blocking pool, and
 //! cleans up after itself when dropped.
 //!
-//! [`write()`] replaces a file in one call; [`update`] is a read-modify-write
-//! that loses no change to a concurrent update, from a task or another
-//! process; with the `serde` feature, `write_json` and `read_json` keep a
-//! value (a web server's state) in a JSON file. The file also implements
+//! [`write()`] replaces a file in one call and [`copy()`] copies one, each in
+//! one trip to the blocking pool; [`update`] is a read-modify-write that
+//! loses no change to a concurrent update, from a task or another process;
+//! with the `serde` feature, `write_json`, `read_json` and `update_json`
+//! keep a value (a web server's state) in a JSON file. The file also implements
 //! [`AsyncSeek`](tokio::io::AsyncSeek), for formats that patch a header
 //! after the body.
 //!
@@ -147,6 +148,9 @@
 //!   atomic, and the fsyncs as durable, as the server makes them.
 //! - Hard links: the target path gets a new inode, so other links to the old
 //!   file keep the old content.
+//! - Read-only files: a rename needs write permission on the directory, not
+//!   on the file, so a `0444` target is replaced like any other (and keeps
+//!   its mode), as with GLib and renameio. A read-only directory stops it.
 //! - Extended attributes, ACLs, SELinux labels and file flags are not copied.
 //! - A symlink swapped while a write is open: the file it pointed to at
 //!   `open` is the one replaced.
@@ -177,10 +181,14 @@
 //!
 //! # Errors
 //!
-//! Every failure is an [`Error`] naming the step ([`Op`]) and the path, with
-//! the `io::Error` as its source; [`Error::kind`] is the source's kind and
-//! converting into `io::Error` keeps it. Bad input fails at `open`, before
-//! anything on disk changes. Write errors (a full disk) surface at the next
+//! Every failure is an [`Error`] naming the step ([`Op`]), the path and the
+//! cause in one line (`failed to open directory `/srv/app/nope`: No such
+//! file or directory (os error 2)`), which converting into an `io::Error`
+//! keeps, with its kind; a chain printer (anyhow's `{:#}`) prints each
+//! message once. `?` also turns an `io::Error` into an `Error`: one this
+//! crate made (a failed `write_all`) comes back whole. Bad input fails at
+//! `open`, before anything on disk changes (with `overwrite(false)`, so
+//! does an existing target). Write errors (a full disk) surface at the next
 //! write or flush after the buffer that failed, and always at `commit`;
 //! bytes still in the buffer are written by `commit` itself, so a file
 //! smaller than the buffer reports them there only. An [`Op::SyncDir`]
@@ -200,15 +208,17 @@
 //! - `object_store`: the `object` module, on any `object_store`
 //!   `ObjectStore` (`object::write_json` and `object::read_json` with
 //!   `serde` too).
-//! - `serde`: `write_json`, `write_json_pretty` and `read_json` (and the
-//!   same on [`OpenOptions`]), through `serde_json`.
+//! - `serde`: `write_json`, `write_json_pretty`, `read_json` and
+//!   `update_json` (and all but `read_json` on [`OpenOptions`]), through
+//!   `serde_json`.
 //! - `tracing`: a `DEBUG` span named `open` or `commit`, target
 //!   `tokio_atomic_write`, around each open and each commit (those of
 //!   [`write()`] and [`update`] included), entered on the blocking-pool
 //!   thread that does the work. Fields: `path`, `durability`; for a
 //!   commit `bytes` (accepted in all), then `fsync_us` and `rename_us`
 //!   (microseconds spent in `fsync`s, and in linking and renaming) and
-//!   `error` when it failed.
+//!   `error` when it failed; and a `WARN` event (`path`, `bytes`) for a
+//!   file dropped with bytes written and no `commit` or `rollback`.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]

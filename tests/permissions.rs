@@ -232,6 +232,48 @@ fn an_unprivileged_writer_commits_without_keeping_the_owner() {
     assert_eq!(std::fs::read(&target).unwrap(), b"new content");
 }
 
+/// Issue #20: a read-only (0444) file, root's, is replaced by another user
+/// who may write the directory: a rename needs write permission on the
+/// directory alone, as the guarantees say. It keeps its mode.
+#[test]
+fn a_read_only_file_is_replaced_by_whoever_may_write_the_directory() {
+    const NOBODY: u32 = 65534;
+    let name = "a_read_only_file_is_replaced_by_whoever_may_write_the_directory";
+    if is_child() {
+        let target = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap()).join("t");
+        assert!(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .is_err(),
+            "read-only to us"
+        );
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            tokio_atomic_write::write(&target, b"replaced")
+                .await
+                .unwrap();
+        });
+        return;
+    }
+    if !require(is_root(), "root (to run a child as nobody)") {
+        return;
+    }
+    let dir = scratch();
+    set_mode(dir.path(), 0o777);
+    let target = dir.path().join("t");
+    std::fs::write(&target, b"old").unwrap();
+    set_mode(&target, 0o444);
+    run_child(
+        name,
+        &[],
+        &[("TAW_DIR", dir.path().to_str().unwrap())],
+        Some(NOBODY),
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"replaced");
+    let m = std::fs::metadata(&target).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (NOBODY, 0o444));
+}
+
 /// Asking for a wider mode than the replaced file has: the temp file stays
 /// within the replaced file's bits while it is written, and the final file
 /// gets the mode asked for.

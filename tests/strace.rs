@@ -464,8 +464,14 @@ fn on_xfs_and_btrfs_a_copy_is_one_reflink() {
         };
         let test = "on_xfs_and_btrfs_a_copy_is_one_reflink";
         let calls = trace_in(&dir, test, "copy named", true, &[], b"new content");
-        let cloned = position(&calls, "FICLONE", |c| c.name == "ioctl" && c.line.contains("FICLONE"));
-        assert!(calls[cloned].line.ends_with("= 0"), "{fs}: {}", calls[cloned].line);
+        let cloned = position(&calls, "FICLONE", |c| {
+            c.name == "ioctl" && c.line.contains("FICLONE")
+        });
+        assert!(
+            calls[cloned].line.ends_with("= 0"),
+            "{fs}: {}",
+            calls[cloned].line
+        );
         assert!(
             !calls.iter().any(|c| c.name == "copy_file_range"),
             "{fs}: the reflink did it all:\n{}",
