@@ -214,22 +214,31 @@ fn an_unprivileged_writer_commits_without_keeping_the_owner() {
         );
         return;
     }
-    if !require(is_root(), "root (to run a child as nobody)") {
+    let test = "an_unprivileged_writer_commits_without_keeping_the_owner";
+    let Some((_dir, target)) = child_as_nobody_replaces_roots_file(test, 0o644) else {
         return;
+    };
+    assert_eq!(std::fs::read(&target).unwrap(), b"new content");
+}
+
+/// Runs the child half of `test` as nobody, `TAW_DIR` a fresh 0777
+/// directory holding root's file `t` (`old`, `mode`); returns the
+/// directory and `t`. `None` (a visible skip) without root.
+fn child_as_nobody_replaces_roots_file(
+    test: &str,
+    mode: u32,
+) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if !require(is_root(), "root (to run a child as nobody)") {
+        return None;
     }
     let dir = scratch();
     set_mode(dir.path(), 0o777);
     let target = dir.path().join("t");
     std::fs::write(&target, b"old").unwrap();
-    set_mode(&target, 0o644);
-    let dir_str = dir.path().to_str().unwrap();
-    run_child(
-        "an_unprivileged_writer_commits_without_keeping_the_owner",
-        &[],
-        &[("TAW_DIR", dir_str)],
-        Some(NOBODY),
-    );
-    assert_eq!(std::fs::read(&target).unwrap(), b"new content");
+    set_mode(&target, mode);
+    let env = [("TAW_DIR", dir.path().to_str().unwrap())];
+    run_child(test, &[], &env, Some(65534));
+    Some((dir, target))
 }
 
 /// Issue #20: a read-only (0444) file, root's, is replaced by another user
@@ -255,20 +264,9 @@ fn a_read_only_file_is_replaced_by_whoever_may_write_the_directory() {
         });
         return;
     }
-    if !require(is_root(), "root (to run a child as nobody)") {
+    let Some((_dir, target)) = child_as_nobody_replaces_roots_file(name, 0o444) else {
         return;
-    }
-    let dir = scratch();
-    set_mode(dir.path(), 0o777);
-    let target = dir.path().join("t");
-    std::fs::write(&target, b"old").unwrap();
-    set_mode(&target, 0o444);
-    run_child(
-        name,
-        &[],
-        &[("TAW_DIR", dir.path().to_str().unwrap())],
-        Some(NOBODY),
-    );
+    };
     assert_eq!(std::fs::read(&target).unwrap(), b"replaced");
     let m = std::fs::metadata(&target).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (NOBODY, 0o444));

@@ -24,6 +24,20 @@ struct Seen {
     fields: HashMap<String, String>,
 }
 
+impl Seen {
+    /// A span or event with this metadata, its fields as `record` gives
+    /// them.
+    fn of(meta: &tracing::Metadata<'static>, record: impl FnOnce(&mut dyn Visit)) -> Seen {
+        let mut fields = HashMap::new();
+        record(&mut Fields(&mut fields));
+        Seen {
+            name: meta.name(),
+            target: meta.target().into(),
+            fields,
+        }
+    }
+}
+
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
 impl Visit for Fields<'_> {
@@ -49,27 +63,16 @@ struct Recorder;
 
 impl<S: tracing::Subscriber> Layer<S> for Recorder {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
-        let mut fields = HashMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let meta = attrs.metadata();
-        let seen = Seen {
-            name: meta.name(),
-            target: meta.target().into(),
-            fields,
-        };
+        let seen = Seen::of(attrs.metadata(), |v| attrs.record(v));
         SPANS.lock().unwrap().push((id.into_u64(), seen));
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        let mut fields = HashMap::new();
-        event.record(&mut Fields(&mut fields));
-        let meta = event.metadata();
-        let seen = Seen {
-            name: meta.name(),
-            target: meta.target().into(),
-            fields,
-        };
-        EVENTS.lock().unwrap().push((*meta.level(), seen));
+        let seen = Seen::of(event.metadata(), |v| event.record(v));
+        EVENTS
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), seen));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
