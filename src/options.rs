@@ -333,8 +333,12 @@ impl OpenOptions {
     ///
     /// Every option applies. The mode: [`mode`](Self::mode) if set, else a
     /// replaced file's (with [`preserve_permissions`](Self::preserve_permissions)),
-    /// else `from`'s exact mode, as `std::fs::copy` gives. The owner is the
-    /// caller, or a replaced file's. `from` is found as a target is: links
+    /// else `from`'s exact mode, as `std::fs::copy` gives, but for its
+    /// setuid and setgid bits when `from` is another user's: the copy is
+    /// the caller's, and those bits would make it run as the caller (a root
+    /// service copying an upload marked `04755` would make a setuid-root
+    /// program), where `std::fs::copy` keeps them. The owner is the caller,
+    /// or a replaced file's. `from` is found as a target is: links
     /// followed under the same sticky-directory rules. Copying a file onto
     /// itself leaves it as it was. Returns the bytes copied.
     ///

@@ -43,6 +43,30 @@ async fn a_copy_is_whole_has_the_source_mode_and_takes_one_trip() {
     assert_no_leftovers_eventually(dir.path());
 }
 
+/// Setuid and setgid come along only from the caller's own file: root's
+/// copy of nobody's `06755` program is `0755`, not a setuid-root program.
+#[tokio::test]
+async fn another_users_setuid_bits_are_not_copied() {
+    if !require(is_root(), "root (to give the source to nobody)") {
+        return;
+    }
+    let dir = scratch();
+    let (from, to) = (dir.path().join("upload"), dir.path().join("installed"));
+    std::fs::write(&from, b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::chown(&from, Some(65534), Some(65534)).unwrap();
+    set_mode(&from, 0o6755);
+    tokio_atomic_write::copy(&from, &to).await.unwrap();
+    assert_eq!(mode_of(&to), 0o755);
+    // `mode()` still sets any mode.
+    let exact = dir.path().join("exact");
+    OpenOptions::new()
+        .mode(0o4711)
+        .copy(&from, &exact)
+        .await
+        .unwrap();
+    assert_eq!(mode_of(&exact), 0o4711);
+}
+
 /// A replaced file keeps its mode, unless `mode()` says otherwise, or
 /// `preserve_permissions(false)` lets the source's apply.
 #[tokio::test]

@@ -639,7 +639,15 @@ pub(crate) fn copy(opts: &OpenOptions, from: &Path, to: PathBuf) -> Result<u64, 
     let mut opts = opts.clone();
     if opts.mode.is_none() && sys::HAS_MODES {
         let meta = sys::file_meta(&source).map_err(|e| Error::new(Op::Read, from, e))?;
-        opts.new_file_mode = Some(meta.mode);
+        // Setuid and setgid only from the caller's own file: on a copy of
+        // another user's they would make the caller's program of it (a
+        // root service copying an upload marked 04755 would make a setuid
+        // root program), which `std::fs::copy` does.
+        let special = match meta.uid == sys::euid() {
+            true => 0o7777,
+            false => !0o6000 & 0o7777,
+        };
+        opts.new_file_mode = Some(meta.mode & special);
     }
     let staged = Staged::open(&opts, to).inspect_err(crate::trace::failed_before_commit)?;
     let copied = sys::copy_file(&source, staged.file()).map_err(|e| {
