@@ -1,6 +1,7 @@
 //! [`AsyncAtomicDir`]: a directory tree published all at once, and
 //! [`AsyncDirFile`], a file written inside it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -110,8 +111,9 @@ struct FilesState {
     /// the tree may be incomplete, and `commit` refuses it.
     unfinished: Option<PathBuf>,
     /// Files created and not yet dropped (an owned one may outlive a
-    /// `commit` call): `commit` refuses the tree while one is open.
-    open: Vec<PathBuf>,
+    /// `commit` call), each with how many are open under that path:
+    /// `commit` refuses the tree while one is open.
+    open: HashMap<PathBuf, usize>,
 }
 
 impl Files {
@@ -128,8 +130,11 @@ impl Files {
     /// A file ends (dropped, finished or not): no longer open.
     fn closed(&self, file: &Path, finished: bool) {
         let mut state = self.state();
-        if let Some(i) = state.open.iter().position(|p| p == file) {
-            state.open.swap_remove(i);
+        if let Some(n) = state.open.get_mut(file) {
+            *n -= 1;
+            if *n == 0 {
+                state.open.remove(file);
+            }
         }
         if !finished {
             state.unfinished.get_or_insert_with(|| file.to_path_buf());
@@ -371,7 +376,7 @@ impl AsyncAtomicDir {
         let created = blocking::run(move || crate::core::tree::create_file(&root, &rel, &p)).await;
         cancelled.disarm();
         let sink = created.map_err(|e| Error::new(Op::CreateFile, &path, e))??;
-        self.files.state().open.push(path.clone());
+        *self.files.state().open.entry(path.clone()).or_default() += 1;
         Ok(AsyncDirFile {
             pipeline: Pipeline::new(sink, self.buffer_size),
             path,
@@ -459,7 +464,7 @@ impl AsyncAtomicDir {
     pub async fn commit(mut self, exists: Exists) -> Result<Published, Error> {
         let refused = {
             let state = self.files.state();
-            match (&state.unfinished, state.open.first()) {
+            match (&state.unfinished, state.open.keys().next()) {
                 (Some(file), _) => Some((
                     file.clone(),
                     "dropped or failed before `finish`: the tree may be incomplete",

@@ -32,14 +32,17 @@ pub enum Op {
     /// its lock.
     Lock,
     /// Reading the target's current content ([`update`](crate::update),
-    /// `read_json`).
+    /// `read_json`), or the source of a [`copy`](crate::copy) (the path
+    /// names it).
     Read,
-    /// Turning a value into bytes (`write_json`): the source is the
-    /// serializer's error, of kind `InvalidData` or `InvalidInput`.
+    /// Turning a value into bytes (`write_json`): the cause is the
+    /// serializer's error (in the message; [`Error::io_error`] wraps it),
+    /// of kind `InvalidData` or `InvalidInput`.
     Serialize,
-    /// Turning the target's bytes into a value (`read_json`): the source is
-    /// the parser's error, of kind `InvalidData` (or `UnexpectedEof` for a
-    /// truncated document).
+    /// Turning the target's bytes into a value (`read_json`): the cause is
+    /// the parser's error, with its line and column (in the message;
+    /// [`Error::io_error`] wraps it), of kind `InvalidData` (or
+    /// `UnexpectedEof` for a truncated document).
     Deserialize,
     /// Applying the final mode to the temp file (or a temp tree's root).
     SetPermissions,
@@ -107,15 +110,10 @@ pub enum Op {
 
 impl Op {
     /// The message of an error at this step, the path in backticks; the
-    /// cause follows it. `exists`: the cause is `AlreadyExists`.
-    fn describe(self, path: &Path, exists: bool, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// cause follows it.
+    fn describe(self, path: &Path, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = path.display();
         match self {
-            // Only a no-clobber publish (`overwrite(false)`, `Exists::Fail`
-            // or `Keep`) meets an existing target: say so, before the errno.
-            Op::Link | Op::Rename if exists => {
-                write!(f, "failed to publish `{p}`: the target already exists")
-            }
             Op::Open => write!(f, "failed to open `{p}` for atomic replacement"),
             Op::OpenDir => write!(f, "failed to open directory `{p}`"),
             Op::CreateTemp => write!(f, "failed to create temp file in `{p}`"),
@@ -188,6 +186,9 @@ pub struct Error {
     op: Op,
     path: PathBuf,
     published: bool,
+    /// A no-clobber publish lost to an entry already at the target: the
+    /// message says so before the errno.
+    target_exists: bool,
     source: io::Error,
 }
 
@@ -196,8 +197,12 @@ impl fmt::Display for Error {
         if self.op == Op::Other {
             return fmt::Display::fmt(&self.source, f);
         }
-        let exists = self.source.kind() == io::ErrorKind::AlreadyExists;
-        self.op.describe(&self.path, exists, f)?;
+        if self.target_exists {
+            let p = self.path.display();
+            write!(f, "failed to publish `{p}`: the target already exists")?;
+        } else {
+            self.op.describe(&self.path, f)?;
+        }
         write!(f, ": {}", self.source)
     }
 }
@@ -222,7 +227,18 @@ impl Error {
             op,
             path: path.into(),
             published: false,
+            target_exists: false,
             source,
+        }
+    }
+
+    /// The error of a no-clobber publish (`overwrite(false)`, or a tree's
+    /// `Exists::Fail`) at step `op`: `source` is the publish's own error,
+    /// and when it is `AlreadyExists` the message says the target exists.
+    pub(crate) fn of_no_clobber(op: Op, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error {
+            target_exists: source.kind() == io::ErrorKind::AlreadyExists,
+            ..Error::new(op, path, source)
         }
     }
 
@@ -240,10 +256,9 @@ impl Error {
     #[cfg_attr(not(feature = "object_store"), allow(dead_code))]
     pub(crate) fn duplicate(&self) -> Error {
         Error {
-            op: self.op,
-            path: self.path.clone(),
-            published: self.published,
             source: copy_io_error(&self.source),
+            path: self.path.clone(),
+            ..*self
         }
     }
 
@@ -396,12 +411,22 @@ mod tests {
     #[test]
     fn a_no_clobber_publish_that_loses_says_the_target_exists() {
         for op in [Op::Link, Op::Rename] {
-            let err = Error::new(op, "t", io::ErrorKind::AlreadyExists.into());
+            let err = Error::of_no_clobber(op, "t", io::Error::from_raw_os_error(17));
             let msg = err.to_string();
             assert!(
                 msg.starts_with("failed to publish `t`: the target already exists: "),
                 "{msg}"
             );
+            // Another step's `AlreadyExists` (no free temp name) is not
+            // the target's.
+            let other = Error::new(op, "t", io::ErrorKind::AlreadyExists.into());
+            assert!(
+                !other.to_string().contains("target already exists"),
+                "{other}"
+            );
+            // Nor another error of a no-clobber publish.
+            let denied = Error::of_no_clobber(op, "t", io::Error::from_raw_os_error(13));
+            assert!(!denied.to_string().contains("already exists"), "{denied}");
         }
     }
 

@@ -78,7 +78,7 @@ pub async fn write_json_pretty<T: Serialize + ?Sized>(
 /// or a FIFO fails without blocking); [`Op::Deserialize`] when its content
 /// is not a `T` in JSON, of kind [`InvalidData`](std::io::ErrorKind::InvalidData)
 /// (or [`UnexpectedEof`](std::io::ErrorKind::UnexpectedEof) for a truncated
-/// document), the parser's message (line and column) as the source.
+/// document), the parser's message (line and column) in the error's.
 ///
 /// # Cancel safety
 ///

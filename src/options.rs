@@ -70,6 +70,9 @@ pub struct OpenOptions {
     /// The mode of a new file when [`mode`](Self::mode) is unset, umask not
     /// applied: [`copy`](Self::copy) gives the source's. Not an option.
     pub(crate) new_file_mode: Option<u32>,
+    /// A replaced file's setuid and setgid bits are not kept: `copy` of
+    /// another user's file. Not an option.
+    pub(crate) no_setid: bool,
 }
 
 impl Default for OpenOptions {
@@ -86,6 +89,7 @@ impl Default for OpenOptions {
             unnamed_temp: true,
             lock_file: true,
             new_file_mode: None,
+            no_setid: false,
         }
     }
 }
@@ -104,10 +108,13 @@ impl OpenOptions {
     /// path, and fails with [`ErrorKind::AlreadyExists`] otherwise. The check
     /// and the publish are one atomic step (`renameat2(RENAME_NOREPLACE)`, or
     /// `linkat` to the final name), so of many racing writers exactly one wins.
-    /// A target that exists already at [`open`](Self::open) (any entry, a
-    /// symlink included) fails the `open` itself, with the same kind
-    /// ([`Op::Open`](crate::Op::Open)), before anything is created or
-    /// written.
+    /// A file that exists already at [`open`](Self::open) (or a symlink
+    /// there that is not followed, dangling or not) fails the `open`
+    /// itself, with the same kind ([`Op::Open`](crate::Op::Open)), before
+    /// anything is created or written. A directory or a special file there
+    /// fails as it does with overwrite (`IsADirectory`, `InvalidInput`); a
+    /// dangling symlink that is followed names no file yet: the file it
+    /// points to is created.
     ///
     /// [`ErrorKind::AlreadyExists`]: std::io::ErrorKind::AlreadyExists
     pub fn overwrite(&mut self, overwrite: bool) -> &mut Self {
@@ -331,25 +338,34 @@ impl OpenOptions {
     /// returns. A `tokio::io::copy` from a `tokio::fs::File` into an
     /// [`AsyncAtomicFile`] costs a pool trip per 8 KiB read instead.
     ///
-    /// Every option applies. The mode: [`mode`](Self::mode) if set, else a
+    /// Every option applies, to `to` (`from`'s links are always followed,
+    /// under the sticky-directory rules). The mode: [`mode`](Self::mode) if set, else a
     /// replaced file's (with [`preserve_permissions`](Self::preserve_permissions)),
     /// else `from`'s exact mode, as `std::fs::copy` gives, but for its
     /// setuid and setgid bits when `from` is another user's: the copy is
     /// the caller's, and those bits would make it run as the caller (a root
     /// service copying an upload marked `04755` would make a setuid-root
     /// program), where `std::fs::copy` keeps them. The owner is the caller,
-    /// or a replaced file's. `from` is found as a target is: links
-    /// followed under the same sticky-directory rules. Copying a file onto
-    /// itself leaves it as it was. Returns the bytes copied.
+    /// or a replaced file's; a replaced file's setuid and setgid bits are
+    /// dropped too when `from` is another user's. A replaced file keeps its
+    /// mode as `cp` keeps it (`std::fs::copy` gives the source's): copying
+    /// a `0600` secret over a `0644` file publishes it `0644`; set
+    /// [`mode`](Self::mode) where that matters. Copying a file onto itself
+    /// keeps its content and mode (as a new inode, like any replacement).
+    /// Returns the bytes copied.
     ///
     /// # Errors
     ///
     /// [`Op::Read`](crate::Op::Read) naming `from` when it cannot be
-    /// opened: missing (`NotFound`, the OS error), a directory or not a
-    /// regular file; then as [`open`](Self::open) for `to` (with
-    /// `overwrite(false)`, `AlreadyExists` before a byte is copied);
-    /// [`Op::Write`](crate::Op::Write) when the copy fails (a full disk);
-    /// then as [`commit`](AsyncAtomicFile::commit). Until the publish,
+    /// opened (missing: `NotFound`, the OS error; a directory; not a
+    /// regular file) or read; [`Op::OpenDir`](crate::Op::OpenDir) naming
+    /// its directory when that cannot be opened. Then as
+    /// [`open`](Self::open) for `to` (with `overwrite(false)`,
+    /// `AlreadyExists` before a byte is copied);
+    /// [`Op::Write`](crate::Op::Write) when writing the copy fails (a full
+    /// disk; also a failed reflink or `copy_file_range`, where the kernel
+    /// does not say which side failed); then as
+    /// [`commit`](AsyncAtomicFile::commit). Until the publish,
     /// `to` is untouched and no temp file stays.
     ///
     /// # Cancel safety

@@ -82,7 +82,8 @@ pub(crate) fn discarded(path: &Path, bytes: u64) {
         if bytes == 0 {
             return;
         }
-        let message = "dropped without commit: the bytes written are discarded";
+        let message =
+            "dropped unfinished (no commit, rollback or finish): the bytes written are discarded";
         if std::thread::panicking() {
             tracing::debug!(target: "tokio_atomic_write", path = %path.display(), bytes, "{message}");
         } else {

@@ -57,6 +57,14 @@ async fn another_users_setuid_bits_are_not_copied() {
     set_mode(&from, 0o6755);
     tokio_atomic_write::copy(&from, &to).await.unwrap();
     assert_eq!(mode_of(&to), 0o755);
+    // Nor does a replaced setuid program keep its bit for another user's
+    // bytes.
+    let helper = dir.path().join("helper");
+    std::fs::write(&helper, b"root's").unwrap();
+    set_mode(&helper, 0o4755);
+    tokio_atomic_write::copy(&from, &helper).await.unwrap();
+    assert_eq!(std::fs::read(&helper).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(mode_of(&helper), 0o755);
     // `mode()` still sets any mode.
     let exact = dir.path().join("exact");
     OpenOptions::new()
@@ -202,4 +210,54 @@ async fn on_xfs_and_btrfs_a_copy_shares_extents() {
         tokio_atomic_write::write(&to, b"changed").await.unwrap();
         assert_eq!(std::fs::read(&from).unwrap(), body, "{fs}: the source kept");
     }
+}
+
+/// A file the kernel cannot copy and sizes 0 (procfs) is read: its bytes,
+/// not an empty file.
+#[tokio::test]
+async fn a_procfs_file_is_copied_whole() {
+    let dir = scratch();
+    let to = dir.path().join("version");
+    let n = tokio_atomic_write::copy("/proc/version", &to)
+        .await
+        .unwrap();
+    let expected = std::fs::read("/proc/version").unwrap();
+    assert!(!expected.is_empty());
+    assert_eq!(n, expected.len() as u64);
+    assert_eq!(std::fs::read(&to).unwrap(), expected);
+}
+
+/// A source in a search-only directory (`0711`, as a home directory) is
+/// copied by a user who may not list it, as `std::fs::copy` would.
+#[test]
+fn a_source_in_a_search_only_directory_is_copied() {
+    let name = "a_source_in_a_search_only_directory_is_copied";
+    if is_child() {
+        let dir = std::path::PathBuf::from(std::env::var("TAW_DIR").unwrap());
+        let (from, to) = (dir.join("home/file"), dir.join("out/file"));
+        assert!(std::fs::read_dir(dir.join("home")).is_err(), "not listable");
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            assert_eq!(tokio_atomic_write::copy(&from, &to).await.unwrap(), 5);
+            let read: Result<serde_json::Value, _> = tokio_atomic_write::read_json(&from).await;
+            assert_eq!(read.unwrap(), serde_json::json!([1, 2]));
+        });
+        return;
+    }
+    if !require(is_root(), "root (to run a child as nobody)") {
+        return;
+    }
+    let dir = scratch();
+    set_mode(dir.path(), 0o755);
+    std::fs::create_dir(dir.path().join("home")).unwrap();
+    std::fs::write(dir.path().join("home/file"), b"[1,2]").unwrap();
+    set_mode(&dir.path().join("home/file"), 0o644);
+    set_mode(&dir.path().join("home"), 0o711);
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    std::os::unix::fs::chown(dir.path().join("out"), Some(65534), Some(65534)).unwrap();
+    let env = [("TAW_DIR", dir.path().to_str().unwrap())];
+    run_child(name, &[], &env, Some(65534));
+    assert_eq!(
+        std::fs::read(dir.path().join("out/file")).unwrap(),
+        b"[1,2]"
+    );
 }

@@ -173,6 +173,9 @@ impl Staged {
         // that the kernel derives from 0o666 and the umask (`None`).
         let final_mode = match (opts.mode, existing) {
             (Some(mode), _) => Some(mode & 0o7777),
+            (None, Some(meta)) if opts.preserve_permissions && opts.no_setid => {
+                Some(meta.mode & !0o6000)
+            }
             (None, Some(meta)) if opts.preserve_permissions => Some(meta.mode),
             _ => opts.new_file_mode.map(|mode| mode & 0o7777),
         };
@@ -420,7 +423,7 @@ impl Staged {
                 // linkat to the final name: atomic no-clobber, and at no
                 // moment a second name.
                 sys::link_unnamed(self.file(), &self.plan.dir, &self.plan.name)
-                    .map_err(|e| Error::new(Op::Link, target, e))?;
+                    .map_err(|e| Error::of_no_clobber(Op::Link, target, e))?;
                 self.temp = TempName::Published;
                 if let Some(policy) = after_link {
                     // btrfs can lose the data of an O_TMPFILE file fsynced
@@ -476,8 +479,13 @@ impl Staged {
         } else {
             sys::rename_noreplace(from_dir, from, to_dir, to)
         };
-        let how = result
-            .map_err(|e| Error::new(Op::Rename, &self.plan.target, describe_rename_error(e)))?;
+        let how = result.map_err(|e| {
+            let e = describe_rename_error(e);
+            match self.plan.overwrite {
+                true => Error::new(Op::Rename, &self.plan.target, e),
+                false => Error::of_no_clobber(Op::Rename, &self.plan.target, e),
+            }
+        })?;
         let TempName::Named(from) = std::mem::replace(&mut self.temp, TempName::Published) else {
             unreachable!()
         };
@@ -643,15 +651,22 @@ pub(crate) fn copy(opts: &OpenOptions, from: &Path, to: PathBuf) -> Result<u64, 
         // another user's they would make the caller's program of it (a
         // root service copying an upload marked 04755 would make a setuid
         // root program), which `std::fs::copy` does.
-        let special = match meta.uid == sys::euid() {
-            true => 0o7777,
-            false => !0o6000 & 0o7777,
+        // A replaced file's too: they would run another user's bytes as
+        // the replaced program's owner.
+        let others = meta.uid != sys::euid();
+        let special = match others {
+            true => !0o6000 & 0o7777,
+            false => 0o7777,
         };
         opts.new_file_mode = Some(meta.mode & special);
+        opts.no_setid = others;
     }
     let staged = Staged::open(&opts, to).inspect_err(crate::trace::failed_before_commit)?;
     let copied = sys::copy_file(&source, staged.file()).map_err(|e| {
-        let err = Error::new(Op::Write, &staged.plan.target, e);
+        let err = match e {
+            sys::CopyError::Read(e) => Error::new(Op::Read, from, e),
+            sys::CopyError::Write(e) => Error::new(Op::Write, &staged.plan.target, e),
+        };
         crate::trace::failed_before_commit(&err);
         err
     })?;

@@ -109,6 +109,19 @@ impl Found {
 /// in a sticky, world-writable directory owned by neither the caller nor
 /// the directory's owner. Nothing on disk changes.
 pub(crate) fn find(target: &Path, follow: FollowSymlinks) -> Result<Found, Error> {
+    find_entry(target, follow, true)
+}
+
+/// [`find`], for an entry only to be read: its directory is held for
+/// lookups alone (on Linux an `O_PATH` descriptor where it cannot be
+/// read), so that a file in a search-only directory (`0711`) can be read,
+/// as `open` would read it. Not for a target: its directory must be
+/// readable to sync it.
+pub(crate) fn find_to_read(target: &Path) -> Result<Found, Error> {
+    find_entry(target, FollowSymlinks::Yes, false)
+}
+
+fn find_entry(target: &Path, follow: FollowSymlinks, readable: bool) -> Result<Found, Error> {
     let mut path = target.to_path_buf();
     // After a relative link: the directory that held it, and what it holds,
     // looked up from that directory's descriptor, not by path again (an
@@ -153,9 +166,12 @@ pub(crate) fn find(target: &Path, follow: FollowSymlinks) -> Result<Found, Error
                 path = next;
             }
             _ => {
-                let dir = dir
-                    .readable()
-                    .map_err(|e| Error::new(Op::OpenDir, parent, e))?;
+                let dir = match readable {
+                    true => dir
+                        .readable()
+                        .map_err(|e| Error::new(Op::OpenDir, parent, e))?,
+                    false => dir,
+                };
                 return Ok(Found {
                     dir,
                     dir_path: parent.to_path_buf(),

@@ -323,7 +323,9 @@ impl Tree {
                 Some(meta) if !resolve::may_use(&self.parent, &meta) => {
                     return Err(err(resolve::refused("entry", "not taken as the result")));
                 }
-                Some(_) if exists == Exists::Fail => return Err(err(beaten)),
+                Some(_) if exists == Exists::Fail => {
+                    return Err(Error::of_no_clobber(Op::Rename, &target, beaten))
+                }
                 Some(_) => {
                     // Losing is success: the caller learns of a temp tree
                     // that could not be removed, not of the loss.

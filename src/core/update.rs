@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::resolve::{self, FollowSymlinks, Found};
+use super::resolve::{self, Found};
 use super::{name, Staged};
 use crate::sys::{Dir, Kind};
 use crate::{Error, Op, OpenOptions};
@@ -172,7 +172,7 @@ pub(crate) fn read(target: &Path) -> Result<Option<Vec<u8>>, Error> {
 /// `None` when there is none. Errors are [`Op::Read`] naming `path` (or
 /// [`Op::OpenDir`] naming its directory).
 fn open_regular(path: &Path) -> Result<Option<File>, Error> {
-    let found = resolve::find(path, FollowSymlinks::Yes)?;
+    let found = resolve::find_to_read(path)?;
     let err = |e| Error::new(Op::Read, path, e);
     // Refused before any open: opening a device can have effects.
     match found.existing.map(|m| m.kind) {

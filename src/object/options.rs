@@ -97,8 +97,9 @@ impl ObjectOptions {
 
     /// Replace only this version of the object (`PutMode::Update`,
     /// `If-Match` on S3): if another writer has replaced it since, or it is
-    /// gone, `commit` fails with an [`Op::Put`](crate::Op::Put) error whose
-    /// source is `object_store::Error::Precondition` and publishes nothing.
+    /// gone, `commit` fails with an [`Op::Put`](crate::Op::Put) error that
+    /// wraps an `object_store::Error::Precondition` (its
+    /// [`io_error`](crate::Error::io_error)) and publishes nothing.
     /// One conditional put, held in memory like
     /// [`overwrite(false)`](Self::overwrite), which it takes precedence
     /// over.

@@ -250,8 +250,9 @@ impl AsyncAtomicObject {
     /// no-clobber write that finds an object fails with kind
     /// [`AlreadyExists`](io::ErrorKind::AlreadyExists); an
     /// [`if_version`](ObjectOptions::if_version) write that finds another
-    /// version fails with kind `Other` and the source
-    /// `object_store::Error::Precondition`; neither publishes anything. A
+    /// version fails with kind `Other`, wrapping an
+    /// `object_store::Error::Precondition` (its
+    /// [`io_error`](crate::Error::io_error)); neither publishes anything. A
     /// conditional put whose answer was lost and which the client retried
     /// is checked against the object's write stamp, so that its own
     /// success is never reported as a conflict. The error's

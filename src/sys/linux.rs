@@ -12,7 +12,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use super::unix::Dir;
-use super::AfterLink;
+use super::{AfterLink, CopyError};
 
 /// Set once the kernel has shown it has no `O_TMPFILE` (before 3.11 the flag
 /// reads as `O_DIRECTORY` and the open fails with `EISDIR`): a property of
@@ -162,30 +162,40 @@ pub(crate) fn random_bytes(buf: &mut [u8]) {
 /// copies, without a round trip through this process; it may reflink
 /// too), else [`copy_chunks`](super::copy_chunks). Returns the bytes
 /// copied.
-pub(crate) fn copy_file(from: &File, to: &File) -> io::Result<u64> {
+pub(crate) fn copy_file(from: &File, to: &File) -> Result<u64, CopyError> {
+    let kernel = |e: Errno| CopyError::Write(e.into());
     match rustix::fs::ioctl_ficlone(to, from) {
-        Ok(()) => return Ok(rustix::fs::fstat(to)?.st_size as u64),
+        Ok(()) => return Ok(rustix::fs::fstat(to).map_err(kernel)?.st_size as u64),
         // Not this filesystem, or not between these two files: copy.
         Err(Errno::OPNOTSUPP | Errno::NOTTY | Errno::XDEV | Errno::INVAL | Errno::NOSYS)
         | Err(Errno::BADF | Errno::PERM) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(kernel(e)),
     }
     let (mut from_at, mut to_at) = (0u64, 0u64);
     loop {
         let copied =
             rustix::fs::copy_file_range(from, Some(&mut from_at), to, Some(&mut to_at), COPY_RANGE);
         match copied {
+            // Nothing at the first call: an empty file, or one the kernel
+            // cannot copy and says 0 for (procfs, sysfs and some overlayfs
+            // files across filesystems on 5.3 to 5.18): read it, as std
+            // does.
+            Ok(0) if to_at == 0 => return super::copy_chunks(from, to),
             Ok(0) => return Ok(to_at),
             Ok(_) => {}
             Err(Errno::INTR) => {}
             // Nothing copied yet, and the kernel or the filesystem cannot
-            // (before 5.3 across filesystems; some FUSE and network ones).
-            Err(Errno::NOSYS | Errno::XDEV | Errno::OPNOTSUPP | Errno::INVAL | Errno::BADF)
-                if to_at == 0 =>
-            {
-                return super::copy_chunks(from, to)
-            }
-            Err(e) => return Err(e.into()),
+            // (before 5.3 across filesystems; some FUSE and network ones;
+            // a seccomp filter that refuses the call).
+            Err(
+                Errno::NOSYS
+                | Errno::XDEV
+                | Errno::OPNOTSUPP
+                | Errno::INVAL
+                | Errno::BADF
+                | Errno::PERM,
+            ) if to_at == 0 => return super::copy_chunks(from, to),
+            Err(e) => return Err(kernel(e)),
         }
     }
 }

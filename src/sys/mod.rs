@@ -108,14 +108,21 @@ pub(crate) struct Meta {
 #[cfg(windows)]
 pub(crate) use windows::*;
 
+/// A failed copy: reading the source, or writing the copy (or a copy by
+/// the kernel, which does not say which side failed).
+#[derive(Debug)]
+pub(crate) enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
 /// Copies `from`, from its current offset to its end, into `to` at its
 /// current offset, through one buffer of `COPY_CHUNK` bytes: the fallback
 /// where the kernel offers no copy of its own. Returns the bytes copied.
-#[cfg_attr(target_os = "linux", allow(dead_code))]
 pub(crate) fn copy_chunks(
     mut from: &std::fs::File,
     mut to: &std::fs::File,
-) -> std::io::Result<u64> {
+) -> Result<u64, CopyError> {
     use std::io::{Read, Write};
     let mut buf = vec![0; COPY_CHUNK];
     let mut total = 0;
@@ -124,9 +131,9 @@ pub(crate) fn copy_chunks(
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
-        to.write_all(&buf[..n])?;
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
     }
 }
