@@ -450,6 +450,28 @@ fn a_copy_is_made_by_the_kernel_then_committed_like_a_write() {
     }
 }
 
+/// A kernel whose `copy_file_range` answers 0 for a file it cannot copy
+/// (procfs, sysfs, some overlayfs files on 5.3 to 5.18; injected here):
+/// the copy reads and writes the file instead of publishing it empty.
+#[test]
+fn a_copy_the_kernel_answers_0_for_is_read_instead() {
+    if !parent_with_strace() {
+        return;
+    }
+    let test = "a_copy_the_kernel_answers_0_for_is_read_instead";
+    let inject = ["-e", "inject=copy_file_range:retval=0"];
+    let calls = trace_with(test, "copy named", true, &inject, b"new content");
+    let zero = position(&calls, "copy_file_range", |c| c.name == "copy_file_range");
+    assert!(
+        calls[zero].line.contains("(INJECTED)"),
+        "{}",
+        calls[zero].line
+    );
+    position(&calls, "the write of the bytes read", |c| {
+        c.name == "write" && on_temp(c) && c.line.contains("new content")
+    });
+}
+
 /// On xfs and btrfs the copy is one `FICLONE`, which shares the source's
 /// extents (what `tests/copy.rs` sees in the free space), and no byte
 /// copied besides.
