@@ -72,7 +72,10 @@ async fn fail_refuses_an_existing_target_and_removes_its_tree() {
     assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
     assert_eq!(err.op(), Op::Rename);
     assert_eq!(err.path(), target);
-    let head = format!("failed to publish `{}`: the target already exists: ", target.display());
+    let head = format!(
+        "failed to publish `{}`: the target already exists: ",
+        target.display()
+    );
     assert!(err.to_string().starts_with(&head), "{err}");
     assert!(!err.is_published());
     assert_eq!(read_tree(&target), Ok(1), "the first tree untouched");
