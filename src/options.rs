@@ -70,8 +70,8 @@ pub struct OpenOptions {
     /// The mode of a new file when [`mode`](Self::mode) is unset, umask not
     /// applied: [`copy`](Self::copy) gives the source's. Not an option.
     pub(crate) new_file_mode: Option<u32>,
-    /// A replaced file's setuid and setgid bits are not kept: `copy` of
-    /// another user's file. Not an option.
+    /// No setuid or setgid bits, from `new_file_mode` or a replaced file:
+    /// `copy` of another user's file, `mode` unset. Not an option.
     pub(crate) no_setid: bool,
 }
 
@@ -394,7 +394,8 @@ impl OpenOptions {
     /// ```
     pub async fn copy(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<u64, Error> {
         let (opts, from) = (self.clone(), from.as_ref().to_path_buf());
-        let (target, to) = (to.as_ref().to_path_buf(), to.as_ref().to_path_buf());
+        let to = to.as_ref().to_path_buf();
+        let target = to.clone();
         let span = crate::trace::commit(&to, self.durability, 0);
         crate::blocking::run(move || span.in_scope(|| crate::core::copy(&opts, &from, to)))
             .await

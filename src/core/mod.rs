@@ -173,12 +173,13 @@ impl Staged {
         // that the kernel derives from 0o666 and the umask (`None`).
         let final_mode = match (opts.mode, existing) {
             (Some(mode), _) => Some(mode & 0o7777),
-            (None, Some(meta)) if opts.preserve_permissions && opts.no_setid => {
-                Some(meta.mode & !0o6000)
-            }
             (None, Some(meta)) if opts.preserve_permissions => Some(meta.mode),
             _ => opts.new_file_mode.map(|mode| mode & 0o7777),
-        };
+        }
+        .map(|mode| match opts.no_setid {
+            true => mode & !0o6000,
+            false => mode,
+        });
         // Created with at most the final bits and at most the replaced
         // file's (the kernel also applies the umask), so the temp file is
         // never readable wider than either from its first byte, whatever
@@ -643,23 +644,17 @@ fn with_fresh(
 /// with the source's mode for a new file, the bytes copied by the kernel
 /// where it can, and the commit. Returns the bytes copied.
 pub(crate) fn copy(opts: &OpenOptions, from: &Path, to: PathBuf) -> Result<u64, Error> {
-    let source = update::open_source(from)?;
+    // The metadata from the open's own check: no second `fstat`.
+    let (source, meta) = update::open_source(from)?;
     let mut opts = opts.clone();
     if opts.mode.is_none() && sys::HAS_MODES {
-        let meta = sys::file_meta(&source).map_err(|e| Error::new(Op::Read, from, e))?;
-        // Setuid and setgid only from the caller's own file: on a copy of
-        // another user's they would make the caller's program of it (a
-        // root service copying an upload marked 04755 would make a setuid
-        // root program), which `std::fs::copy` does.
-        // A replaced file's too: they would run another user's bytes as
-        // the replaced program's owner.
-        let others = meta.uid != sys::euid();
-        let special = match others {
-            true => !0o6000 & 0o7777,
-            false => 0o7777,
-        };
-        opts.new_file_mode = Some(meta.mode & special);
-        opts.no_setid = others;
+        opts.new_file_mode = Some(meta.mode);
+        // No setuid or setgid from another user's file, nor kept on a
+        // replaced one for its bytes: the copy is the caller's, and would
+        // run as the caller, or as the replaced program's owner (a root
+        // service copying an upload marked 04755 would make a setuid-root
+        // program, as `std::fs::copy` does).
+        opts.no_setid = meta.uid != sys::euid();
     }
     let staged = Staged::open(&opts, to).inspect_err(crate::trace::failed_before_commit)?;
     let copied = sys::copy_file(&source, staged.file()).map_err(|e| {

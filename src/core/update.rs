@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::resolve::{self, Found};
 use super::{name, Staged};
-use crate::sys::{Dir, Kind};
+use crate::sys::{Dir, Kind, Meta};
 use crate::{Error, Op, OpenOptions};
 
 /// One try at starting an update: the entry found, the lock if taken, and
@@ -159,19 +159,18 @@ pub(crate) fn write(
 /// path and [`Op::Read`].
 #[cfg_attr(not(feature = "serde"), allow(dead_code))]
 pub(crate) fn read(target: &Path) -> Result<Option<Vec<u8>>, Error> {
-    let Some(mut file) = open_regular(target)? else {
+    let Some((file, _)) = open_regular(target)? else {
         return Ok(None);
     };
-    let mut content = Vec::new();
-    file.read_to_end(&mut content)
-        .map_err(|e| Error::new(Op::Read, target, e))?;
-    Ok(Some(content))
+    read_all(file)
+        .map(Some)
+        .map_err(|e| Error::new(Op::Read, target, e))
 }
 
 /// The regular file at `path` opened to read, found as [`read`] finds it:
 /// `None` when there is none. Errors are [`Op::Read`] naming `path` (or
-/// [`Op::OpenDir`] naming its directory).
-fn open_regular(path: &Path) -> Result<Option<File>, Error> {
+/// [`Op::OpenDir`] naming its directory). With the file, its metadata.
+fn open_regular(path: &Path) -> Result<Option<(File, Meta)>, Error> {
     let found = resolve::find_to_read(path)?;
     let err = |e| Error::new(Op::Read, path, e);
     // Refused before any open: opening a device can have effects.
@@ -186,17 +185,20 @@ fn open_regular(path: &Path) -> Result<Option<File>, Error> {
     found.dir.open_read(&found.name).map_err(err)
 }
 
-/// The source of a copy, opened to read: as [`open_regular`], and a
-/// missing file is the OS error (`ENOENT`).
-pub(crate) fn open_source(path: &Path) -> Result<File, Error> {
+/// The source of a copy, opened to read, with its metadata: as
+/// [`open_regular`], and a missing file is the OS error (`ENOENT`).
+pub(crate) fn open_source(path: &Path) -> Result<(File, Meta), Error> {
     open_regular(path)?.ok_or_else(|| Error::new(Op::Read, path, crate::sys::not_found()))
 }
 
 fn read_in(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<Option<Vec<u8>>> {
-    let Some(mut file) = dir.open_read(name)? else {
-        return Ok(None);
-    };
+    dir.open_read(name)?
+        .map(|(file, _)| read_all(file))
+        .transpose()
+}
+
+fn read_all(mut file: File) -> io::Result<Vec<u8>> {
     let mut content = Vec::new();
     file.read_to_end(&mut content)?;
-    Ok(Some(content))
+    Ok(content)
 }

@@ -356,8 +356,9 @@ impl Dir {
     /// (the caller has resolved the links it follows already); `None` when
     /// nothing, or a symlink, is there. A directory fails with `EISDIR`,
     /// anything else but a regular file with `InvalidInput`, without
-    /// blocking on a FIFO.
-    pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<File>> {
+    /// blocking on a FIFO. With the file, its metadata, from the `fstat`
+    /// that checked it.
+    pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<(File, Meta)>> {
         let flags =
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
@@ -365,8 +366,8 @@ impl Dir {
             Err(Errno::NOENT) | Err(Errno::LOOP) => return Ok(None),
             other => other?,
         };
-        regular(&fd)?;
-        Ok(Some(File::from(fd)))
+        let meta = regular(&fd)?;
+        Ok(Some((File::from(fd), meta)))
     }
 
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -504,10 +505,11 @@ fn real_uid_of(pid: u32) -> Option<u32> {
 }
 
 /// Fails unless `fd` is a regular file: `EISDIR` for a directory,
-/// `InvalidInput` for anything else.
-fn regular(fd: &OwnedFd) -> io::Result<()> {
-    match FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode as _) {
-        FileType::RegularFile => Ok(()),
+/// `InvalidInput` for anything else. Its metadata when it is one.
+fn regular(fd: &OwnedFd) -> io::Result<Meta> {
+    let st = rustix::fs::fstat(fd)?;
+    match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::RegularFile => Ok(meta_of(&st)),
         FileType::Directory => Err(Errno::ISDIR.into()),
         _ => Err(not_regular()),
     }

@@ -162,9 +162,9 @@ impl Dir {
         }
     }
 
-    /// The file at `name` opened to read it; `None` when nothing is there.
-    /// A symlink there is not followed: an error.
-    pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<File>> {
+    /// The file at `name` opened to read it, with its metadata; `None` when
+    /// nothing is there. A symlink there is not followed: an error.
+    pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<Option<(File, Meta)>> {
         let path = self.path.join(name);
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => return Err(io::ErrorKind::IsADirectory.into()),
@@ -179,7 +179,11 @@ impl Dir {
         }
         match File::open(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            other => other.map(Some),
+            Err(e) => Err(e),
+            Ok(file) => {
+                let meta = file_meta(&file)?;
+                Ok(Some((file, meta)))
+            }
         }
     }
 
