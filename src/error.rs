@@ -253,7 +253,10 @@ impl Error {
     /// A copy for a second caller (an error kept for later calls): the
     /// same step, path and publish state, the cause as [`copy_io_error`]
     /// copies it.
-    #[cfg_attr(not(feature = "object_store"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "object_store", feature = "serde")),
+        allow(dead_code)
+    )]
     pub(crate) fn duplicate(&self) -> Error {
         Error {
             source: copy_io_error(&self.source),

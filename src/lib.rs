@@ -237,6 +237,8 @@ mod json;
 pub mod object;
 mod options;
 mod pipeline;
+#[cfg(feature = "serde")]
+mod state;
 mod sweep;
 mod sys;
 mod trace;
@@ -253,6 +255,9 @@ pub use file::AsyncAtomicFile;
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use json::{read_json, update_json, write_json, write_json_pretty};
 pub use options::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use state::StateFile;
 pub use sweep::{sweep, SweepReport};
 pub use update::update;
 

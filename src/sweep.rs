@@ -135,11 +135,37 @@ pub async fn sweep(dir: impl AsRef<Path>, older_than: Duration) -> Result<SweepR
 
 /// The whole sweep, synchronously.
 fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
+    let dir = Dir::open(path).map_err(|e| Error::new(Op::OpenDir, path, e))?;
+    sweep_in(&dir, path, older_than, |n| {
+        is_temp_name(n) || aside_target(n).is_some()
+    })
+}
+
+/// The leftover temp files of the one file `name` in `dir` (at `path`),
+/// whatever their age, but for those a live writer holds: what a
+/// [`StateFile`](crate::StateFile) sweeps when it opens, holding the file's
+/// lock.
+#[cfg(feature = "serde")]
+pub(crate) fn sweep_leftovers_of(
+    dir: &Dir,
+    path: &Path,
+    name: &OsStr,
+) -> Result<SweepReport, Error> {
+    sweep_in(dir, path, Duration::ZERO, |n| {
+        crate::core::name::is_temp_name_of(n, name)
+    })
+}
+
+/// Sweeps the entries of `dir` (at `path`) whose names `candidate` picks.
+fn sweep_in(
+    dir: &Dir,
+    path: &Path,
+    older_than: Duration,
+    candidate: impl Fn(&OsStr) -> bool,
+) -> Result<SweepReport, Error> {
     let now = SystemTime::now();
-    let open_err = |e| Error::new(Op::OpenDir, path, e);
-    let dir = Dir::open(path).map_err(open_err)?;
-    let mut names = dir.names().map_err(open_err)?;
-    names.retain(|n| is_temp_name(n) || aside_target(n).is_some());
+    let mut names = dir.names().map_err(|e| Error::new(Op::OpenDir, path, e))?;
+    names.retain(|n| candidate(n));
     names.sort();
     let mut report = SweepReport::default();
     for name in names {
@@ -189,10 +215,10 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
             // A tree moved aside by a replacing commit on a filesystem
             // without `RENAME_EXCHANGE`, whose process died before the new
             // tree was in: put it back where the target is missing.
-            match put_back(&dir, &name, target) {
+            match put_back(dir, &name, target) {
                 Ok(()) => {
                     #[cfg(unix)]
-                    crate::core::tree::unmark_at(&dir, target);
+                    crate::core::tree::unmark_at(dir, target);
                     report.restored.push(path.join(target));
                     continue;
                 }
@@ -205,7 +231,7 @@ fn sweep_now(path: &Path, older_than: Duration) -> Result<SweepReport, Error> {
                 }
             }
         }
-        match remove_leftover(&dir, &name, found.tree.then_some(found.id)) {
+        match remove_leftover(dir, &name, found.tree.then_some(found.id)) {
             Ok(()) => report.removed.push(entry),
             // Removed meanwhile, by another sweep.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -5,9 +5,13 @@
 //! A [`Staged`] is the cleanup guard: until it has published its temp file,
 //! dropping it removes the temp file, whichever thread drops it.
 
+#[cfg(feature = "serde")]
+pub(crate) mod batch;
 mod group;
 pub(crate) mod name;
 pub(crate) mod resolve;
+#[cfg(feature = "serde")]
+pub(crate) mod state;
 #[cfg(unix)]
 pub(crate) mod tree;
 pub(crate) mod update;

@@ -98,6 +98,20 @@ pub(crate) fn is_temp_name(name: &OsStr) -> bool {
     head.ends_with(b".") && random.iter().all(|c| c.is_ascii_alphanumeric())
 }
 
+/// Whether `name` is one [`temp_name`] could have built for
+/// `target_name`: the leftovers of that one file.
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+pub(crate) fn is_temp_name_of(name: &OsStr, target_name: &OsStr) -> bool {
+    let budget = NAME_MAX - (1 + 1 + RANDOM_LEN + SUFFIX.len());
+    let kept = truncate(target_name, budget);
+    let b = name.as_encoded_bytes();
+    let head = b
+        .strip_prefix(b".")
+        .and_then(|r| r.strip_prefix(kept.as_encoded_bytes()));
+    // What follows the kept name is exactly `.{random}.tmp`.
+    is_temp_name(name) && head.is_some_and(|rest| rest.len() == 1 + RANDOM_LEN + SUFFIX.len())
+}
+
 /// The longest prefix of `name` of at most `max` bytes, cut on a character
 /// boundary when the name is UTF-8.
 fn truncate(name: &OsStr, max: usize) -> OsString {
@@ -139,6 +153,22 @@ mod tests {
         assert!(s.ends_with(".tmp"), "{s}");
         assert_eq!(s.len(), ".state.json.".len() + RANDOM_LEN + 4);
         assert!(is_temp_name(&n));
+    }
+
+    #[test]
+    fn a_temp_name_is_known_as_its_own_targets_only() {
+        let of = |t: &str| temp_name(OsStr::new(t));
+        let state = OsStr::new("state.json");
+        assert!(is_temp_name_of(&of("state.json"), state));
+        // Another file's, even one whose name starts or ends the same.
+        assert!(!is_temp_name_of(&of("state.json.bak"), state));
+        assert!(!is_temp_name_of(&of("state"), state));
+        assert!(!is_temp_name_of(&of("x.state.json"), state));
+        assert!(!is_temp_name_of(OsStr::new(".state.json.lock"), state));
+        // A long name is known by the prefix its temp names keep.
+        let long = "é".repeat(200);
+        assert!(is_temp_name_of(&of(&long), OsStr::new(&long)));
+        assert!(!is_temp_name_of(&of(&long), OsStr::new(&"é".repeat(100))));
     }
 
     #[test]

@@ -69,6 +69,21 @@ impl Found {
         Ok(())
     }
 
+    /// The same entry, with a second handle on its directory: what each
+    /// commit of a state file consumes.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn try_clone(&self) -> Result<Found, Error> {
+        Ok(Found {
+            dir: self
+                .dir
+                .try_clone()
+                .map_err(|e| Error::new(Op::OpenDir, &self.dir_path, e))?,
+            dir_path: self.dir_path.clone(),
+            name: self.name.clone(),
+            existing: self.existing,
+        })
+    }
+
     /// Fails with `PermissionDenied`, naming `target`, when the entry is
     /// one that [`may_use`] forbids replacing. Reading it is another matter:
     /// the kernel's rule is about creating and replacing.

@@ -111,6 +111,16 @@ impl Dir {
         })
     }
 
+    /// A second handle on the same directory (`dup`, close-on-exec): for
+    /// each commit of a file that is committed again and again.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+            ..*self
+        })
+    }
+
     /// The directory's owner and mode (sticky bit included), as they were
     /// when it was opened.
     pub(crate) fn owner_and_mode(&self) -> (u32, u32) {

@@ -79,6 +79,14 @@ impl Dir {
         Ok(self)
     }
 
+    /// A second handle on the same directory: here, its path again.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            path: self.path.clone(),
+        })
+    }
+
     /// No unix owner nor mode: never a sticky directory.
     pub(crate) fn owner_and_mode(&self) -> (u32, u32) {
         (0, 0)

@@ -1,0 +1,325 @@
+//! Group commit of a value kept in a file ([`StateFile`](crate::StateFile)):
+//! a pure state machine, stepped by the shell (or by a test, by hand).
+//!
+//! Updates are applied in order to a working copy, and numbered. One batch
+//! is in flight at a time: a snapshot of the working copy, covering every
+//! update applied until it was taken. Its outcome answers those updates:
+//!
+//! - committed: they succeed, and the snapshot is the committed value;
+//! - published but of unknown durability ([`Error::is_published`], a failed
+//!   directory sync): they fail with that error, but the snapshot is what
+//!   the file holds, so it is the committed value, and the working copy
+//!   keeps every change;
+//! - failed: they fail, and so does every update applied after the
+//!   snapshot (each ran on top of the lost changes); the working copy goes
+//!   back to the committed value.
+//!
+//! Nothing here blocks, sleeps or knows of Tokio: a waiter `W` is whatever
+//! the shell answers an update through.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::Error;
+
+/// The group-commit state of one value.
+#[derive(Debug)]
+pub(crate) struct Batches<T, W> {
+    /// Every update applied so far, in order.
+    working: T,
+    /// What the file holds: the last snapshot committed (or published).
+    committed: Arc<T>,
+    /// How many updates have been applied (the last one's number).
+    applied: u64,
+    /// How many are in the last batch taken: in flight, or answered.
+    taken: u64,
+    /// Whether a batch is in flight (taken, not finished).
+    running: bool,
+    /// The waiters of updates not answered yet, by number, in order.
+    waiting: VecDeque<(u64, W)>,
+}
+
+/// A batch in flight: the value to write, and the last update it covers.
+#[derive(Debug)]
+pub(crate) struct Batch<T> {
+    pub(crate) value: T,
+    through: u64,
+}
+
+/// What to do once a batch has finished.
+#[derive(Debug)]
+pub(crate) struct Finished<T, W> {
+    /// The new committed value, when it changed: to publish to readers
+    /// before any waiter is answered.
+    pub(crate) committed: Option<Arc<T>>,
+    /// The waiters to answer, and how.
+    pub(crate) answers: Vec<(W, Result<(), Error>)>,
+}
+
+impl<T: Clone, W> Batches<T, W> {
+    /// Starts from `value`, which the file holds (or stands for, when there
+    /// is no file yet).
+    pub(crate) fn new(value: T) -> Self {
+        Batches {
+            working: value.clone(),
+            committed: Arc::new(value),
+            applied: 0,
+            taken: 0,
+            running: false,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The last committed value.
+    pub(crate) fn committed(&self) -> &Arc<T> {
+        &self.committed
+    }
+
+    /// Applies `f` to the working copy, and queues `waiter` for the batch
+    /// that will carry the change. Returns `f`'s result, and whether the
+    /// caller must start a batch (none is in flight): then it is marked in
+    /// flight, and the caller must [`take`](Self::take) until it returns
+    /// `None`.
+    ///
+    /// A panic in `f` changes nothing: the working copy is restored from a
+    /// clone taken before `f` ran (its cost: one clone of `T` per update),
+    /// the waiter is dropped, and the panic is resumed in the caller.
+    pub(crate) fn apply<R>(&mut self, f: impl FnOnce(&mut T) -> R, waiter: W) -> (R, bool) {
+        let before = self.working.clone();
+        let out = match catch_unwind(AssertUnwindSafe(|| f(&mut self.working))) {
+            Ok(out) => out,
+            Err(panic) => {
+                self.working = before;
+                resume_unwind(panic);
+            }
+        };
+        self.applied += 1;
+        self.waiting.push_back((self.applied, waiter));
+        let start = !self.running;
+        self.running = true;
+        (out, start)
+    }
+
+    /// The next batch: a snapshot of the working copy covering every update
+    /// applied and not yet taken. `None` when there is none: then no batch
+    /// is in flight any more.
+    pub(crate) fn take(&mut self) -> Option<Batch<T>> {
+        debug_assert!(self.running, "take only while a batch is started");
+        if self.applied == self.taken {
+            self.running = false;
+            return None;
+        }
+        self.taken = self.applied;
+        Some(Batch {
+            value: self.working.clone(),
+            through: self.applied,
+        })
+    }
+
+    /// Ends `batch` with the outcome of its commit; see the module's docs.
+    pub(crate) fn finish(&mut self, batch: Batch<T>, outcome: Result<(), Error>) -> Finished<T, W> {
+        let carried = self
+            .waiting
+            .iter()
+            .take_while(|(n, _)| *n <= batch.through)
+            .count();
+        let (committed, answered, error) = match outcome {
+            Ok(()) => (Some(batch.value), carried, None),
+            Err(e) if e.is_published() => (Some(batch.value), carried, Some(e)),
+            Err(e) => {
+                // Every change since the last commit is lost, those applied
+                // after this batch's snapshot included: start again from
+                // what the file holds.
+                self.working = T::clone(&self.committed);
+                self.taken = self.applied;
+                (None, self.waiting.len(), Some(e))
+            }
+        };
+        let committed = committed.map(|value| {
+            self.committed = Arc::new(value);
+            self.committed.clone()
+        });
+        let waiters: Vec<W> = self.waiting.drain(..answered).map(|(_, w)| w).collect();
+        let answers = match error {
+            None => waiters.into_iter().map(|w| (w, Ok(()))).collect(),
+            // The first waiter gets the error itself, the others a copy
+            // (the same step, path and cause).
+            Some(e) => {
+                let copies: Vec<_> = (1..waiters.len()).map(|_| Err(e.duplicate())).collect();
+                let results = std::iter::once(Err(e)).chain(copies);
+                waiters.into_iter().zip(results).collect()
+            }
+        };
+        Finished { committed, answers }
+    }
+
+    /// Gives up the batch in flight, whose commit was lost (its job never
+    /// ran, or panicked): as a failed commit with `error`, and no batch is
+    /// in flight any more.
+    pub(crate) fn abandon(&mut self, error: Error) -> Vec<(W, Result<(), Error>)> {
+        self.running = false;
+        let batch = Batch {
+            value: T::clone(&self.committed),
+            through: self.applied,
+        };
+        self.finish(batch, Err(error)).answers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Op;
+    use std::io;
+    use std::path::Path;
+
+    type Log = Batches<Vec<u32>, u32>;
+
+    fn push(n: u32) -> impl FnOnce(&mut Vec<u32>) -> usize {
+        move |v| {
+            v.push(n);
+            v.len()
+        }
+    }
+
+    fn failed() -> Error {
+        Error::new(
+            Op::Rename,
+            Path::new("state.json"),
+            io::Error::from_raw_os_error(5),
+        )
+    }
+
+    fn sync_dir_failed() -> Error {
+        Error::after_publish(
+            Op::SyncDir,
+            Path::new("state.json"),
+            io::Error::from_raw_os_error(5),
+        )
+    }
+
+    /// Which waiters succeeded, and which failed with which step.
+    fn outcome(answers: &[(u32, Result<(), Error>)]) -> Vec<(u32, Option<Op>)> {
+        answers
+            .iter()
+            .map(|(w, r)| (*w, r.as_ref().err().map(Error::op)))
+            .collect()
+    }
+
+    #[test]
+    fn one_update_is_one_batch_started_at_once() {
+        let mut b = Log::new(vec![]);
+        assert_eq!(b.apply(push(1), 10), (1, true));
+        let batch = b.take().unwrap();
+        assert_eq!(batch.value, vec![1]);
+        let done = b.finish(batch, Ok(()));
+        assert_eq!(*done.committed.unwrap(), vec![1]);
+        assert_eq!(outcome(&done.answers), [(10, None)]);
+        assert!(b.take().is_none(), "nothing more: the batch loop ends");
+        // The next update starts a batch again.
+        assert_eq!(b.apply(push(2), 11), (2, true));
+    }
+
+    #[test]
+    fn updates_applied_during_a_commit_share_the_next_one() {
+        let mut b = Log::new(vec![]);
+        assert!(b.apply(push(1), 1).1);
+        let first = b.take().unwrap();
+        // Applied while the first is in flight: none starts a batch.
+        for n in 2..=4 {
+            assert!(!b.apply(push(n), n).1);
+        }
+        assert_eq!(**b.committed(), Vec::<u32>::new(), "not committed yet");
+        let done = b.finish(first, Ok(()));
+        assert_eq!(outcome(&done.answers), [(1, None)]);
+        assert_eq!(**b.committed(), vec![1]);
+        let second = b.take().unwrap();
+        assert_eq!(second.value, vec![1, 2, 3, 4]);
+        let done = b.finish(second, Ok(()));
+        assert_eq!(outcome(&done.answers), [(2, None), (3, None), (4, None)]);
+        assert!(b.take().is_none());
+    }
+
+    #[test]
+    fn a_failed_commit_fails_its_updates_and_those_applied_after_it() {
+        let mut b = Log::new(vec![0]);
+        b.apply(push(1), 1);
+        b.apply(push(2), 2);
+        let batch = b.take().unwrap();
+        b.apply(push(3), 3); // ran on top of 1 and 2
+        let done = b.finish(batch, Err(failed()));
+        assert!(done.committed.is_none());
+        assert_eq!(
+            outcome(&done.answers),
+            [
+                (1, Some(Op::Rename)),
+                (2, Some(Op::Rename)),
+                (3, Some(Op::Rename))
+            ]
+        );
+        for (_, r) in &done.answers {
+            let e = r.as_ref().unwrap_err();
+            assert_eq!(
+                (e.path(), e.io_error().raw_os_error()),
+                (Path::new("state.json"), Some(5))
+            );
+        }
+        assert!(b.take().is_none(), "nothing left to commit");
+        // Later updates start from what the file holds.
+        assert_eq!(b.apply(push(4), 4), (2, true));
+        assert_eq!(b.take().unwrap().value, vec![0, 4]);
+    }
+
+    #[test]
+    fn a_published_commit_of_unknown_durability_keeps_every_change() {
+        let mut b = Log::new(vec![]);
+        b.apply(push(1), 1);
+        let batch = b.take().unwrap();
+        b.apply(push(2), 2);
+        let done = b.finish(batch, Err(sync_dir_failed()));
+        assert_eq!(*done.committed.unwrap(), vec![1], "what the file holds");
+        let answers = outcome(&done.answers);
+        assert_eq!(answers, [(1, Some(Op::SyncDir))], "only the batch's own");
+        assert!(done.answers[0].1.as_ref().unwrap_err().is_published());
+        // The next commit carries both changes, and syncs again.
+        let next = b.take().unwrap();
+        assert_eq!(next.value, vec![1, 2]);
+        assert_eq!(outcome(&b.finish(next, Ok(())).answers), [(2, None)]);
+    }
+
+    #[test]
+    fn a_panic_in_f_changes_nothing_and_is_resumed() {
+        let mut b = Log::new(vec![]);
+        b.apply(push(1), 1);
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            b.apply(
+                |v: &mut Vec<u32>| {
+                    v.push(99);
+                    panic!("a bug in f")
+                },
+                2,
+            )
+        }));
+        let payload = panicked.unwrap_err();
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"a bug in f"));
+        let batch = b.take().unwrap();
+        assert_eq!(batch.value, vec![1], "the half-applied change is gone");
+        assert_eq!(outcome(&b.finish(batch, Ok(())).answers), [(1, None)]);
+        assert!(b.take().is_none());
+    }
+
+    #[test]
+    fn an_abandoned_batch_fails_everyone_and_ends() {
+        let mut b = Log::new(vec![]);
+        b.apply(push(1), 1);
+        let _lost = b.take().unwrap();
+        b.apply(push(2), 2);
+        let answers = b.abandon(failed());
+        assert_eq!(
+            outcome(&answers),
+            [(1, Some(Op::Rename)), (2, Some(Op::Rename))]
+        );
+        assert_eq!(b.apply(push(3), 3), (1, true), "from the committed value");
+    }
+}
