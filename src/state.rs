@@ -330,26 +330,36 @@ fn commit_all<T>(mut guard: Abandon<T>)
 where
     T: Serialize + Clone,
 {
-    let inner = guard.0.clone().expect("a live guard");
-    loop {
-        let Some(batch) = inner.batches().take() else {
-            guard.0 = None;
-            return;
-        };
-        let outcome = commit_one(&inner, &batch);
-        let finished = inner.batches().finish(batch, outcome);
+    let mut next = guard.state().batches().take();
+    while let Some(batch) = next {
+        let inner = guard.state();
+        let outcome = commit_one(inner, &batch);
+        let mut batches = inner.batches();
+        let finished = batches.finish(batch, outcome);
         if let Some(committed) = finished.committed {
-            // Visible to `read` before any update returns.
+            // Visible to `read` before any update returns, and stored
+            // before the next job can start (`take` below), so never
+            // over a newer one.
             *inner
                 .committed
                 .write()
                 .unwrap_or_else(PoisonError::into_inner) = committed;
+        }
+        next = batches.take();
+        drop(batches);
+        if next.is_none() {
+            // Done: the state (and its lock, with the last handle) is let
+            // go before anyone hears of this commit, so that an owner who
+            // drops every handle once its update returned can open the
+            // file again at once.
+            guard.0 = None;
         }
         for (waiter, result) in finished.answers {
             // A dropped update's answer is nobody's.
             let _ = waiter.send(result);
         }
     }
+    guard.0 = None;
 }
 
 /// Serialises one batch and commits it.
@@ -364,6 +374,14 @@ fn commit_one<T: Serialize>(inner: &Inner<T>, batch: &Batch<T>) -> Result<(), Er
 /// (the job never ran, or panicked), it fails every update waiting and
 /// ends the batch in flight, so that the next update starts a new job.
 struct Abandon<T: Clone>(Option<Arc<Inner<T>>>);
+
+impl<T: Clone> Abandon<T> {
+    fn state(&self) -> &Inner<T> {
+        self.0
+            .as_deref()
+            .expect("a job still at work holds the state")
+    }
+}
 
 impl<T: Clone> Drop for Abandon<T> {
     fn drop(&mut self) {

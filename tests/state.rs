@@ -1,0 +1,852 @@
+//! Issue #21: `StateFile`, a JSON state with group commit.
+//!
+//! Every point of the issue's semantics, driven deterministically: a commit
+//! is held in flight by a gate in the state's own `Serialize` impl (which
+//! the commit job calls on the blocking pool), or by holding the only
+//! thread of the blocking pool; updates are polled by hand, so that "`f`
+//! ran, the update waits" is a fact, not a timing. Commits are counted by
+//! their `commit` spans (feature `tracing`). The injected I/O failures
+//! (a failed `fsync` of the temp file, of the directory) run the state in
+//! a child process under strace.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use tokio_atomic_write::{Durability, Op, OpenOptions, StateFile};
+use tokio_test::{assert_pending, task};
+use tracing::span::{Attributes, Id};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+const STATE: &str = "state.json";
+
+/// The state of most tests: ids pushed by updates, and a gate that can
+/// hold (and fail) the next commit's serialisation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Log {
+    ids: Vec<u32>,
+    #[serde(skip_deserializing)]
+    gate: Gate,
+}
+
+fn log_of(ids: &[u32], gate: &Gate) -> Log {
+    Log {
+        ids: ids.to_vec(),
+        gate: gate.clone(),
+    }
+}
+
+/// The file's content, as the state holds it.
+fn on_disk(path: &Path) -> Option<Vec<u32>> {
+    #[derive(Deserialize)]
+    struct Ids {
+        ids: Vec<u32>,
+    }
+    match std::fs::read(path) {
+        Ok(bytes) => Some(serde_json::from_slice::<Ids>(&bytes).unwrap().ids),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn push(id: u32) -> impl FnOnce(&mut Log) -> usize {
+    move |log| {
+        log.ids.push(id);
+        log.ids.len()
+    }
+}
+
+fn ids(state: &StateFile<Log>) -> Vec<u32> {
+    state.read(|log| log.ids.clone())
+}
+
+/// Shared by every clone of a state: when armed, the next serialisation
+/// says it has started, waits for the word, and then succeeds or fails.
+#[derive(Clone, Default)]
+struct Gate(Arc<Mutex<Option<Armed>>>);
+
+struct Armed {
+    reached: mpsc::Sender<()>,
+    go: mpsc::Receiver<bool>,
+}
+
+/// The test's side of an armed gate.
+struct Held {
+    reached: mpsc::Receiver<()>,
+    go: mpsc::Sender<bool>,
+}
+
+impl Held {
+    /// Waits until a commit is in its serialisation, held.
+    fn wait_reached(&self) {
+        self.reached.recv().expect("a commit reached the gate");
+    }
+
+    /// Lets it go on, to succeed (`true`) or fail.
+    fn release(self, succeed: bool) {
+        self.go.send(succeed).unwrap();
+    }
+}
+
+impl Gate {
+    fn arm(&self) -> Held {
+        let (reached_tx, reached) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        *self.0.lock().unwrap() = Some(Armed {
+            reached: reached_tx,
+            go: go_rx,
+        });
+        Held { reached, go }
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+impl Serialize for Gate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let armed = self.0.lock().unwrap().take();
+        if let Some(armed) = armed {
+            armed.reached.send(()).unwrap();
+            if !armed.go.recv().unwrap() {
+                return Err(serde::ser::Error::custom("the gate failed it"));
+            }
+        }
+        s.serialize_unit()
+    }
+}
+
+// ---------------------------------------------------------------------
+// Commit spans, counted per path, with the most in flight at once.
+
+#[derive(Default, Clone, Copy, Debug)]
+struct Commits {
+    started: usize,
+    in_flight: usize,
+    most_in_flight: usize,
+}
+
+/// Commit spans by id (to their path), and commits by path.
+type Table = (HashMap<u64, String>, HashMap<String, Commits>);
+
+static COMMITS: OnceLock<Mutex<Table>> = OnceLock::new();
+
+fn commits_table() -> &'static Mutex<Table> {
+    COMMITS.get_or_init(Mutex::default)
+}
+
+struct CommitCounter;
+
+struct PathField(Option<String>);
+
+impl tracing::field::Visit for PathField {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "path" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for CommitCounter {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+        if attrs.metadata().name() != "commit" {
+            return;
+        }
+        let mut path = PathField(None);
+        attrs.record(&mut path);
+        let path = path.0.unwrap_or_default();
+        let mut t = commits_table().lock().unwrap();
+        t.1.entry(path.clone()).or_default().started += 1;
+        t.0.insert(id.into_u64(), path);
+    }
+
+    fn on_enter(&self, id: &Id, _: Context<'_, S>) {
+        let mut t = commits_table().lock().unwrap();
+        if let Some(path) = t.0.get(&id.into_u64()).cloned() {
+            let c = t.1.get_mut(&path).unwrap();
+            c.in_flight += 1;
+            c.most_in_flight = c.most_in_flight.max(c.in_flight);
+        }
+    }
+
+    fn on_exit(&self, id: &Id, _: Context<'_, S>) {
+        let mut t = commits_table().lock().unwrap();
+        if let Some(path) = t.0.get(&id.into_u64()).cloned() {
+            t.1.get_mut(&path).unwrap().in_flight -= 1;
+        }
+    }
+}
+
+fn count_commits() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let subscriber = tracing_subscriber::registry().with(CommitCounter);
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+}
+
+/// The commits of `path` so far.
+fn commits(path: &Path) -> Commits {
+    let t = commits_table().lock().unwrap();
+    t.1.get(&path.display().to_string())
+        .copied()
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------
+// 1. Group commit.
+
+/// One caller: each update is one trip to the blocking pool and one
+/// commit, the file written at once. The runtime has no timer: a batching
+/// delay would panic.
+#[test]
+fn one_caller_pays_one_hop_and_one_commit_per_update_and_no_delay() {
+    count_commits();
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let gate = Gate::default();
+        let state = StateFile::open(&path, || log_of(&[], &gate)).await.unwrap();
+        assert_eq!(on_disk(&path), None, "nothing written before an update");
+        for id in 1..=5u32 {
+            let hops = tokio_atomic_write::__private::pool_hops_from_this_thread();
+            let len = state.update(push(id)).await.unwrap();
+            let after = tokio_atomic_write::__private::pool_hops_from_this_thread();
+            assert_eq!((len, after - hops), (id as usize, 1), "update {id}");
+            let expect: Vec<u32> = (1..=id).collect();
+            assert_eq!(on_disk(&path).unwrap(), expect);
+            assert_eq!(ids(&state), expect);
+        }
+        assert_eq!(commits(&path).started, 5);
+        // Compact JSON, as write_json writes it.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, r#"{"ids":[1,2,3,4,5],"gate":null}"#);
+    });
+}
+
+/// While a commit is held in flight, updates apply in order, none starts
+/// a commit of its own, `read` and the file keep the committed state; once
+/// it ends, the next commit carries them all, and each update returns only
+/// after its change is committed and visible to `read`.
+#[test]
+fn updates_during_a_commit_share_the_next_one_and_read_sees_only_commits() {
+    count_commits();
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let gate = Gate::default();
+    let state = rt
+        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
+        .unwrap();
+    let _in_rt = rt.enter();
+
+    let held = gate.arm();
+    let mut first = task::spawn(state.update(push(1)));
+    assert_pending!(first.poll());
+    held.wait_reached(); // the first commit is in flight, held
+    let later_gate = gate.arm(); // holds the second commit too
+    let mut later: Vec<_> = (2..=9)
+        .map(|id| {
+            // `f` sees every change applied before it, committed or not.
+            let state2 = state.clone();
+            task::spawn(state.update(move |log: &mut Log| {
+                assert_eq!(state2.read(|l| l.ids.clone()), [0], "read in f: committed");
+                push(id)(log)
+            }))
+        })
+        .collect();
+    for u in &mut later {
+        assert_pending!(u.poll());
+    }
+    assert_eq!(ids(&state), [0], "nothing committed yet");
+    assert_eq!(on_disk(&path), None);
+    assert_eq!(
+        commits(&path).started,
+        0,
+        "the first commit is still serialising"
+    );
+
+    held.release(true);
+    assert_eq!(rt.block_on(&mut first).unwrap(), 2);
+    assert_eq!(ids(&state), [0, 1], "visible once update returned");
+    assert_eq!(on_disk(&path).unwrap(), [0, 1]);
+    later_gate.wait_reached(); // the second commit: all of 2..=9
+    for u in &mut later {
+        assert_pending!(u.poll(), "not committed yet");
+    }
+    assert_eq!(ids(&state), [0, 1]);
+    later_gate.release(true);
+    for (i, u) in later.iter_mut().enumerate() {
+        assert_eq!(rt.block_on(u).unwrap(), i + 3);
+    }
+    let all: Vec<u32> = (0..=9).collect();
+    assert_eq!((ids(&state), on_disk(&path).unwrap()), (all.clone(), all));
+    let c = commits(&path);
+    assert_eq!((c.started, c.most_in_flight), (2, 1), "{c:?}");
+}
+
+/// Many tasks at once on a real filesystem: every update returns its own
+/// result, the file ends with every id, in fewer commits than updates, and
+/// never two commits at once.
+#[test]
+fn concurrent_updaters_lose_nothing_and_commit_one_at_a_time() {
+    count_commits();
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    let tasks: Vec<_> = (0..16u32)
+        .map(|t| {
+            let state = state.clone();
+            rt.spawn(async move {
+                for i in 0..20u32 {
+                    let id = t * 100 + i;
+                    state.update(push(id)).await.unwrap();
+                    // Visible once returned, in memory and in the file.
+                    assert!(state.read(|l| l.ids.contains(&id)));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    let mut found = on_disk(&path).unwrap();
+    assert_eq!(found.len(), 320);
+    found.sort();
+    let mut all: Vec<u32> = (0..16)
+        .flat_map(|t| (0..20).map(move |i| t * 100 + i))
+        .collect();
+    all.sort();
+    assert_eq!(found, all);
+    let c = commits(&path);
+    assert_eq!(c.most_in_flight, 1, "{c:?}");
+    assert!(c.started < 320, "16 updaters shared no commit: {c:?}");
+    eprintln!("320 updates from 16 tasks: {} commits", c.started);
+}
+
+// ---------------------------------------------------------------------
+// 2. Failed commits.
+
+/// A commit that fails (here its serialisation) fails the updates it
+/// carried and those applied after it, with its error; the state goes
+/// back to the last commit, on disk and in memory, and later updates start
+/// from there.
+#[test]
+fn a_failed_commit_fails_its_updates_and_later_ones_and_resets_the_state() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let gate = Gate::default();
+    let state = rt
+        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
+        .unwrap();
+    rt.block_on(state.update(push(1))).unwrap();
+    let _in_rt = rt.enter();
+
+    let held = gate.arm();
+    let mut carried = task::spawn(state.update(push(2)));
+    assert_pending!(carried.poll());
+    held.wait_reached();
+    let mut after = task::spawn(state.update(push(3)));
+    assert_pending!(after.poll());
+    held.release(false);
+    for (name, u) in [("carried", &mut carried), ("after", &mut after)] {
+        let e = rt.block_on(u).unwrap_err();
+        assert_eq!(
+            (e.op(), e.path()),
+            (Op::Serialize, path.as_path()),
+            "{name}"
+        );
+        assert!(!e.is_published());
+        assert!(e.to_string().contains("the gate failed it"), "{e}");
+    }
+    assert_eq!(ids(&state), [0, 1]);
+    assert_eq!(on_disk(&path).unwrap(), [0, 1]);
+    // From the committed state: 2 and 3 are gone.
+    assert_eq!(rt.block_on(state.update(push(4))).unwrap(), 3);
+    assert_eq!(on_disk(&path).unwrap(), [0, 1, 4]);
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+// ---------------------------------------------------------------------
+// 4. One owner, the sweep, panics, Debug.
+
+#[test]
+fn a_second_open_fails_at_once_naming_the_state_until_every_handle_is_gone() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    rt.block_on(async {
+        let state = StateFile::open(&path, Log::default).await.unwrap();
+        let again = state.clone();
+        let e = StateFile::<Log>::open(&path, Log::default)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        assert_eq!((e.op(), e.path()), (Op::Lock, path.as_path()));
+        assert!(e.to_string().contains(STATE), "{e}");
+        drop(state);
+        let e = StateFile::<Log>::open(&path, Log::default)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "a clone still holds it"
+        );
+        drop(again);
+        StateFile::<Log>::open(&path, Log::default).await.unwrap();
+    });
+}
+
+/// Another process's open fails too (the child below), while this one
+/// holds the state.
+#[test]
+fn an_open_in_another_process_fails_while_one_holds_it() {
+    if is_child() {
+        let path = PathBuf::from(std::env::var_os("TAW_TARGET").unwrap());
+        let rt = runtime();
+        let e = rt
+            .block_on(StateFile::<Log>::open(&path, Log::default))
+            .unwrap_err();
+        assert_eq!(
+            (e.op(), e.kind()),
+            (Op::Lock, std::io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(e.path(), path);
+        println!("taw:refused {e}");
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    let test = "an_open_in_another_process_fails_while_one_holds_it";
+    let out = run_child(test, &[], &[("TAW_TARGET", path.to_str().unwrap())], None);
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("taw:refused failed to lock"), "{out}");
+    drop(state);
+}
+
+/// `update` of the same path, which takes the same lock file, waits while
+/// a `StateFile` holds it: it reads the state's last commit, made after it
+/// started waiting.
+#[test]
+fn an_update_of_the_path_waits_for_the_state_to_be_dropped() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    rt.block_on(state.update(push(1))).unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let waiting = {
+        let (path, seen) = (path.clone(), seen.clone());
+        rt.spawn(tokio_atomic_write::update(path, move |old| {
+            *seen.lock().unwrap() = old.clone();
+            Ok::<_, tokio_atomic_write::Error>(br#"{"ids":[7]}"#.to_vec())
+        }))
+    };
+    for id in 2..=4 {
+        rt.block_on(state.update(push(id))).unwrap();
+    }
+    assert!(
+        seen.lock().unwrap().is_none(),
+        "the update ran under the state"
+    );
+    drop(state);
+    rt.block_on(waiting).unwrap().unwrap();
+    let read: serde_json::Value =
+        serde_json::from_slice(seen.lock().unwrap().as_ref().unwrap()).unwrap();
+    assert_eq!(read["ids"], serde_json::json!([1, 2, 3, 4]));
+    assert_eq!(on_disk(&path).unwrap(), [7]);
+}
+
+/// `lock_file(false)`: no lock, so a second owner is not refused (one
+/// owner is then the caller's promise), and no lock file is made.
+#[test]
+fn without_a_lock_file_nothing_refuses_a_second_owner() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let mut opts = OpenOptions::new();
+    opts.lock_file(false);
+    rt.block_on(async {
+        let a = StateFile::<Log>::open_with(&opts, &path, Log::default)
+            .await
+            .unwrap();
+        let b = StateFile::<Log>::open_with(&opts, &path, Log::default)
+            .await
+            .unwrap();
+        a.update(push(1)).await.unwrap();
+        b.update(push(2)).await.unwrap();
+    });
+    assert_eq!(on_disk(&path).unwrap(), [2], "the second owner overwrote");
+    assert_eq!(listing(dir.path()), [STATE]);
+}
+
+/// Dropping every handle while a commit is in flight keeps the lock until
+/// that commit has ended; an update whose future was dropped after `f`
+/// ran is committed all the same (5).
+#[test]
+fn the_lock_outlives_the_handles_until_the_commit_in_flight_ends() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let gate = Gate::default();
+    let state = rt
+        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
+        .unwrap();
+    let _in_rt = rt.enter();
+    let held = gate.arm();
+    let mut update = task::spawn(state.update(push(1)));
+    assert_pending!(update.poll());
+    held.wait_reached();
+    drop(update); // after f ran: not undone
+    drop(state);
+    let e = rt
+        .block_on(StateFile::<Log>::open(&path, Log::default))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "still committing");
+    held.release(true);
+    // The job ends on its own now; wait for its lock to go (a liveness
+    // bound against a hang, not a timing).
+    let reopened = (0..1000)
+        .find_map(
+            |_| match rt.block_on(StateFile::<Log>::open(&path, Log::default)) {
+                Ok(s) => Some(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+                Err(e) => panic!("{e}"),
+            },
+        )
+        .expect("the lock was released within 10 s");
+    assert_eq!(ids(&reopened), [0, 1], "the dropped update was committed");
+}
+
+/// 5. An update dropped before its first poll does nothing: `f` never runs.
+#[test]
+fn an_update_dropped_before_its_first_poll_does_nothing() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    let ran = Arc::new(Mutex::new(false));
+    let flag = ran.clone();
+    let never = state.update(move |log: &mut Log| {
+        *flag.lock().unwrap() = true;
+        log.ids.push(1)
+    });
+    drop(never);
+    assert!(!*ran.lock().unwrap());
+    rt.block_on(state.update(push(2))).unwrap();
+    assert_eq!(on_disk(&path).unwrap(), [2]);
+}
+
+/// `open` sweeps the state's own leftovers that no live writer holds:
+/// not a live writer's, nor another file's.
+#[test]
+fn open_sweeps_the_states_own_dead_leftovers_only() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let dead = dir.path().join(".state.json.AAAAAAAAAAAA.tmp");
+    let live = dir.path().join(".state.json.BBBBBBBBBBBB.tmp");
+    let other = dir.path().join(".other.json.CCCCCCCCCCCC.tmp");
+    for p in [&dead, &live, &other] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let held = std::fs::File::open(&live).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let _state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    assert!(!dead.exists(), "the dead leftover is removed");
+    assert!(live.exists() && other.exists());
+}
+
+/// A panic in `f` is resumed in the caller, and undoes `f`'s changes: the
+/// state, and the next commit, are as if it had never run.
+#[test]
+fn a_panic_in_f_is_resumed_and_changes_nothing() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    rt.block_on(state.update(push(1))).unwrap();
+    let s = state.clone();
+    let panicked = rt
+        .block_on(rt.spawn(async move {
+            s.update(|log: &mut Log| {
+                log.ids.push(99);
+                panic!("a bug in f");
+            })
+            .await
+        }))
+        .unwrap_err();
+    let payload = panicked.into_panic();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"a bug in f"));
+    rt.block_on(state.update(push(2))).unwrap();
+    assert_eq!(
+        (ids(&state), on_disk(&path).unwrap()),
+        (vec![1, 2], vec![1, 2])
+    );
+}
+
+/// `Debug` needs no `T: Debug`, and names the path.
+#[test]
+fn debug_needs_no_debug_of_the_state() {
+    #[derive(Clone, Default, Serialize, Deserialize)]
+    struct Opaque {
+        n: u32,
+    }
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let state = rt
+        .block_on(StateFile::open(&path, Opaque::default))
+        .unwrap();
+    let text = format!("{state:?}");
+    assert!(
+        text.starts_with("StateFile {") && text.contains(STATE),
+        "{text}"
+    );
+    assert_eq!(state.path(), path);
+}
+
+// ---------------------------------------------------------------------
+// Loading, and bad input.
+
+#[test]
+fn open_loads_the_file_and_a_missing_one_is_init_until_the_first_commit() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    rt.block_on(async {
+        let state = StateFile::open(&path, || Log {
+            ids: vec![42],
+            ..Log::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(ids(&state), [42]);
+        state.update(push(1)).await.unwrap();
+        drop(state);
+        // Loaded: `init` is not called.
+        let state = StateFile::<Log>::open(&path, || unreachable!("the file exists"))
+            .await
+            .unwrap();
+        assert_eq!(ids(&state), [42, 1]);
+    });
+}
+
+#[test]
+fn bad_input_fails_open_naming_path_and_step_and_changes_nothing() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    rt.block_on(async {
+        std::fs::write(&path, b"{\"ids\": [1,").unwrap();
+        let e = StateFile::<Log>::open(&path, Log::default)
+            .await
+            .unwrap_err();
+        assert_eq!((e.op(), e.path()), (Op::Deserialize, path.as_path()));
+        assert!(e.to_string().contains("line 1"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"ids\": [1,");
+        // The lock went with the failed open.
+        let e = StateFile::<Log>::open(&path, Log::default)
+            .await
+            .unwrap_err();
+        assert_eq!(e.op(), Op::Deserialize);
+
+        let e = StateFile::<Log>::open(dir.path(), Log::default)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.op(), e.kind()),
+            (Op::Open, std::io::ErrorKind::IsADirectory)
+        );
+
+        let missing = dir.path().join("nope").join(STATE);
+        let e = StateFile::<Log>::open(&missing, Log::default)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.op(), e.kind()),
+            (Op::OpenDir, std::io::ErrorKind::NotFound)
+        );
+
+        let mut no_clobber = OpenOptions::new();
+        no_clobber.overwrite(false).durability(Durability::None);
+        let other = dir.path().join("other.json");
+        let e = StateFile::<Log>::open_with(&no_clobber, &other, Log::default)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.op(), e.kind()),
+            (Op::Open, std::io::ErrorKind::InvalidInput)
+        );
+        assert!(!other.exists());
+    });
+    assert_eq!(listing(dir.path()), [".state.json.lock", STATE]);
+}
+
+// ---------------------------------------------------------------------
+// 2. I/O failures, injected by strace into a child's commits.
+
+/// The child: a state in `TAW_TARGET` (holding `[0]`), on a runtime with
+/// one blocking thread (strace counts calls per thread, so `when=N` counts
+/// that thread's, which are the commits'), running `TAW_CASE`.
+#[test]
+fn child_injected() {
+    if !is_child() {
+        return;
+    }
+    let path = PathBuf::from(std::env::var_os("TAW_TARGET").unwrap());
+    let case = std::env::var("TAW_CASE").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    let state = rt
+        .block_on(StateFile::<Log>::open(&path, Log::default))
+        .unwrap();
+    let _in_rt = rt.enter();
+    match case.as_str() {
+        // The first commit's temp fsync fails: both updates it carries
+        // fail with it; the state stays [0], and the next starts there.
+        "fail_sync_temp" => {
+            // Hold the only blocking thread, so that both are applied
+            // before the commit job starts.
+            let (go, wait) = mpsc::channel::<()>();
+            let (started, running) = mpsc::channel();
+            drop(tokio::task::spawn_blocking(move || {
+                started.send(()).unwrap();
+                let _ = wait.recv();
+            }));
+            running.recv().unwrap();
+            let mut a = task::spawn(state.update(push(1)));
+            let mut b = task::spawn(state.update(push(2)));
+            assert_pending!(a.poll());
+            assert_pending!(b.poll());
+            drop(go);
+            for u in [&mut a, &mut b] {
+                let e = rt.block_on(u).unwrap_err();
+                assert_eq!((e.op(), e.path()), (Op::SyncTemp, path.as_path()));
+                assert_eq!(e.io_error().raw_os_error(), Some(5));
+                assert!(!e.is_published());
+            }
+            assert_eq!(ids(&state), [0]);
+            assert_eq!(on_disk(&path).unwrap(), [0]);
+            rt.block_on(state.update(push(3))).unwrap();
+            assert_eq!(on_disk(&path).unwrap(), [0, 3]);
+        }
+        // The first commit's directory fsync fails: published, of unknown
+        // durability. Its update gets the error; the state keeps the
+        // change, and the next commit carries it and syncs again.
+        "fail_sync_dir" => {
+            let e = rt.block_on(state.update(push(1))).unwrap_err();
+            assert_eq!((e.op(), e.path()), (Op::SyncDir, path.as_path()));
+            assert!(e.is_published());
+            assert_eq!(ids(&state), [0, 1]);
+            assert_eq!(on_disk(&path).unwrap(), [0, 1]);
+            rt.block_on(state.update(push(2))).unwrap();
+            assert_eq!(ids(&state), [0, 1, 2]);
+            assert_eq!(on_disk(&path).unwrap(), [0, 1, 2]);
+        }
+        "clean" => {
+            rt.block_on(state.update(push(1))).unwrap();
+            rt.block_on(state.update(push(2))).unwrap();
+        }
+        other => panic!("unknown case {other}"),
+    }
+    println!("taw:done {case}");
+}
+
+/// Runs the child for `case` under strace, with `inject` (`-e inject=...`)
+/// if any; returns its `fsync` lines, each with the descriptor's path.
+fn traced(case: &str, inject: Option<String>) -> Vec<String> {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    std::fs::write(&path, br#"{"ids":[0]}"#).unwrap();
+    let log = dir.path().join("strace.out");
+    let mut wrap = vec![
+        "strace".to_string(),
+        "-f".into(),
+        "-y".into(),
+        "-qq".into(),
+        "-e".into(),
+        "trace=fsync".into(),
+        "-o".into(),
+        log.to_str().unwrap().into(),
+    ];
+    if let Some(inject) = inject {
+        wrap.extend(["-e".into(), format!("inject={inject}")]);
+    }
+    let wrap: Vec<&str> = wrap.iter().map(String::as_str).collect();
+    let env = [("TAW_TARGET", path.to_str().unwrap()), ("TAW_CASE", case)];
+    let out = run_child("child_injected", &wrap, &env, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("taw:done {case}")), "{stdout}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let dir_name = dir.path().to_str().unwrap();
+    assert!(temp_files(dir.path()).is_empty(), "no temp file left");
+    text.lines()
+        .filter(|l| l.contains(dir_name) && l.contains("fsync("))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The directory's `fsync`s: those on a descriptor of the directory itself.
+fn on_dir(line: &str) -> bool {
+    !line.contains("(deleted)") && !line.contains(".tmp>") && !line.contains(STATE)
+}
+
+#[test]
+fn a_failed_temp_sync_fails_every_update_of_its_commit() {
+    if is_child() || !require(have("strace"), "strace") {
+        return;
+    }
+    let clean = traced("clean", None);
+    assert!(clean.len() >= 4, "two commits, two fsyncs each: {clean:#?}");
+    assert!(
+        !on_dir(&clean[0]),
+        "the first fsync is the temp file's: {clean:#?}"
+    );
+    let syncs = traced("fail_sync_temp", Some("fsync:error=EIO:when=1".into()));
+    assert!(
+        syncs[0].contains("EIO (Input/output error) (INJECTED)"),
+        "{syncs:#?}"
+    );
+}
+
+#[test]
+fn a_failed_directory_sync_keeps_the_change_and_the_next_commit_syncs_again() {
+    if is_child() || !require(have("strace"), "strace") {
+        return;
+    }
+    // Which fsync of the first commit is the directory's depends on the
+    // filesystem: find it in a clean run.
+    let clean = traced("clean", None);
+    let nth = 1 + clean
+        .iter()
+        .position(|l| on_dir(l))
+        .unwrap_or_else(|| panic!("no directory fsync: {clean:#?}"));
+    let syncs = traced("fail_sync_dir", Some(format!("fsync:error=EIO:when={nth}")));
+    let dir_syncs: Vec<_> = syncs.iter().filter(|l| on_dir(l)).collect();
+    assert_eq!(dir_syncs.len(), 2, "{syncs:#?}");
+    assert!(dir_syncs[0].contains("(INJECTED)"), "{syncs:#?}");
+    assert!(dir_syncs[1].ends_with("= 0"), "synced again: {syncs:#?}");
+}
