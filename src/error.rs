@@ -44,6 +44,12 @@ pub enum Op {
     /// [`Error::io_error`] wraps it), of kind `InvalidData` (or
     /// `UnexpectedEof` for a truncated document).
     Deserialize,
+    /// Applying an update to a [`StateFile`](crate::StateFile): another
+    /// update's `f` panicked after this change was applied and before a
+    /// commit carried it, and the working copy went back to the last state
+    /// taken for a commit; this change was undone, never written.
+    #[cfg(feature = "serde")]
+    Apply,
     /// Applying the final mode to the temp file (or a temp tree's root).
     SetPermissions,
     /// Flushing the temp file's data to the disk (`fsync`, `F_FULLFSYNC`);
@@ -124,6 +130,8 @@ impl Op {
             Op::Read => write!(f, "failed to read `{p}`"),
             Op::Serialize => write!(f, "failed to serialize the new content of `{p}`"),
             Op::Deserialize => write!(f, "failed to deserialize the content of `{p}`"),
+            #[cfg(feature = "serde")]
+            Op::Apply => write!(f, "failed to apply an update to `{p}`"),
             Op::SetPermissions => write!(f, "failed to set permissions of temp file for `{p}`"),
             Op::SyncTemp => write!(f, "failed to sync temp file for `{p}`"),
             Op::Close => write!(f, "failed to close temp file for `{p}`"),
@@ -446,6 +454,8 @@ mod tests {
             Op::Read,
             Op::Serialize,
             Op::Deserialize,
+            #[cfg(feature = "serde")]
+            Op::Apply,
             Op::SetPermissions,
             Op::SyncTemp,
             Op::Close,

@@ -69,10 +69,19 @@ type Waiter = oneshot::Sender<Result<(), Error>>;
 ///
 /// # Panics in `f`
 ///
-/// A panic in an update's `f` fails that update alone: the working copy is
-/// restored from a clone taken just before `f` ran (so every update costs
-/// one `T::clone`), nothing else is affected, and the panic is resumed in
-/// the caller of `update`.
+/// A panic in an update's `f` is resumed in the caller of `update`, and
+/// never leaves a half-applied change: the working copy goes back to the
+/// last state taken for a commit (the committed state, when no commit is
+/// in flight). That undoes the updates applied since that commit started
+/// and not yet carried by one; they fail with an [`Op::Apply`] error (their
+/// changes were never written). A commit in flight goes on. With one
+/// caller at a time, nothing but the panicking update is undone.
+///
+/// The other way, a copy of the working copy taken before every `f`,
+/// would fail the panicking update alone, but cost a `T::clone` per update
+/// under the state's lock, where every update waits: a clone per commit
+/// (of the snapshot it writes) is all this type pays. `benches/state.rs`
+/// measures what a clone per update would cost.
 ///
 /// # Examples
 ///
@@ -266,11 +275,21 @@ where
     ///
     /// # Panics
     ///
-    /// When `f` panics, with its panic, after undoing its changes: the
-    /// state is as if this update had never run.
+    /// When `f` panics, with its panic, after undoing its changes (and
+    /// those of the updates applied since the last commit started: see
+    /// the type's docs).
     pub async fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, Error> {
         let (tx, rx) = oneshot::channel();
-        let (out, start) = self.inner.batches().apply(f, tx);
+        let applied = self.inner.batches().apply(f, tx, || self.inner.undone());
+        let (out, start) = match applied {
+            Ok(applied) => applied,
+            Err(panicked) => {
+                for (waiter, result) in panicked.answers {
+                    let _ = waiter.send(result);
+                }
+                std::panic::resume_unwind(panicked.payload);
+            }
+        };
         if start {
             // Not awaited: the commits go on whether or not anyone waits
             // for them. The job carries them all, one after the other,
@@ -311,8 +330,16 @@ where
 impl<T> Inner<T> {
     fn batches(&self) -> MutexGuard<'_, Batches<T, Waiter>> {
         // `apply` catches `f`'s panics: a poisoned lock can only come from
-        // a panic in `T::clone`, after which the state is still whole.
+        // a panic in `T::clone`, after which the working copy is still
+        // whole (a clone does not change what it clones).
         self.batches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The error for an update undone by a panic in a later one's `f`.
+    fn undone(&self) -> Error {
+        let why = "another update's closure panicked, and the changes applied since the last \
+                   commit started were undone (this one was never written)";
+        Error::new(Op::Apply, &self.path, std::io::Error::other(why))
     }
 
     /// The error for an update whose commit job was lost: never ran (the
@@ -364,7 +391,7 @@ where
 
 /// Serialises one batch and commits it.
 fn commit_one<T: Serialize>(inner: &Inner<T>, batch: &Batch<T>) -> Result<(), Error> {
-    let bytes = serde_json::to_vec(&batch.value)
+    let bytes = serde_json::to_vec(&*batch.value)
         .map_err(|e| Error::new(Op::Serialize, &inner.path, e.into()))?;
     let span = trace::commit(&inner.path, inner.options.durability, bytes.len() as u64);
     span.in_scope(|| core::state::commit(&inner.options, &inner.path, &inner.found, &bytes))

@@ -576,8 +576,9 @@ fn open_sweeps_the_states_own_dead_leftovers_only() {
     assert!(live.exists() && other.exists());
 }
 
-/// A panic in `f` is resumed in the caller, and undoes `f`'s changes: the
-/// state, and the next commit, are as if it had never run.
+/// A panic in `f` is resumed in the caller, and undoes `f`'s changes: with
+/// no other update waiting, the state, and the next commit, are as if it
+/// had never run.
 #[test]
 fn a_panic_in_f_is_resumed_and_changes_nothing() {
     let dir = scratch();
@@ -602,6 +603,49 @@ fn a_panic_in_f_is_resumed_and_changes_nothing() {
         (ids(&state), on_disk(&path).unwrap()),
         (vec![1, 2], vec![1, 2])
     );
+}
+
+/// A panic in `f` while another update waits for the next commit undoes
+/// that one too (the working copy goes back to the snapshot in flight),
+/// which fails with `Op::Apply`; the commit in flight goes on.
+#[test]
+fn a_panic_in_f_undoes_the_updates_queued_behind_the_commit_in_flight() {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let gate = Gate::default();
+    let state = rt
+        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
+        .unwrap();
+    let _in_rt = rt.enter();
+    let held = gate.arm();
+    let mut in_flight = task::spawn(state.update(push(1)));
+    assert_pending!(in_flight.poll());
+    held.wait_reached();
+    let mut queued = task::spawn(state.update(push(2)));
+    assert_pending!(queued.poll());
+    let s = state.clone();
+    let panicked = rt
+        .block_on(rt.spawn(async move {
+            s.update(|log: &mut Log| {
+                log.ids.push(99);
+                panic!("a bug in f");
+            })
+            .await
+        }))
+        .unwrap_err();
+    assert!(panicked.is_panic());
+    let e = rt.block_on(&mut queued).unwrap_err();
+    assert_eq!((e.op(), e.path()), (Op::Apply, path.as_path()));
+    assert!(e.to_string().contains("panicked"), "{e}");
+    held.release(true);
+    rt.block_on(&mut in_flight).unwrap();
+    assert_eq!(
+        (ids(&state), on_disk(&path).unwrap()),
+        (vec![0, 1], vec![0, 1])
+    );
+    rt.block_on(state.update(push(3))).unwrap();
+    assert_eq!(on_disk(&path).unwrap(), [0, 1, 3]);
 }
 
 /// `Debug` needs no `T: Debug`, and names the path.

@@ -18,7 +18,7 @@
 //! the shell answers an update through.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::Error;
@@ -30,6 +30,10 @@ pub(crate) struct Batches<T, W> {
     working: T,
     /// What the file holds: the last snapshot committed (or published).
     committed: Arc<T>,
+    /// The last snapshot taken for a commit (or, after a failed one, the
+    /// committed value): the working copy is this plus the updates
+    /// numbered above `taken`, which is what a panic in `f` goes back to.
+    last: Arc<T>,
     /// How many updates have been applied (the last one's number).
     applied: u64,
     /// How many are in the last batch taken: in flight, or answered.
@@ -43,8 +47,15 @@ pub(crate) struct Batches<T, W> {
 /// A batch in flight: the value to write, and the last update it covers.
 #[derive(Debug)]
 pub(crate) struct Batch<T> {
-    pub(crate) value: T,
+    pub(crate) value: Arc<T>,
     through: u64,
+}
+
+/// An update whose `f` panicked: the panic to resume in its caller, once
+/// the updates undone with it are answered.
+pub(crate) struct Panicked<W> {
+    pub(crate) payload: Box<dyn std::any::Any + Send>,
+    pub(crate) answers: Vec<(W, Result<(), Error>)>,
 }
 
 /// What to do once a batch has finished.
@@ -61,9 +72,11 @@ impl<T: Clone, W> Batches<T, W> {
     /// Starts from `value`, which the file holds (or stands for, when there
     /// is no file yet).
     pub(crate) fn new(value: T) -> Self {
+        let committed = Arc::new(value);
         Batches {
-            working: value.clone(),
-            committed: Arc::new(value),
+            working: T::clone(&committed),
+            last: committed.clone(),
+            committed,
             applied: 0,
             taken: 0,
             running: false,
@@ -82,23 +95,42 @@ impl<T: Clone, W> Batches<T, W> {
     /// flight, and the caller must [`take`](Self::take) until it returns
     /// `None`.
     ///
-    /// A panic in `f` changes nothing: the working copy is restored from a
-    /// clone taken before `f` ran (its cost: one clone of `T` per update),
-    /// the waiter is dropped, and the panic is resumed in the caller.
-    pub(crate) fn apply<R>(&mut self, f: impl FnOnce(&mut T) -> R, waiter: W) -> (R, bool) {
-        let before = self.working.clone();
-        let out = match catch_unwind(AssertUnwindSafe(|| f(&mut self.working))) {
-            Ok(out) => out,
-            Err(panic) => {
-                self.working = before;
-                resume_unwind(panic);
+    /// A panic in `f` may leave the working copy half changed, and no copy
+    /// of it is taken before `f` runs (that would cost a clone of `T` per
+    /// update): the working copy goes back to the last snapshot taken for
+    /// a commit (the committed value, when nothing is in flight), which
+    /// undoes the updates applied since then. Those fail with `undone()`'s
+    /// error ([`Op::Apply`](crate::Op::Apply)); the batch in flight, if
+    /// any, goes on. With one caller at a time nothing but `f`'s own
+    /// update is undone.
+    pub(crate) fn apply<R>(
+        &mut self,
+        f: impl FnOnce(&mut T) -> R,
+        waiter: W,
+        undone: impl Fn() -> Error,
+    ) -> Result<(R, bool), Panicked<W>> {
+        match catch_unwind(AssertUnwindSafe(|| f(&mut self.working))) {
+            Ok(out) => {
+                self.applied += 1;
+                self.waiting.push_back((self.applied, waiter));
+                let start = !self.running;
+                self.running = true;
+                Ok((out, start))
             }
-        };
-        self.applied += 1;
-        self.waiting.push_back((self.applied, waiter));
-        let start = !self.running;
-        self.running = true;
-        (out, start)
+            Err(payload) => {
+                drop(waiter);
+                self.working = T::clone(&self.last);
+                let queued = self.waiting.iter().filter(|(n, _)| *n > self.taken).count();
+                let first = self.waiting.len() - queued;
+                let answers = self
+                    .waiting
+                    .drain(first..)
+                    .map(|(_, w)| (w, Err(undone())))
+                    .collect();
+                self.applied = self.taken;
+                Err(Panicked { payload, answers })
+            }
+        }
     }
 
     /// The next batch: a snapshot of the working copy covering every update
@@ -111,8 +143,9 @@ impl<T: Clone, W> Batches<T, W> {
             return None;
         }
         self.taken = self.applied;
+        self.last = Arc::new(self.working.clone());
         Some(Batch {
-            value: self.working.clone(),
+            value: self.last.clone(),
             through: self.applied,
         })
     }
@@ -132,12 +165,13 @@ impl<T: Clone, W> Batches<T, W> {
                 // after this batch's snapshot included: start again from
                 // what the file holds.
                 self.working = T::clone(&self.committed);
+                self.last = self.committed.clone();
                 self.taken = self.applied;
                 (None, self.waiting.len(), Some(e))
             }
         };
         let committed = committed.map(|value| {
-            self.committed = Arc::new(value);
+            self.committed = value;
             self.committed.clone()
         });
         let waiters: Vec<W> = self.waiting.drain(..answered).map(|(_, w)| w).collect();
@@ -160,7 +194,7 @@ impl<T: Clone, W> Batches<T, W> {
     pub(crate) fn abandon(&mut self, error: Error) -> Vec<(W, Result<(), Error>)> {
         self.running = false;
         let batch = Batch {
-            value: T::clone(&self.committed),
+            value: self.committed.clone(),
             through: self.applied,
         };
         self.finish(batch, Err(error)).answers
@@ -175,6 +209,19 @@ mod tests {
     use std::path::Path;
 
     type Log = Batches<Vec<u32>, u32>;
+
+    fn undone() -> Error {
+        Error::new(
+            Op::Apply,
+            Path::new("state.json"),
+            io::Error::other("undone"),
+        )
+    }
+
+    /// `apply` that must not panic.
+    fn apply(b: &mut Log, f: impl FnOnce(&mut Vec<u32>) -> usize, w: u32) -> (usize, bool) {
+        b.apply(f, w, undone).ok().expect("f did not panic")
+    }
 
     fn push(n: u32) -> impl FnOnce(&mut Vec<u32>) -> usize {
         move |v| {
@@ -210,32 +257,32 @@ mod tests {
     #[test]
     fn one_update_is_one_batch_started_at_once() {
         let mut b = Log::new(vec![]);
-        assert_eq!(b.apply(push(1), 10), (1, true));
+        assert_eq!(apply(&mut b, push(1), 10), (1, true));
         let batch = b.take().unwrap();
-        assert_eq!(batch.value, vec![1]);
+        assert_eq!(*batch.value, vec![1]);
         let done = b.finish(batch, Ok(()));
         assert_eq!(*done.committed.unwrap(), vec![1]);
         assert_eq!(outcome(&done.answers), [(10, None)]);
         assert!(b.take().is_none(), "nothing more: the batch loop ends");
         // The next update starts a batch again.
-        assert_eq!(b.apply(push(2), 11), (2, true));
+        assert_eq!(apply(&mut b, push(2), 11), (2, true));
     }
 
     #[test]
     fn updates_applied_during_a_commit_share_the_next_one() {
         let mut b = Log::new(vec![]);
-        assert!(b.apply(push(1), 1).1);
+        assert!(apply(&mut b, push(1), 1).1);
         let first = b.take().unwrap();
         // Applied while the first is in flight: none starts a batch.
         for n in 2..=4 {
-            assert!(!b.apply(push(n), n).1);
+            assert!(!apply(&mut b, push(n), n).1);
         }
         assert_eq!(**b.committed(), Vec::<u32>::new(), "not committed yet");
         let done = b.finish(first, Ok(()));
         assert_eq!(outcome(&done.answers), [(1, None)]);
         assert_eq!(**b.committed(), vec![1]);
         let second = b.take().unwrap();
-        assert_eq!(second.value, vec![1, 2, 3, 4]);
+        assert_eq!(*second.value, vec![1, 2, 3, 4]);
         let done = b.finish(second, Ok(()));
         assert_eq!(outcome(&done.answers), [(2, None), (3, None), (4, None)]);
         assert!(b.take().is_none());
@@ -244,10 +291,10 @@ mod tests {
     #[test]
     fn a_failed_commit_fails_its_updates_and_those_applied_after_it() {
         let mut b = Log::new(vec![0]);
-        b.apply(push(1), 1);
-        b.apply(push(2), 2);
+        apply(&mut b, push(1), 1);
+        apply(&mut b, push(2), 2);
         let batch = b.take().unwrap();
-        b.apply(push(3), 3); // ran on top of 1 and 2
+        apply(&mut b, push(3), 3); // ran on top of 1 and 2
         let done = b.finish(batch, Err(failed()));
         assert!(done.committed.is_none());
         assert_eq!(
@@ -267,16 +314,16 @@ mod tests {
         }
         assert!(b.take().is_none(), "nothing left to commit");
         // Later updates start from what the file holds.
-        assert_eq!(b.apply(push(4), 4), (2, true));
-        assert_eq!(b.take().unwrap().value, vec![0, 4]);
+        assert_eq!(apply(&mut b, push(4), 4), (2, true));
+        assert_eq!(*b.take().unwrap().value, vec![0, 4]);
     }
 
     #[test]
     fn a_published_commit_of_unknown_durability_keeps_every_change() {
         let mut b = Log::new(vec![]);
-        b.apply(push(1), 1);
+        apply(&mut b, push(1), 1);
         let batch = b.take().unwrap();
-        b.apply(push(2), 2);
+        apply(&mut b, push(2), 2);
         let done = b.finish(batch, Err(sync_dir_failed()));
         assert_eq!(*done.committed.unwrap(), vec![1], "what the file holds");
         let answers = outcome(&done.answers);
@@ -284,42 +331,68 @@ mod tests {
         assert!(done.answers[0].1.as_ref().unwrap_err().is_published());
         // The next commit carries both changes, and syncs again.
         let next = b.take().unwrap();
-        assert_eq!(next.value, vec![1, 2]);
+        assert_eq!(*next.value, vec![1, 2]);
         assert_eq!(outcome(&b.finish(next, Ok(())).answers), [(2, None)]);
     }
 
+    fn panicking(v: &mut Vec<u32>) -> usize {
+        v.push(99);
+        panic!("a bug in f")
+    }
+
     #[test]
-    fn a_panic_in_f_changes_nothing_and_is_resumed() {
+    fn a_panic_in_f_alone_undoes_its_change_and_nothing_else() {
         let mut b = Log::new(vec![]);
-        b.apply(push(1), 1);
-        let panicked = catch_unwind(AssertUnwindSafe(|| {
-            b.apply(
-                |v: &mut Vec<u32>| {
-                    v.push(99);
-                    panic!("a bug in f")
-                },
-                2,
-            )
-        }));
-        let payload = panicked.unwrap_err();
-        assert_eq!(payload.downcast_ref::<&str>(), Some(&"a bug in f"));
+        apply(&mut b, push(1), 1);
         let batch = b.take().unwrap();
-        assert_eq!(batch.value, vec![1], "the half-applied change is gone");
-        assert_eq!(outcome(&b.finish(batch, Ok(())).answers), [(1, None)]);
+        b.finish(batch, Ok(()));
         assert!(b.take().is_none());
+        let Err(p) = b.apply(panicking, 2, undone) else {
+            panic!("f panicked")
+        };
+        assert_eq!(p.payload.downcast_ref::<&str>(), Some(&"a bug in f"));
+        assert!(p.answers.is_empty(), "nothing else to undo");
+        assert_eq!(
+            apply(&mut b, push(3), 3),
+            (2, true),
+            "from [1], not [1, 99]"
+        );
+        assert_eq!(*b.take().unwrap().value, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_panic_in_f_undoes_the_updates_queued_since_the_last_snapshot() {
+        let mut b = Log::new(vec![]);
+        apply(&mut b, push(1), 1);
+        let in_flight = b.take().unwrap();
+        apply(&mut b, push(2), 2); // queued: undone with the panic
+        let Err(p) = b.apply(panicking, 3, undone) else {
+            panic!("f panicked")
+        };
+        assert_eq!(outcome(&p.answers), [(2, Some(Op::Apply))]);
+        // The batch in flight goes on, and answers its own update.
+        let done = b.finish(in_flight, Ok(()));
+        assert_eq!(outcome(&done.answers), [(1, None)]);
+        assert!(b.take().is_none(), "2 was undone: nothing left");
+        assert_eq!(apply(&mut b, push(4), 4), (2, true));
+        assert_eq!(*b.take().unwrap().value, vec![1, 4]);
     }
 
     #[test]
     fn an_abandoned_batch_fails_everyone_and_ends() {
         let mut b = Log::new(vec![]);
-        b.apply(push(1), 1);
+        apply(&mut b, push(1), 1);
         let _lost = b.take().unwrap();
-        b.apply(push(2), 2);
+        apply(&mut b, push(2), 2);
         let answers = b.abandon(failed());
         assert_eq!(
             outcome(&answers),
             [(1, Some(Op::Rename)), (2, Some(Op::Rename))]
         );
-        assert_eq!(b.apply(push(3), 3), (1, true), "from the committed value");
+        assert_eq!(
+            apply(&mut b, push(3), 3),
+            (1, true),
+            "from the committed value"
+        );
     }
 }
