@@ -109,6 +109,17 @@ where
     TokioPool::spawn(job)
 }
 
+/// Runs `job` on the blocking pool, one hop, and awaits nothing: for a job
+/// that reports on its own (a [`StateFile`](crate::StateFile)'s commits)
+/// and returns nothing to drop. Unlike dropping a [`Handle`], this costs
+/// no second job. If the runtime drops the job unrun, dropping it is its
+/// cleanup.
+#[cfg(feature = "serde")]
+pub(crate) fn spawn_detached(job: impl FnOnce() + Send + 'static) {
+    HOPS.with(|h| h.set(h.get() + 1));
+    drop(tokio::task::spawn_blocking(job));
+}
+
 /// Drops `value` (a cleanup guard) off the caller's thread when called
 /// inside a runtime, synchronously outside one; never `block_on`. If the
 /// runtime is shutting down and drops the job unrun, dropping the job drops

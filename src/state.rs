@@ -296,7 +296,7 @@ where
             // until no update is left; its guard answers everyone should
             // the job never run (dropped unrun at shutdown) or panic.
             let guard = Abandon(Some(self.inner.clone()));
-            drop(blocking::run(move || commit_all(guard)));
+            blocking::spawn_detached(move || commit_all(guard));
         }
         match rx.await {
             Ok(Ok(())) => Ok(out),
