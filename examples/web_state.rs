@@ -1,6 +1,6 @@
-//! A web server whose state lives in one JSON file, persisted with
-//! `write_json` on every update: `GET /state` answers it, `PUT /state`
-//! replaces its data and answers the new state once it is durable.
+//! A web server whose state lives in one JSON file, kept by a
+//! [`StateFile`]: `GET /state` answers it, `PUT /state` replaces its data
+//! and answers the new state once it is durable.
 //!
 //! ```text
 //! cargo run --example web_state -- state.json 127.0.0.1:3000
@@ -9,22 +9,23 @@
 //! ```
 //!
 //! What the crate gives it: a crash or `kill -9` at any moment leaves the
-//! file holding the last state whose PUT was answered (or one that was
-//! being written), whole, never empty or torn; a restart reads it back.
-//! Leftovers of a commit cut short are swept at startup.
+//! file holding the last state whose PUT was answered (or a newer one
+//! that was being written), whole, never empty or torn; a restart reads it
+//! back, and sweeps what a commit cut short left. Concurrent PUTs share
+//! commits (group commit): each is answered once a commit that carries it
+//! is durable, and a busy server pays one pair of `fsync`s for many PUTs.
+//! A second server started on the same file fails at once: it is locked.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State as Shared;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio_atomic_write::StateFile;
 
 /// The state: the data of the last PUT, and how many PUTs made it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,13 +34,8 @@ struct State {
     data: serde_json::Value,
 }
 
-#[derive(Clone)]
-struct App {
-    path: Arc<PathBuf>,
-    /// Held across the write: the file sees the versions in order, and
-    /// memory changes only once the file has.
-    state: Arc<Mutex<State>>,
-}
+/// The server's shared state: a handle on the state file.
+type App = StateFile<State>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,58 +57,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the state (none yet: the default), sweeps leftovers, listens on
+/// Opens the state (none yet: the default; leftovers swept), listens on
 /// `addr` (port 0: any free one) and serves until killed. Prints
 /// `listening on ADDR` once it accepts connections.
 pub(crate) async fn serve(path: &Path, addr: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let state = load(path).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, path).await
+}
+
+/// [`serve`] on a listener already bound.
+pub(crate) async fn serve_on(
+    listener: tokio::net::TcpListener,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // A file that does not parse stops the server rather than being
+    // overwritten; so does another server holding the file.
+    let state = StateFile::open(path, State::default).await?;
     let local: SocketAddr = listener.local_addr()?;
-    println!("listening on {local} (state version {})", state.version);
-    let app = App {
-        path: Arc::new(path.to_path_buf()),
-        state: Arc::new(Mutex::new(state)),
-    };
+    let version = state.read(|s| s.version);
+    println!("listening on {local} (state version {version})");
     let router = Router::new()
         .route("/state", get(read_state).put(write_state))
-        .with_state(app);
+        .with_state(state);
     axum::serve(listener, router).await?;
     Ok(())
 }
 
-/// The state in the file; the default when there is no file yet. A file
-/// that does not parse stops the server rather than being overwritten.
-async fn load(path: &Path) -> Result<State, tokio_atomic_write::Error> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // A process killed inside a commit can leave a temp file; none of ours
-    // is live yet, and other writers' are locked, so any age will do.
-    tokio_atomic_write::sweep(dir, Duration::ZERO).await?;
-    match tokio_atomic_write::read_json(path).await {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        other => other,
-    }
-}
-
 async fn read_state(Shared(app): Shared<App>) -> Json<State> {
-    Json(app.state.lock().await.clone())
+    Json(app.read(State::clone))
 }
 
-/// Persists the new state, durably, before it answers it.
+/// Applies the PUT, and answers once it is durable.
 async fn write_state(
     Shared(app): Shared<App>,
     Json(data): Json<serde_json::Value>,
 ) -> Result<Json<State>, (StatusCode, String)> {
-    let mut state = app.state.lock().await;
-    let next = State {
-        version: state.version + 1,
-        data,
-    };
-    tokio_atomic_write::write_json(&*app.path, &next)
+    let next = app
+        .update(|state| {
+            state.version += 1;
+            state.data = data;
+            state.clone()
+        })
         .await
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    *state = next.clone();
     Ok(Json(next))
 }

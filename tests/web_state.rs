@@ -5,6 +5,10 @@
 //! in flight when the kill came), and the restarted server must serve it.
 //! The example's code is compiled into this test binary and run as a
 //! child process.
+//!
+//! Issue #21 moved the example to `StateFile`; the server it had before
+//! (a mutex and `write_json` per PUT) is kept below, to count requests per
+//! second before and after (printed, not asserted).
 
 mod common;
 
@@ -16,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 #[allow(dead_code)]
@@ -29,7 +33,7 @@ const ROUNDS: usize = 3;
 /// Answered PUTs to wait for before the kill, in each round.
 const ANSWERS_BEFORE_KILL: usize = 60;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {
     version: u64,
     data: Value,
@@ -213,6 +217,135 @@ fn killed_mid_load_and_restarted_the_server_keeps_an_answered_state() {
         assert_eq!(after.data, json!("after restart"));
         versions_seen = after.version;
         // The restart swept the planted leftover and whatever the kill left.
-        assert_eq!(listing(dir.path()), ["state.json"], "round {round}");
+        // (The lock file stays: it is the state's, and empty.)
+        assert_eq!(
+            listing(dir.path()),
+            [".state.json.lock", "state.json"],
+            "round {round}"
+        );
     }
+}
+
+/// The example as it was before #21: a mutex around the state, held
+/// across a `write_json` per PUT, answered after the write.
+mod before {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use axum::extract::State as Shared;
+    use axum::http::StatusCode;
+    use axum::routing::put;
+    use axum::{Json, Router};
+    use tokio::sync::Mutex;
+
+    use super::State;
+
+    #[derive(Clone)]
+    struct App {
+        path: Arc<PathBuf>,
+        state: Arc<Mutex<State>>,
+    }
+
+    pub async fn serve_on(listener: tokio::net::TcpListener, path: &Path) {
+        let app = App {
+            path: Arc::new(path.to_path_buf()),
+            state: Arc::new(Mutex::new(State {
+                version: 0,
+                data: serde_json::Value::Null,
+            })),
+        };
+        let router = Router::new()
+            .route("/state", put(write_state))
+            .with_state(app);
+        axum::serve(listener, router).await.unwrap();
+    }
+
+    async fn write_state(
+        Shared(app): Shared<App>,
+        Json(data): Json<serde_json::Value>,
+    ) -> Result<Json<State>, (StatusCode, String)> {
+        let mut state = app.state.lock().await;
+        let next = State {
+            version: state.version + 1,
+            data,
+        };
+        tokio_atomic_write::write_json(&*app.path, &next)
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        *state = next.clone();
+        Ok(Json(next))
+    }
+}
+
+/// PUTs answered per second by the server before #21 and by the example
+/// now, 8 clients each sending `TAW_WEB_PUTS` (100) PUTs one after the
+/// other, on the scratch directory's filesystem: printed, not asserted
+/// (timings belong in benches). What is asserted: every PUT is answered,
+/// and the last version counts them all.
+#[test]
+fn requests_per_second_before_and_after_state_file() {
+    if is_child() {
+        return;
+    }
+    let puts: u64 = std::env::var("TAW_WEB_PUTS").map_or(100, |v| v.parse().unwrap());
+    let rt = runtime();
+    let mut rates = Vec::new();
+    for name in ["before: a mutex and write_json per PUT", "after: StateFile"] {
+        let dir = scratch();
+        let path = dir.path().join("state.json");
+        let (server, url) = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/state", listener.local_addr().unwrap());
+            let server = match name.starts_with("before") {
+                true => tokio::spawn(async move { before::serve_on(listener, &path).await }),
+                false => {
+                    tokio::spawn(async move { web_state::serve_on(listener, &path).await.unwrap() })
+                }
+            };
+            (server, url)
+        });
+        let start = std::time::Instant::now();
+        let versions = rt.block_on(async {
+            let client = reqwest::Client::new();
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|c| {
+                    let (client, url) = (client.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let mut last = 0;
+                        for seq in 0..puts {
+                            let answer = client
+                                .put(&url)
+                                .json(&json!({ "client": c, "seq": seq }))
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(answer.status(), 200);
+                            let state: State = answer.json().await.unwrap();
+                            last = last.max(state.version);
+                        }
+                        last
+                    })
+                })
+                .collect();
+            let mut most = 0;
+            for c in clients {
+                most = most.max(c.await.unwrap());
+            }
+            most
+        });
+        let took = start.elapsed();
+        server.abort();
+        assert_eq!(versions, CLIENTS * puts, "{name}: every PUT counted");
+        let rate = (CLIENTS * puts) as f64 / took.as_secs_f64();
+        eprintln!(
+            "{name}: {} PUTs from {CLIENTS} clients in {:.2} s: {rate:.0} requests/s",
+            CLIENTS * puts,
+            took.as_secs_f64()
+        );
+        rates.push(rate);
+    }
+    eprintln!(
+        "StateFile answers {:.1}x the requests per second",
+        rates[1] / rates[0]
+    );
 }
