@@ -58,7 +58,9 @@ type Waiter = oneshot::Sender<Result<(), Error>>;
 ///   with an [`Op::Lock`] error of kind
 ///   [`WouldBlock`](std::io::ErrorKind::WouldBlock), naming the state's
 ///   path. The lock is released when every handle (clone) is dropped and a
-///   commit in flight has finished. With [`OpenOptions::lock_file`]`(false)`
+///   commit in flight has finished (as with any `flock`, a child process
+///   forked meanwhile holds it too, until its `exec` closes its copy of
+///   the descriptor). With [`OpenOptions::lock_file`]`(false)`
 ///   there is no lock: one owner is then the caller's promise, and a
 ///   second owner's commits overwrite the first's.
 ///
