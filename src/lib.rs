@@ -11,7 +11,8 @@
 //! one trip to the blocking pool; [`update`] is a read-modify-write that
 //! loses no change to a concurrent update, from a task or another process;
 //! with the `serde` feature, `write_json`, `read_json` and `update_json`
-//! keep a value (a web server's state) in a JSON file. The file also implements
+//! keep a value in a JSON file, and `StateFile` keeps a web server's state
+//! there, concurrent updates sharing commits (group commit). The file also implements
 //! [`AsyncSeek`](tokio::io::AsyncSeek), for formats that patch a header
 //! after the body.
 //!
@@ -209,8 +210,8 @@
 //!   `ObjectStore` (`object::write_json` and `object::read_json` with
 //!   `serde` too).
 //! - `serde`: `write_json`, `write_json_pretty`, `read_json` and
-//!   `update_json` (and all but `read_json` on [`OpenOptions`]), through
-//!   `serde_json`.
+//!   `update_json` (and all but `read_json` on [`OpenOptions`]), and
+//!   `StateFile`, through `serde_json`.
 //! - `tracing`: a `DEBUG` span named `open` or `commit`, target
 //!   `tokio_atomic_write`, around each open and each commit (those of
 //!   [`write()`] and [`update`] included), entered on the blocking-pool

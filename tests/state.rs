@@ -61,6 +61,14 @@ fn push(id: u32) -> impl FnOnce(&mut Log) -> usize {
     }
 }
 
+/// The answer of an update that the test let wait, with a liveness bound
+/// against a hang (an update no commit will ever answer), not a timing.
+fn answer<F: std::future::Future>(rt: &tokio::runtime::Runtime, update: F) -> F::Output {
+    let bounded = tokio::time::timeout(std::time::Duration::from_secs(60), update);
+    rt.block_on(bounded)
+        .expect("the update was never answered: stranded in a batch")
+}
+
 fn ids(state: &StateFile<Log>) -> Vec<u32> {
     state.read(|log| log.ids.clone())
 }
@@ -278,7 +286,7 @@ fn updates_during_a_commit_share_the_next_one_and_read_sees_only_commits() {
     );
 
     held.release(true);
-    assert_eq!(rt.block_on(&mut first).unwrap(), 2);
+    assert_eq!(answer(&rt, &mut first).unwrap(), 2);
     assert_eq!(ids(&state), [0, 1], "visible once update returned");
     assert_eq!(on_disk(&path).unwrap(), [0, 1]);
     later_gate.wait_reached(); // the second commit: all of 2..=9
@@ -288,7 +296,7 @@ fn updates_during_a_commit_share_the_next_one_and_read_sees_only_commits() {
     assert_eq!(ids(&state), [0, 1]);
     later_gate.release(true);
     for (i, u) in later.iter_mut().enumerate() {
-        assert_eq!(rt.block_on(u).unwrap(), i + 3);
+        assert_eq!(answer(&rt, u).unwrap(), i + 3);
     }
     let all: Vec<u32> = (0..=9).collect();
     assert_eq!((ids(&state), on_disk(&path).unwrap()), (all.clone(), all));
@@ -363,7 +371,7 @@ fn a_failed_commit_fails_its_updates_and_later_ones_and_resets_the_state() {
     assert_pending!(after.poll());
     held.release(false);
     for (name, u) in [("carried", &mut carried), ("after", &mut after)] {
-        let e = rt.block_on(u).unwrap_err();
+        let e = answer(&rt, u).unwrap_err();
         assert_eq!(
             (e.op(), e.path()),
             (Op::Serialize, path.as_path()),
@@ -540,18 +548,19 @@ fn a_commit_job_dropped_unrun_at_shutdown_fails_its_updates() {
     let handle = rt.handle().clone();
     rt.shutdown_background();
     // The update's job is handed to a pool that has shut down.
-    let _in_rt = handle.enter();
+    let in_rt = handle.enter();
     let mut update = task::spawn(state.update(push(1)));
-    let e = match update.poll() {
+    let first = update.poll();
+    drop(in_rt);
+    let rt = runtime();
+    let e = match first {
         std::task::Poll::Ready(r) => r.unwrap_err(),
-        std::task::Poll::Pending => futures::executor::block_on(&mut update).unwrap_err(),
+        std::task::Poll::Pending => answer(&rt, &mut update).unwrap_err(),
     };
     assert_eq!((e.op(), e.path()), (Op::Commit, path.as_path()));
     assert!(e.to_string().contains("lost"), "{e}");
     assert_eq!(on_disk(&path), None, "nothing written");
     assert_eq!(ids(&state), Vec::<u32>::new());
-    drop(_in_rt);
-    let rt = runtime();
     rt.block_on(state.update(push(2))).unwrap();
     assert_eq!((ids(&state), on_disk(&path).unwrap()), (vec![2], vec![2]));
 }
@@ -635,17 +644,34 @@ fn a_panic_in_f_undoes_the_updates_queued_behind_the_commit_in_flight() {
         }))
         .unwrap_err();
     assert!(panicked.is_panic());
-    let e = rt.block_on(&mut queued).unwrap_err();
+    let e = answer(&rt, &mut queued).unwrap_err();
     assert_eq!((e.op(), e.path()), (Op::Apply, path.as_path()));
     assert!(e.to_string().contains("panicked"), "{e}");
     held.release(true);
-    rt.block_on(&mut in_flight).unwrap();
+    answer(&rt, &mut in_flight).unwrap();
     assert_eq!(
         (ids(&state), on_disk(&path).unwrap()),
         (vec![0, 1], vec![0, 1])
     );
     rt.block_on(state.update(push(3))).unwrap();
     assert_eq!(on_disk(&path).unwrap(), [0, 1, 3]);
+}
+
+/// A handle goes to other tasks and threads, and so does an update.
+#[test]
+fn a_state_file_and_its_updates_are_send_and_sync() {
+    fn send_sync<T: Send + Sync + Clone + 'static>(_: &T) {}
+    fn send<F: std::future::Future + Send>(f: F) -> F {
+        f
+    }
+    let dir = scratch();
+    let rt = runtime();
+    let state = rt
+        .block_on(StateFile::open(dir.path().join(STATE), Log::default))
+        .unwrap();
+    send_sync(&state);
+    rt.block_on(send(state.update(push(1)))).unwrap();
+    assert_eq!(ids(&state), [1]);
 }
 
 /// `Debug` needs no `T: Debug`, and names the path.
