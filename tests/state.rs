@@ -41,19 +41,6 @@ fn log_of(ids: &[u32], gate: &Gate) -> Log {
     }
 }
 
-/// The file's content, as the state holds it.
-fn on_disk(path: &Path) -> Option<Vec<u32>> {
-    #[derive(Deserialize)]
-    struct Ids {
-        ids: Vec<u32>,
-    }
-    match std::fs::read(path) {
-        Ok(bytes) => Some(serde_json::from_slice::<Ids>(&bytes).unwrap().ids),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => panic!("{e}"),
-    }
-}
-
 fn push(id: u32) -> impl FnOnce(&mut Log) -> usize {
     move |log| {
         log.ids.push(id);
@@ -67,6 +54,66 @@ fn answer<F: std::future::Future>(rt: &tokio::runtime::Runtime, update: F) -> F:
     let bounded = tokio::time::timeout(std::time::Duration::from_secs(60), update);
     rt.block_on(bounded)
         .expect("the update was never answered: stranded in a batch")
+}
+
+/// A state holding `[0]`, not yet written, in a fresh directory, with the
+/// gate its `Serialize` consults.
+struct Gated {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+    gate: Gate,
+    state: StateFile<Log>,
+}
+
+fn gated() -> Gated {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let gate = Gate::default();
+    let state = rt
+        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
+        .unwrap();
+    Gated {
+        _dir: dir,
+        path,
+        rt,
+        gate,
+        state,
+    }
+}
+
+/// Starts an update pushing `id` (inside a runtime's context), and holds
+/// the commit that carries it at `gate`, in flight: the update waits,
+/// polled once, so its `f` has run.
+fn hold_commit<'a>(
+    state: &'a StateFile<Log>,
+    gate: &Gate,
+    id: u32,
+) -> (
+    task::Spawn<impl std::future::Future<Output = Result<usize, tokio_atomic_write::Error>> + 'a>,
+    Held,
+) {
+    let held = gate.arm();
+    let mut update = task::spawn(state.update(push(id)));
+    assert_pending!(update.poll());
+    held.wait_reached();
+    (update, held)
+}
+
+/// A state opened with the defaults on a fresh directory (no file yet),
+/// and a runtime.
+fn opened() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    tokio::runtime::Runtime,
+    StateFile<Log>,
+) {
+    let dir = scratch();
+    let path = dir.path().join(STATE);
+    let rt = runtime();
+    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    (dir, path, rt, state)
 }
 
 fn ids(state: &StateFile<Log>) -> Vec<u32> {
@@ -250,19 +297,15 @@ fn one_caller_pays_one_hop_and_one_commit_per_update_and_no_delay() {
 #[test]
 fn updates_during_a_commit_share_the_next_one_and_read_sees_only_commits() {
     count_commits();
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let gate = Gate::default();
-    let state = rt
-        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
-        .unwrap();
+    let Gated {
+        _dir,
+        path,
+        rt,
+        gate,
+        state,
+    } = gated();
     let _in_rt = rt.enter();
-
-    let held = gate.arm();
-    let mut first = task::spawn(state.update(push(1)));
-    assert_pending!(first.poll());
-    held.wait_reached(); // the first commit is in flight, held
+    let (mut first, held) = hold_commit(&state, &gate, 1); // the first commit
     let later_gate = gate.arm(); // holds the second commit too
     let mut later: Vec<_> = (2..=9)
         .map(|id| {
@@ -310,10 +353,7 @@ fn updates_during_a_commit_share_the_next_one_and_read_sees_only_commits() {
 #[test]
 fn concurrent_updaters_lose_nothing_and_commit_one_at_a_time() {
     count_commits();
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    let (_dir, path, rt, state) = opened();
     let tasks: Vec<_> = (0..16u32)
         .map(|t| {
             let state = state.clone();
@@ -353,25 +393,24 @@ fn concurrent_updaters_lose_nothing_and_commit_one_at_a_time() {
 /// from there.
 #[test]
 fn a_failed_commit_fails_its_updates_and_later_ones_and_resets_the_state() {
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let gate = Gate::default();
-    let state = rt
-        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
-        .unwrap();
+    let Gated {
+        _dir,
+        path,
+        rt,
+        gate,
+        state,
+    } = gated();
     rt.block_on(state.update(push(1))).unwrap();
     let _in_rt = rt.enter();
-
-    let held = gate.arm();
-    let mut carried = task::spawn(state.update(push(2)));
-    assert_pending!(carried.poll());
-    held.wait_reached();
+    let (mut carried, held) = hold_commit(&state, &gate, 2);
     let mut after = task::spawn(state.update(push(3)));
     assert_pending!(after.poll());
     held.release(false);
-    for (name, u) in [("carried", &mut carried), ("after", &mut after)] {
-        let e = answer(&rt, u).unwrap_err();
+    let errors = [
+        ("carried", answer(&rt, &mut carried).unwrap_err()),
+        ("after", answer(&rt, &mut after).unwrap_err()),
+    ];
+    for (name, e) in errors {
         assert_eq!(
             (e.op(), e.path()),
             (Op::Serialize, path.as_path()),
@@ -385,7 +424,7 @@ fn a_failed_commit_fails_its_updates_and_later_ones_and_resets_the_state() {
     // From the committed state: 2 and 3 are gone.
     assert_eq!(rt.block_on(state.update(push(4))).unwrap(), 3);
     assert_eq!(on_disk(&path).unwrap(), [0, 1, 4]);
-    assert!(temp_files(dir.path()).is_empty());
+    assert!(temp_files(path.parent().unwrap()).is_empty());
 }
 
 // ---------------------------------------------------------------------
@@ -424,10 +463,7 @@ fn a_second_open_fails_at_once_naming_the_state_until_every_handle_is_gone() {
 /// started waiting.
 #[test]
 fn an_update_of_the_path_waits_for_the_state_to_be_dropped() {
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    let (_dir, path, rt, state) = opened();
     rt.block_on(state.update(push(1))).unwrap();
     let seen = Arc::new(Mutex::new(None));
     let waiting = {
@@ -480,18 +516,15 @@ fn without_a_lock_file_nothing_refuses_a_second_owner() {
 /// ran is committed all the same (5).
 #[test]
 fn the_lock_outlives_the_handles_until_the_commit_in_flight_ends() {
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let gate = Gate::default();
-    let state = rt
-        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
-        .unwrap();
+    let Gated {
+        _dir,
+        path,
+        rt,
+        gate,
+        state,
+    } = gated();
     let _in_rt = rt.enter();
-    let held = gate.arm();
-    let mut update = task::spawn(state.update(push(1)));
-    assert_pending!(update.poll());
-    held.wait_reached();
+    let (update, held) = hold_commit(&state, &gate, 1);
     drop(update); // after f ran: not undone
     drop(state);
     let e = rt
@@ -519,10 +552,7 @@ fn the_lock_outlives_the_handles_until_the_commit_in_flight_ends() {
 /// 5. An update dropped before its first poll does nothing: `f` never runs.
 #[test]
 fn an_update_dropped_before_its_first_poll_does_nothing() {
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    let (_dir, path, rt, state) = opened();
     let ran = Arc::new(Mutex::new(false));
     let flag = ran.clone();
     let never = state.update(move |log: &mut Log| {
@@ -541,10 +571,7 @@ fn an_update_dropped_before_its_first_poll_does_nothing() {
 /// again on another runtime.
 #[test]
 fn a_commit_job_dropped_unrun_at_shutdown_fails_its_updates() {
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
+    let (_dir, path, rt, state) = opened();
     let handle = rt.handle().clone();
     rt.shutdown_background();
     // The update's job is handed to a pool that has shut down.
@@ -585,16 +612,9 @@ fn open_sweeps_the_states_own_dead_leftovers_only() {
     assert!(live.exists() && other.exists());
 }
 
-/// A panic in `f` is resumed in the caller, and undoes `f`'s changes: with
-/// no other update waiting, the state, and the next commit, are as if it
-/// had never run.
-#[test]
-fn a_panic_in_f_is_resumed_and_changes_nothing() {
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let state = rt.block_on(StateFile::open(&path, Log::default)).unwrap();
-    rt.block_on(state.update(push(1))).unwrap();
+/// Runs an update whose `f` pushes 99 and panics, in a task of its own,
+/// and checks that the task ended with that very panic.
+fn update_that_panics(rt: &tokio::runtime::Runtime, state: &StateFile<Log>) {
     let s = state.clone();
     let panicked = rt
         .block_on(rt.spawn(async move {
@@ -607,6 +627,16 @@ fn a_panic_in_f_is_resumed_and_changes_nothing() {
         .unwrap_err();
     let payload = panicked.into_panic();
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"a bug in f"));
+}
+
+/// A panic in `f` is resumed in the caller, and undoes `f`'s changes: with
+/// no other update waiting, the state, and the next commit, are as if it
+/// had never run.
+#[test]
+fn a_panic_in_f_is_resumed_and_changes_nothing() {
+    let (_dir, path, rt, state) = opened();
+    rt.block_on(state.update(push(1))).unwrap();
+    update_that_panics(&rt, &state);
     rt.block_on(state.update(push(2))).unwrap();
     assert_eq!(
         (ids(&state), on_disk(&path).unwrap()),
@@ -619,31 +649,18 @@ fn a_panic_in_f_is_resumed_and_changes_nothing() {
 /// which fails with `Op::Apply`; the commit in flight goes on.
 #[test]
 fn a_panic_in_f_undoes_the_updates_queued_behind_the_commit_in_flight() {
-    let dir = scratch();
-    let path = dir.path().join(STATE);
-    let rt = runtime();
-    let gate = Gate::default();
-    let state = rt
-        .block_on(StateFile::open(&path, || log_of(&[0], &gate)))
-        .unwrap();
+    let Gated {
+        _dir,
+        path,
+        rt,
+        gate,
+        state,
+    } = gated();
     let _in_rt = rt.enter();
-    let held = gate.arm();
-    let mut in_flight = task::spawn(state.update(push(1)));
-    assert_pending!(in_flight.poll());
-    held.wait_reached();
+    let (mut in_flight, held) = hold_commit(&state, &gate, 1);
     let mut queued = task::spawn(state.update(push(2)));
     assert_pending!(queued.poll());
-    let s = state.clone();
-    let panicked = rt
-        .block_on(rt.spawn(async move {
-            s.update(|log: &mut Log| {
-                log.ids.push(99);
-                panic!("a bug in f");
-            })
-            .await
-        }))
-        .unwrap_err();
-    assert!(panicked.is_panic());
+    update_that_panics(&rt, &state);
     let e = answer(&rt, &mut queued).unwrap_err();
     assert_eq!((e.op(), e.path()), (Op::Apply, path.as_path()));
     assert!(e.to_string().contains("panicked"), "{e}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 
 use common::*;
@@ -18,19 +18,6 @@ const STATE: &str = "state.json";
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Log {
     ids: Vec<u32>,
-}
-
-/// The file's content, as the state holds it.
-fn on_disk(path: &Path) -> Option<Vec<u32>> {
-    #[derive(Deserialize)]
-    struct Ids {
-        ids: Vec<u32>,
-    }
-    match std::fs::read(path) {
-        Ok(bytes) => Some(serde_json::from_slice::<Ids>(&bytes).unwrap().ids),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => panic!("{e}"),
-    }
 }
 
 fn push(id: u32) -> impl FnOnce(&mut Log) -> usize {

@@ -595,3 +595,17 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// The ids in the state file of the `StateFile` tests (`{"ids": [..]}`,
+/// other fields ignored); `None` when there is no file.
+pub fn on_disk(path: &Path) -> Option<Vec<u32>> {
+    #[derive(serde::Deserialize)]
+    struct Ids {
+        ids: Vec<u32>,
+    }
+    match std::fs::read(path) {
+        Ok(bytes) => Some(serde_json::from_slice::<Ids>(&bytes).unwrap().ids),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("{e}"),
+    }
+}
