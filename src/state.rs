@@ -35,8 +35,9 @@ type Waiter = oneshot::Sender<Result<(), Error>>;
 ///   `write_json` per update costs: a commit starts at once, with no timer
 ///   or added delay.
 /// - **Failures.** A failed commit fails every update it carried, with
-///   its error (the first a copy of the others: same step, path and
-///   cause), and so does every update applied after them, since each ran
+///   its error (the first update gets the error itself, the others a copy:
+///   same step, path and cause), and so does every update applied after
+///   them, since each ran
 ///   on top of the lost changes. The working copy goes back to the last
 ///   committed state, and later updates start from there. No update is
 ///   acknowledged that a later crash could lose.
@@ -135,7 +136,7 @@ struct Inner<T> {
     committed: RwLock<Arc<T>>,
     /// The lock file, its lock held while this lives: dropped with the last
     /// handle, after a commit in flight (whose job holds one) has ended.
-    _lock: Option<std::fs::File>,
+    lock: Option<std::fs::File>,
 }
 
 impl<T> Clone for StateFile<T> {
@@ -151,7 +152,7 @@ impl<T> fmt::Debug for StateFile<T> {
         f.debug_struct("StateFile")
             .field("path", &self.inner.path)
             .field("durability", &self.inner.options.durability)
-            .field("lock_file", &self.inner._lock.is_some())
+            .field("lock_file", &self.inner.lock.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -162,10 +163,11 @@ where
 {
     /// Opens the state kept in the JSON file at `path`, with the default
     /// [`OpenOptions`] ([`Durability::Full`](crate::Durability::Full)):
-    /// sweeps the crate's leftover temp files of this file (those no live
-    /// writer holds: a process killed inside a commit leaves one), takes
-    /// the file's lock, and loads it, or calls `init` when there is no file
-    /// (nothing is written until the first update).
+    /// takes the file's lock, sweeps the crate's leftover temp files of
+    /// this file (those no live writer holds: a process killed inside a
+    /// commit leaves one; other files' are left alone), and loads it, or
+    /// calls `init` when there is no file (nothing is written until the
+    /// first update).
     ///
     /// The path is resolved once (links followed, under the rules of
     /// [`OpenOptions::follow_symlinks`]): every commit replaces the file
@@ -243,7 +245,7 @@ where
                 found: opened.found,
                 batches: Mutex::new(batches),
                 committed,
-                _lock: opened.lock,
+                lock: opened.lock,
             }),
         })
     }
