@@ -120,8 +120,8 @@ impl<T: Clone, W> Batches<T, W> {
             Err(payload) => {
                 drop(waiter);
                 self.working = T::clone(&self.last);
-                let queued = self.waiting.iter().filter(|(n, _)| *n > self.taken).count();
-                let first = self.waiting.len() - queued;
+                // The waiting are in order: those past `taken` are queued.
+                let first = self.waiting.partition_point(|(n, _)| *n <= self.taken);
                 let answers = self
                     .waiting
                     .drain(first..)
@@ -152,11 +152,7 @@ impl<T: Clone, W> Batches<T, W> {
 
     /// Ends `batch` with the outcome of its commit; see the module's docs.
     pub(crate) fn finish(&mut self, batch: Batch<T>, outcome: Result<(), Error>) -> Finished<T, W> {
-        let carried = self
-            .waiting
-            .iter()
-            .take_while(|(n, _)| *n <= batch.through)
-            .count();
+        let carried = self.waiting.partition_point(|(n, _)| *n <= batch.through);
         let (committed, answered, error) = match outcome {
             Ok(()) => (Some(batch.value), carried, None),
             Err(e) if e.is_published() => (Some(batch.value), carried, Some(e)),

@@ -6,9 +6,8 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use super::resolve::{self, Found};
-use super::update::{check_kind, lock_beside, read_in};
-use crate::sys::Kind;
+use super::resolve::Found;
+use super::update::Attempt;
 use crate::{Error, Op, OpenOptions};
 
 /// A state file found, locked (unless `lock_file(false)`), and read.
@@ -31,27 +30,19 @@ pub(crate) fn open(opts: &OpenOptions, target: &Path) -> Result<Opened, Error> {
         let err = io::Error::new(io::ErrorKind::InvalidInput, msg);
         return Err(Error::new(Op::Open, target, err));
     }
-    let found = resolve::find(target, opts.follow_symlinks.into())?;
-    found.check_replace(target)?;
-    check_kind(&found, target)?;
-    let lock = match opts.lock_file {
-        false => None,
-        true => match lock_beside(&found)? {
-            Some(lock) => Some(lock),
-            None => {
-                let msg = "its lock file is held by another owner (a StateFile, or an update, \
-                           in this process or another)";
-                let err = io::Error::new(io::ErrorKind::WouldBlock, msg);
-                return Err(Error::new(Op::Lock, target, err));
-            }
-        },
-    };
-    // A symlink left at the name is one not followed: nothing to read,
-    // and the first commit replaces the link.
-    let content = match found.existing.map(|m| m.kind) {
-        Some(Kind::Symlink) => None,
-        _ => read_in(&found.dir, &found.name).map_err(|e| Error::new(Op::Read, target, e))?,
-    };
+    // As an `update` starts, but without waiting for the lock; without a
+    // lock file, the read needs no turn (one owner is the caller's word).
+    let mut attempt = Attempt::start(opts, target)?;
+    if !opts.lock_file {
+        attempt = attempt.again(opts, target)?;
+    }
+    if !attempt.is_ready() {
+        let msg = "its lock file is held by another owner (a StateFile, or an update, in this \
+                   process or another)";
+        let err = io::Error::new(io::ErrorKind::WouldBlock, msg);
+        return Err(Error::new(Op::Lock, target, err));
+    }
+    let (found, lock, content) = attempt.into_parts();
     Ok(Opened {
         found,
         lock,

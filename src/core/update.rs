@@ -102,7 +102,7 @@ impl Attempt {
 /// Fails with [`Op::Open`], naming `target`, when the entry found is a
 /// directory or anything else that is not a regular file (or a symlink not
 /// followed, which is replaced like a new file).
-pub(crate) fn check_kind(found: &Found, target: &Path) -> Result<(), Error> {
+fn check_kind(found: &Found, target: &Path) -> Result<(), Error> {
     let refuse = |e: io::Error| Err(Error::new(Op::Open, target, e));
     match found.existing.map(|m| m.kind) {
         Some(Kind::Dir) => refuse(io::ErrorKind::IsADirectory.into()),
@@ -122,7 +122,7 @@ pub(crate) fn check_kind(found: &Found, target: &Path) -> Result<(), Error> {
 /// the directory (and it is not sticky). It holds no content, so it reveals none. In a sticky,
 /// world-writable directory a lock file owned by neither this user nor the
 /// directory's owner is refused, as a file to replace would be.
-pub(crate) fn lock_beside(found: &Found) -> Result<Option<File>, Error> {
+fn lock_beside(found: &Found) -> Result<Option<File>, Error> {
     let lock_name = name::lock_name(&found.name);
     let (_, dir_mode) = found.dir.owner_and_mode();
     // Group and others may replace the target where they may write the
@@ -196,7 +196,7 @@ pub(crate) fn open_source(path: &Path) -> Result<(File, Meta), Error> {
     open_regular(path)?.ok_or_else(|| Error::new(Op::Read, path, crate::sys::not_found()))
 }
 
-pub(crate) fn read_in(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<Option<Vec<u8>>> {
+fn read_in(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<Option<Vec<u8>>> {
     dir.open_read(name)?
         .map(|(file, _)| read_all(file))
         .transpose()
