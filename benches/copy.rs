@@ -24,10 +24,12 @@
 //! - `copy_buf_1m`: the same through a 1 MiB `BufReader` and `copy_buf`,
 //!   the fast way to feed the file when the bytes must pass through.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::LoopMount;
 use tokio::io::BufReader;
 use tokio::runtime::Runtime;
 use tokio_atomic_write::AsyncAtomicFile;
@@ -81,48 +83,6 @@ fn run_way(rt: &Runtime, way: &str, from: &Path, to: &Path) -> Duration {
         _ => unreachable!(),
     }
     start.elapsed()
-}
-
-/// A loop-mounted xfs (reflink on, as mkfs.xfs makes it by default), big
-/// enough for the source and two copies; unmounted on drop.
-struct Xfs {
-    mount: PathBuf,
-    image: PathBuf,
-}
-
-impl Xfs {
-    fn make(base: &Path, mib: u64) -> Option<Xfs> {
-        let is_root = rustix::process::geteuid().is_root();
-        if !is_root {
-            println!("xfs: SKIPPED: needs root (a loop mount); the root filesystem only");
-            return None;
-        }
-        let image = base.join("copy-bench-xfs.img");
-        let mount = base.join("copy-bench-xfs");
-        std::fs::create_dir_all(&mount).unwrap();
-        let size = format!("{}M", 4 * mib + 512);
-        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
-        let made = ok(Command::new("truncate").args(["-s", &size]).arg(&image))
-            && ok(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&image))
-            && ok(Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&mount));
-        if !made {
-            println!("xfs: SKIPPED: mkfs.xfs or the loop mount failed");
-            let _ = std::fs::remove_file(&image);
-            return None;
-        }
-        Some(Xfs { mount, image })
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = std::fs::remove_file(&self.image);
-        let _ = std::fs::remove_dir(&self.mount);
-    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -194,7 +154,10 @@ fn main() {
         table += &bench_in(&rt, "root", dir.path(), mib, rounds);
     }
     if wanted("xfs") {
-        if let Some(xfs) = Xfs::make(&target_dir, mib) {
+        // Reflink on, as mkfs.xfs makes it by default; big enough for the
+        // source and two copies.
+        let size = format!("{}M", 4 * mib + 512);
+        if let Some(xfs) = LoopMount::make(&target_dir, "copy-bench-xfs", "xfs", &size, &["-f"]) {
             table += &bench_in(&rt, "xfs", &xfs.mount, mib, rounds);
         }
     }

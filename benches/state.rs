@@ -25,10 +25,12 @@
 //! one clone alone against one update with one updater.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::LoopMount;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
@@ -133,47 +135,6 @@ fn run_way(rt: &Runtime, way: &str, dir: &Path, updaters: usize, total: usize) -
         }
     })
     .mul_f64(total as f64 / (per_task * updaters) as f64)
-}
-
-/// A loop-mounted ext4 with a journal; unmounted on drop.
-struct Ext4 {
-    mount: PathBuf,
-    image: PathBuf,
-}
-
-impl Ext4 {
-    fn make(base: &Path) -> Option<Ext4> {
-        if !rustix::process::geteuid().is_root() {
-            println!("ext4: SKIPPED: needs root (a loop mount); the root filesystem only");
-            return None;
-        }
-        let image = base.join("state-bench-ext4.img");
-        let mount = base.join("state-bench-ext4");
-        std::fs::create_dir_all(&mount).unwrap();
-        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
-        let made = ok(Command::new("truncate").args(["-s", "512M"]).arg(&image))
-            && ok(Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-                .arg(&image))
-            && ok(Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&mount));
-        if !made {
-            println!("ext4: SKIPPED: mkfs.ext4 or the loop mount failed");
-            let _ = std::fs::remove_file(&image);
-            return None;
-        }
-        Some(Ext4 { mount, image })
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = std::fs::remove_file(&self.image);
-        let _ = std::fs::remove_dir(&self.mount);
-    }
 }
 
 /// The updater counts to run: `TAW_STATE_UPDATERS` (e.g. `1,64`), or
@@ -293,7 +254,14 @@ fn main() {
         .unwrap();
     let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let root = tempfile::tempdir_in(&target_dir).unwrap();
-    let ext4 = wanted("ext4").then(|| Ext4::make(&target_dir)).flatten();
+    // Made without lazy init: no background thread writing inode tables
+    // and committing the journal while the bench runs.
+    let ext4 = wanted("ext4")
+        .then(|| {
+            let lazy = ["-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"];
+            LoopMount::make(&target_dir, "state-bench-ext4", "ext4", "512M", &lazy)
+        })
+        .flatten();
     let mut places: Vec<(&str, &Path)> = Vec::new();
     if wanted("root") {
         places.push(("root", root.path()));
