@@ -2,7 +2,8 @@
 //! with `ENOSPC`, a `linkat` with `EXDEV` and a `close` with `EIO`, each
 //! injected by strace into the one call of a commit that it names. Every
 //! fault must give an `Err` naming the step, leave the target's old content
-//! and leave no temp file. (`fsync` with `EIO` is in `strace.rs`,
+//! and leave no temp file; except a `close` after the rename of a durable
+//! commit, which must say the new content is published. (`fsync` with `EIO` is in `strace.rs`,
 //! `renameat2` with `EINVAL` and `ENOSYS` in `no_clobber.rs`.)
 //!
 //! No libtest here (`harness = false`): strace counts calls per thread, so
@@ -33,6 +34,9 @@ struct Case {
     fault: &'static str,
     /// The step the error must name (`Op`'s `Debug`).
     op: &'static str,
+    /// Whether the error comes after the publish (`is_published()`), the
+    /// target then holding the new content.
+    published: bool,
 }
 
 const CASES: &[Case] = &[
@@ -43,6 +47,7 @@ const CASES: &[Case] = &[
         durability: Durability::Full,
         fault: "write:error=ENOSPC",
         op: "Write",
+        published: false,
     },
     Case {
         name: "write ENOSPC, O_TMPFILE",
@@ -51,6 +56,7 @@ const CASES: &[Case] = &[
         durability: Durability::Full,
         fault: "write:error=ENOSPC",
         op: "Write",
+        published: false,
     },
     Case {
         name: "linkat EXDEV, O_TMPFILE replacing",
@@ -59,6 +65,7 @@ const CASES: &[Case] = &[
         durability: Durability::Full,
         fault: "linkat:error=EXDEV",
         op: "Link",
+        published: false,
     },
     Case {
         name: "linkat EXDEV, O_TMPFILE without overwrite",
@@ -67,14 +74,27 @@ const CASES: &[Case] = &[
         durability: Durability::Full,
         fault: "linkat:error=EXDEV",
         op: "Link",
+        published: false,
     },
     Case {
-        name: "close EIO, named temp",
+        name: "close EIO, named temp (Durability::None)",
+        unnamed: false,
+        overwrite: true,
+        durability: Durability::None,
+        fault: "close:error=EIO",
+        op: "Close",
+        published: false,
+    },
+    // A durable commit renames first and closes after: its fsync has
+    // reported any write-back error already.
+    Case {
+        name: "close EIO after the rename, named temp",
         unnamed: false,
         overwrite: true,
         durability: Durability::Full,
         fault: "close:error=EIO",
         op: "Close",
+        published: true,
     },
     Case {
         name: "close EIO, O_TMPFILE (Durability::None)",
@@ -83,6 +103,7 @@ const CASES: &[Case] = &[
         durability: Durability::None,
         fault: "close:error=EIO",
         op: "Close",
+        published: false,
     },
 ];
 
@@ -112,12 +133,17 @@ fn child(case: &Case, dir: &Path, clean: bool) -> ExitCode {
         (true, Ok(())) => Ok(()),
         (true, Err(e)) => Err(format!("clean run failed: {e}")),
         (false, Ok(())) => Err("the fault gave Ok".to_string()),
-        (false, Err(e)) if format!("{:?}", e.op()) != case.op || e.is_published() => Err(format!(
-            "wanted an unpublished {} error, got {:?} (published: {}): {e}",
-            case.op,
-            e.op(),
-            e.is_published()
-        )),
+        (false, Err(e))
+            if format!("{:?}", e.op()) != case.op || e.is_published() != case.published =>
+        {
+            Err(format!(
+                "wanted a {} error with published {}, got {:?} (published: {}): {e}",
+                case.op,
+                case.published,
+                e.op(),
+                e.is_published()
+            ))
+        }
         (false, Err(e)) if !e.to_string().contains(TARGET) => {
             Err(format!("the error does not name the target: {e}"))
         }
@@ -174,14 +200,25 @@ fn tid(line: &str) -> &str {
 /// Whether the call's first argument is the temp file: unnamed (`#ino
 /// (deleted)`) or under a temp name.
 fn on_temp(line: &str) -> bool {
-    let first_arg = line.split_once('(').map_or("", |(_, rest)| rest);
-    let (fd_path, after) = first_arg.split_once('>').unwrap_or(("", ""));
+    let (fd_path, after) = first_arg(line);
     after.starts_with("(deleted)") || fd_path.ends_with(".tmp")
+}
+
+/// The path of the call's first argument (`-y`), and what follows it.
+fn first_arg(line: &str) -> (&str, &str) {
+    let first_arg = line.split_once('(').map_or("", |(_, rest)| rest);
+    first_arg.split_once('>').unwrap_or(("", ""))
+}
+
+/// Whether the call is the case's: on the temp file, or for a fault after
+/// the rename, on the file renamed to the target.
+fn on_new_file(case: &Case, line: &str) -> bool {
+    on_temp(line) || (case.published && first_arg(line).0.ends_with(&format!("/{TARGET}")))
 }
 
 /// Which call of its thread, counting from 1, the first `syscall` on the
 /// temp file is; found in a clean run, as strace's `when=` counts.
-fn nth_on_temp(trace: &[String], syscall: &str) -> usize {
+fn nth_on_temp(case: &Case, trace: &[String], syscall: &str) -> usize {
     let is_call = |l: &&String| {
         l.split_whitespace()
             .nth(1)
@@ -190,7 +227,7 @@ fn nth_on_temp(trace: &[String], syscall: &str) -> usize {
     let first = trace
         .iter()
         .filter(is_call)
-        .find(|l| on_temp(l) || syscall == "linkat")
+        .find(|l| on_new_file(case, l) || syscall == "linkat")
         .unwrap_or_else(|| panic!("no {syscall} on the temp file:\n{}", trace.join("\n")));
     let thread = tid(first);
     1 + trace
@@ -205,12 +242,12 @@ fn run(case: &Case) {
     let syscall = case.fault.split(':').next().unwrap();
     let (clean, dir) = traced(case, None);
     drop(dir);
-    let nth = nth_on_temp(&clean, syscall);
+    let nth = nth_on_temp(case, &clean, syscall);
     let (trace, dir) = traced(case, Some(format!("{}:when={nth}", case.fault)));
     let injected: Vec<&String> = trace.iter().filter(|l| l.contains("(INJECTED)")).collect();
     let hit = injected
         .iter()
-        .find(|l| on_temp(l) || syscall == "linkat")
+        .find(|l| on_new_file(case, l) || syscall == "linkat")
         .unwrap_or_else(|| {
             panic!(
                 "{}: the fault missed the temp file:\n{}",
@@ -219,7 +256,8 @@ fn run(case: &Case) {
             )
         });
     assert!(hit.contains(syscall), "{hit}");
-    // Nothing published: no rename or link onto the target's name.
+    // Published only where the case says: a rename or link onto the
+    // target's name.
     let target = format!("\"{TARGET}\"");
     let published = trace.iter().any(|l| {
         !l.contains("(INJECTED)")
@@ -227,14 +265,18 @@ fn run(case: &Case) {
             && l.contains(&target)
             && !l.contains("= -1")
     });
-    assert!(
-        !published,
-        "{}: published anyway:\n{}",
+    assert_eq!(
+        published,
+        case.published,
+        "{}: published or not:\n{}",
         case.name,
         trace.join("\n")
     );
     let content = std::fs::read(dir.path().join(TARGET)).ok();
-    let expected = case.overwrite.then(|| OLD.to_vec());
+    let expected = match case.published {
+        true => Some(NEW.to_vec()),
+        false => case.overwrite.then(|| OLD.to_vec()),
+    };
     assert_eq!(content, expected, "{}: the target changed", case.name);
     assert_eq!(
         temp_files(dir.path()),
@@ -262,7 +304,7 @@ fn main() -> ExitCode {
         println!("test injected fault: {} ... ok", case.name);
     }
     println!(
-        "{} faults injected, each an error naming its step, the target old, no temp file left",
+        "{} faults injected, each an error naming its step (after the rename: published, the target new; before: the target old), no temp file left",
         CASES.len()
     );
     ExitCode::SUCCESS

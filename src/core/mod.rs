@@ -201,7 +201,7 @@ impl Staged {
         };
         let create_mode = final_mode.map_or(0o666, |m| m & 0o777) & existing_perm;
 
-        let (file, temp) = create_temp(make_in, &name, create_mode, opts.unnamed_temp)
+        let (file, temp, created) = create_temp(make_in, &name, create_mode, opts.unnamed_temp)
             .map_err(|e| Error::new(Op::CreateTemp, &temp_dir_path, e))?;
         let mut staged = Staged {
             file: Some(file),
@@ -220,7 +220,7 @@ impl Staged {
         };
 
         if let (true, Some(meta)) = (sys::HAS_MODES, existing) {
-            staged.match_replaced_file(opts, meta, final_mode)?;
+            staged.match_replaced_file(opts, meta, final_mode, created)?;
         } else if let (true, Some(mode)) = (sys::HAS_MODES, final_mode) {
             // A new file: its mode depends on the umask, unknown here.
             staged.set_modes(mode, mode & 0o777, None)?;
@@ -232,15 +232,20 @@ impl Staged {
     /// effort) and sets the mode to use while writing, never readable wider
     /// than the replaced file nor than the final one. If the group could not
     /// be copied, the group bits stay off until commit: they would apply to
-    /// another group.
+    /// another group. `created`: the temp file's metadata, when its
+    /// creation read it already.
     fn match_replaced_file(
         &mut self,
         opts: &OpenOptions,
         replaced: sys::Meta,
         final_mode: Option<u32>,
+        created: Option<sys::Meta>,
     ) -> Result<(), Error> {
-        let now = sys::file_meta(self.file())
-            .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
+        let now = match created {
+            Some(meta) => meta,
+            None => sys::file_meta(self.file())
+                .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?,
+        };
         let gid = if opts.preserve_owner {
             self.copy_owner(now, replaced.uid, replaced.gid)
         } else {
@@ -441,7 +446,11 @@ impl Staged {
             (TempName::Unnamed, true) => {
                 // linkat cannot replace: link under a temp name, then rename.
                 // A process killed between the two leaves that name behind
-                // (for `sweep`).
+                // (for `sweep`). Locked before it has that name, so that a
+                // sweep never finds it unlocked while this process lives.
+                // Nothing else can hold the lock of a file no one else can
+                // open.
+                sys::lock_temp(self.file(), false);
                 let name = link_temp_name(self.file(), self.temp_dir(), &self.plan.name)
                     .map_err(|e| Error::new(Op::Link, target, e))?;
                 self.temp = TempName::Named(name);
@@ -463,10 +472,22 @@ impl Staged {
         Ok(())
     }
 
-    /// Closes the temp file, reporting its error, then renames it into
-    /// place. A duplicate descriptor holds its lock (`sys::lock_temp`) until
-    /// the rename is done, so that `sweep` never finds it unlocked.
+    /// Renames the temp file into place and closes it, reporting the
+    /// close's error, which some filesystems (NFS) use to report a failed
+    /// write-back. Its lock (`sys::lock_temp`) is held until the rename is
+    /// done, so that `sweep` never finds it unlocked.
+    ///
+    /// A durable commit has had any write-back error from its `fsync`: it
+    /// renames first, the descriptor holding the lock, and closes after
+    /// (two calls fewer than the other order). Without `fsync` the close
+    /// is the only report: it comes before the rename, and a duplicate
+    /// descriptor holds the lock through the rename. So does every commit
+    /// where an open file cannot be renamed.
     fn close_and_rename(&mut self) -> Result<(), Error> {
+        if sys::RENAME_OPEN_FILES && self.plan.durability == Durability::Full {
+            self.rename()?;
+            return self.close(true);
+        }
         let keep_lock = self.file().try_clone().ok();
         self.close(false)?;
         let renamed = self.rename();
@@ -577,36 +598,43 @@ impl Drop for Staged {
 
 /// Creates the temp file in `dir`: unnamed where the platform and the
 /// filesystem allow it and the caller does, otherwise under a fresh
-/// [`name::temp_name`], exclusively and without following links. Either way
-/// it is locked (`sys::lock_temp`): `sweep` never removes it while this
-/// process holds it open.
+/// [`name::temp_name`], exclusively and without following links. A named
+/// file is locked at once, an unnamed one before it gets a temp name
+/// (`sys::lock_temp`): `sweep` never removes it while this process holds it
+/// open.
+/// Also returns the file's metadata when the lock's check read it.
 fn create_temp(
     dir: &Dir,
     target_name: &OsStr,
     mode: u32,
     unnamed: bool,
-) -> io::Result<(File, TempName)> {
+) -> io::Result<(File, TempName, Option<sys::Meta>)> {
     if unnamed {
         if let Some(file) = sys::create_unnamed(dir, mode)? {
-            // Locked too: a replacing commit links it under a temp name.
-            // Nothing can hold the lock of a file no one else can open.
-            sys::lock_temp(&file, false);
-            return Ok((file, TempName::Unnamed));
+            // Not locked yet: no one else can open it, nor `sweep` see it,
+            // until a replacing commit links it under a temp name, which
+            // locks it first.
+            return Ok((file, TempName::Unnamed, None));
         }
     }
     let mut file = None;
     let name = with_fresh_name(target_name, |name| {
         let created = dir.create_new(name, mode)?;
-        if !sys::lock_temp(&created, true) {
-            // A sweep found it before the lock: it holds it, or removed
-            // it already. Let it go and take another name.
-            let _ = dir.remove(name);
-            return Err(io::ErrorKind::AlreadyExists.into());
+        match sys::lock_new_temp(&created) {
+            sys::NewTemp::Locked(meta) => {
+                file = Some((created, meta));
+                Ok(())
+            }
+            sys::NewTemp::Swept => {
+                // A sweep found it before the lock: it holds it, or removed
+                // it already. Let it go and take another name.
+                let _ = dir.remove(name);
+                Err(io::ErrorKind::AlreadyExists.into())
+            }
         }
-        file = Some(created);
-        Ok(())
     })?;
-    Ok((file.expect("created"), TempName::Named(name)))
+    let (file, meta) = file.expect("created");
+    Ok((file, TempName::Named(name), meta))
 }
 
 /// Links an unnamed file into `dir` under a fresh temp name.

@@ -20,6 +20,11 @@ use super::{AfterLink, CopyError};
 /// (`EOPNOTSUPP`) is not remembered: another directory may be on one with it.
 static NO_O_TMPFILE: AtomicBool = AtomicBool::new(false);
 
+/// Set once `linkat(AT_EMPTY_PATH)` has failed with `ENOENT`: this
+/// process may not link a file by its descriptor alone (a kernel before
+/// 6.10 without CAP_DAC_READ_SEARCH), so it goes through `/proc`.
+static NO_EMPTY_PATH_LINK: AtomicBool = AtomicBool::new(false);
+
 /// Whether `/proc/self/fd` is there to name an unnamed file for `linkat`
 /// (it is missing in some chroots and sandboxes). Checked once.
 fn proc_fd_available() -> bool {
@@ -52,8 +57,28 @@ pub(crate) fn create_unnamed(dir: &Dir, mode: u32) -> io::Result<Option<File>> {
 /// Gives an unnamed file the name `name` in `dir`; `EEXIST` if taken, so it
 /// doubles as an atomic no-clobber publish.
 pub(crate) fn link_unnamed(file: &File, dir: &Dir, name: &OsStr) -> io::Result<()> {
-    // linkat(AT_EMPTY_PATH) would need CAP_DAC_READ_SEARCH; the /proc link
-    // with AT_SYMLINK_FOLLOW is what open(2) documents for O_TMPFILE.
+    // `linkat(fd, "", AT_EMPTY_PATH)` names the file itself, with no path
+    // to look up. Before Linux 6.10 it needs CAP_DAC_READ_SEARCH (since,
+    // also a file opened with the caller's credentials, as this one is);
+    // without it the kernel says `ENOENT`. Remembered for the process once
+    // the link through /proc works instead (a removed directory says
+    // `ENOENT` to both).
+    if NO_EMPTY_PATH_LINK.load(Ordering::Relaxed) {
+        return link_through_proc(file, dir, name);
+    }
+    match rustix::fs::linkat(file, "", dir.fd(), name, AtFlags::EMPTY_PATH) {
+        Err(Errno::NOENT) => {
+            link_through_proc(file, dir, name)?;
+            NO_EMPTY_PATH_LINK.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// `link_unnamed` through the file's `/proc/self/fd` link, with
+/// `AT_SYMLINK_FOLLOW`: what open(2) documents for `O_TMPFILE`.
+fn link_through_proc(file: &File, dir: &Dir, name: &OsStr) -> io::Result<()> {
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     Ok(rustix::fs::linkat(
         CWD,

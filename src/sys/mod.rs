@@ -49,6 +49,16 @@ pub(crate) enum NoReplace {
     Linked,
 }
 
+/// How locking a named temp file just created went (`lock_new_temp`).
+#[derive(Debug)]
+pub(crate) enum NewTemp {
+    /// Locked and still named; its metadata when the check read it.
+    Locked(Option<Meta>),
+    /// A sweep got to it between its creation and the lock: it holds the
+    /// lock, or has removed the file.
+    Swept,
+}
+
 /// A file that `sweep` may remove, from `Dir::probe_leftover`.
 #[derive(Debug)]
 pub(crate) struct Leftover {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-use super::{Kind, Leftover, Meta, NoReplace};
+use super::{Kind, Leftover, Meta, NewTemp, NoReplace};
 
 /// Elsewhere: through a buffer. (macOS could clone with `fclonefileat`,
 /// which rustix does not offer.)
@@ -30,6 +30,11 @@ pub(crate) use super::macos::sync_fd;
 
 /// Whether this platform applies unix modes and owners.
 pub(crate) const HAS_MODES: bool = true;
+
+/// Whether an open file can be renamed. Here it can, so a durable commit
+/// renames its temp file while the descriptor still holds the lock that
+/// keeps `sweep` away, and closes it after.
+pub(crate) const RENAME_OPEN_FILES: bool = true;
 
 /// A directory, held open so that every step of one atomic write acts on the
 /// same directory even if its path is renamed meanwhile, and so that it can
@@ -580,10 +585,29 @@ pub(crate) fn file_meta(file: &File) -> io::Result<Meta> {
 /// creation and the lock: the sweep holds its lock, or has removed it.
 pub(crate) fn lock_temp(file: impl AsFd, named: bool) -> bool {
     let file = file.as_fd();
+    match named {
+        true => !matches!(lock_new_temp(file), NewTemp::Swept),
+        false => !matches!(
+            rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive),
+            Err(Errno::WOULDBLOCK)
+        ),
+    }
+}
+
+/// [`lock_temp`] of a named file just created. Its check (that the file
+/// still has a name once locked) is an `fstat`, whose answer is handed
+/// back: the caller, which needs the file's owner and mode, makes no
+/// second one.
+pub(crate) fn lock_new_temp(file: impl AsFd) -> NewTemp {
+    let file = file.as_fd();
     match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
-        Err(Errno::WOULDBLOCK) => false,
-        Err(_) => true,
-        Ok(()) => !named || rustix::fs::fstat(file).map_or(true, |st| st.st_nlink > 0),
+        Err(Errno::WOULDBLOCK) => NewTemp::Swept,
+        Err(_) => NewTemp::Locked(None),
+        Ok(()) => match rustix::fs::fstat(file) {
+            Ok(st) if st.st_nlink == 0 => NewTemp::Swept,
+            Ok(st) => NewTemp::Locked(Some(meta_of(&st))),
+            Err(_) => NewTemp::Locked(None),
+        },
     }
 }
 

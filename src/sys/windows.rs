@@ -13,7 +13,7 @@ use std::io;
 use std::os::windows::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{Kind, Leftover, Meta, NoReplace};
+use super::{Kind, Leftover, Meta, NewTemp, NoReplace};
 use windows_sys::Win32::Storage::FileSystem::{
     MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
 };
@@ -23,6 +23,11 @@ use windows_sys::Win32::Storage::FileSystem::{
 pub(crate) use super::copy_chunks as copy_file;
 
 pub(crate) const HAS_MODES: bool = false;
+
+/// Kept off here: whether `MoveFileExW` may move an open file depends on how
+/// every handle to it shares deletion, so the temp file is closed before
+/// its rename.
+pub(crate) const RENAME_OPEN_FILES: bool = false;
 
 #[derive(Debug)]
 pub(crate) struct Dir {
@@ -249,6 +254,11 @@ impl Dir {
 /// `Dir::probe_leftover`).
 pub(crate) fn lock_temp(_file: &File, _named: bool) -> bool {
     true
+}
+
+/// No locks here; the file's metadata is read when needed.
+pub(crate) fn lock_new_temp(_file: &File) -> NewTemp {
+    NewTemp::Locked(None)
 }
 
 /// Windows reports no error on closing a file handle that matters here.

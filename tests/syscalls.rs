@@ -1,0 +1,192 @@
+//! Issue #22, "System calls": the calls one commit makes, counted with
+//! strace for each path (named and `O_TMPFILE` temp file, replace and
+//! no-clobber, `Durability::Full` and `None`) next to raw std's, and held
+//! to the counts in the README's table. Each call the crate makes beyond
+//! std's serves a guarantee; `src/core/mod.rs` says which.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio_atomic_write::{Durability, OpenOptions};
+
+const TARGET: &str = "state.json";
+const NEW: &[u8] = &[7; 4096];
+
+/// A path and its calls for one commit of 4 KiB over an existing file (a
+/// new one for no-clobber), after a first commit in the same process (so
+/// that what is checked once per process, such as `O_TMPFILE` support,
+/// does not count).
+struct Case {
+    name: &'static str,
+    calls: usize,
+}
+
+/// The README's table, row by row.
+const CASES: [Case; 10] = [
+    Case {
+        name: "std full",
+        calls: 8,
+    },
+    Case {
+        name: "std none",
+        calls: 4,
+    },
+    Case {
+        name: "named replace full",
+        calls: 15,
+    },
+    Case {
+        name: "named replace none",
+        calls: 14,
+    },
+    Case {
+        name: "named noclobber full",
+        calls: 14,
+    },
+    Case {
+        name: "named noclobber none",
+        calls: 13,
+    },
+    Case {
+        name: "unnamed replace full",
+        calls: 17,
+    },
+    Case {
+        name: "unnamed replace none",
+        calls: 15,
+    },
+    Case {
+        name: "unnamed noclobber full",
+        calls: 13,
+    },
+    Case {
+        name: "unnamed noclobber none",
+        calls: 8,
+    },
+];
+
+/// The calls without a path of the test directory that a commit makes:
+/// the temp name's randomness, the group a new file gets.
+const PATHLESS: [&str; 4] = ["getrandom", "getegid", "geteuid", "umask"];
+
+/// The child: two commits as the case says, the second between markers.
+fn child(case: &str, dir: &Path) {
+    let target = dir.join(TARGET);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut opts = OpenOptions::new();
+    opts.unnamed_temp(case.starts_with("unnamed"))
+        .overwrite(!case.contains("noclobber"))
+        .durability(match case.ends_with("full") {
+            true => Durability::Full,
+            false => Durability::None,
+        });
+    for round in 0..2 {
+        if case.contains("noclobber") {
+            let _ = std::fs::remove_file(&target);
+        } else {
+            std::fs::write(&target, b"old").unwrap();
+        }
+        let _ = std::fs::metadata(dir.join(format!("MARK-start-{round}")));
+        if case.starts_with("std") {
+            raw_std(&target, case.ends_with("full")).unwrap();
+        } else {
+            rt.block_on(async {
+                let mut file = opts.open(&target).await.unwrap();
+                file.write_all(NEW).await.unwrap();
+                file.commit().await.unwrap();
+            });
+        }
+        let _ = std::fs::metadata(dir.join(format!("MARK-end-{round}")));
+        assert_eq!(std::fs::read(&target).unwrap(), NEW);
+    }
+}
+
+/// What `std::fs` users write: the same commit, with std's calls.
+fn raw_std(target: &Path, durable: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = target.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(NEW)?;
+    if durable {
+        f.sync_all()?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, target)?;
+    if durable {
+        std::fs::File::open(target.parent().unwrap())?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The second commit's calls, one per line (name and arguments).
+fn calls_of(case: &str) -> Vec<String> {
+    let dir = scratch();
+    let out = scratch();
+    let log = out.path().join("strace.out");
+    let log_s = log.to_str().unwrap();
+    let dir_s = dir.path().to_str().unwrap();
+    run_child(
+        "a_commit_makes_the_calls_of_the_table",
+        &["strace", "-f", "-y", "-qq", "-o", log_s],
+        &[("TAW_DIR", dir_s), ("TAW_CASE", case)],
+        None,
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut inside = false;
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let call = line.split_once(' ').map_or(line, |(_, r)| r).trim_start();
+        if call.contains("MARK-start-1") {
+            inside = true;
+            continue;
+        }
+        if call.contains("MARK-end-1") {
+            break;
+        }
+        // A call split by another thread's is counted once, at its start.
+        if !inside || call.starts_with("<...") {
+            continue;
+        }
+        let name = call.split('(').next().unwrap_or("");
+        // A debug build of std checks each descriptor it closes with
+        // `fcntl(F_GETFD)`; a release build does not.
+        let debug_check = name == "fcntl" && call.contains("F_GETFD");
+        if (call.contains(dir_s) || PATHLESS.contains(&name)) && !debug_check {
+            calls.push(call.to_string());
+        }
+    }
+    calls
+}
+
+#[test]
+fn a_commit_makes_the_calls_of_the_table() {
+    if is_child() {
+        let case = std::env::var("TAW_CASE").unwrap();
+        return child(&case, Path::new(&std::env::var("TAW_DIR").unwrap()));
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let mut table = String::from("| path | calls |\n|---|---|\n");
+    let mut wrong = Vec::new();
+    for case in &CASES {
+        let calls = calls_of(case.name);
+        table += &format!("| {} | {} |\n", case.name, calls.len());
+        if calls.len() != case.calls {
+            wrong.push(format!(
+                "{}: {} calls, the table says {}:\n  {}",
+                case.name,
+                calls.len(),
+                case.calls,
+                calls.join("\n  ")
+            ));
+        }
+    }
+    println!("{table}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
