@@ -24,11 +24,24 @@
 //!   not do, so that it gives the same guarantee as the others.
 //! - `ours`: `AsyncAtomicFile` fed by `tokio::io::copy`; `ours_write_fn`:
 //!   `tokio_atomic_write::write`.
+//! - `trip`: one empty round trip to the blocking pool (`spawn_blocking`
+//!   of a no-op, awaited), measured in the same rounds as the peers. The
+//!   design's limit for a sequential workload is `(a) + trips x trip`:
+//!   `AsyncAtomicFile` takes two trips (open, commit), `write()` one.
 //!
 //! Workloads: W1 streams 256 MiB in 8 KiB chunks (W1a durable, W1b
 //! `Durability::None`); W2 and W4 commit 4 KiB files one after another
-//! (durable, not durable); W3 commits 256 files of 4 KiB from 256 tasks at
-//! once; W5 measures peak RSS while streaming 1 GiB, in a child process.
+//! (durable, not durable); W3 and W6 commit 256 files of 4 KiB from 256
+//! tasks at once (durable, not durable: a cache filler); W5 measures peak
+//! RSS while streaming 1 GiB, in a child process.
+//!
+//! Filesystems (issue #22): W2, W3, W4 and W6 run on the root filesystem
+//! and, as root, on loop mounts of an ext4 with a journal and an xfs made
+//! for the run (without root the bench says so and runs the root
+//! filesystem only); W1 and W5 on the root filesystem. The criterion pass
+//! runs on the root filesystem only; `TAW_PEERS_CRITERION=0` skips it.
+
+mod common;
 
 use std::fs::File;
 use std::future::Future;
@@ -43,6 +56,8 @@ use criterion::{Criterion, SamplingMode, Throughput};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::runtime::Runtime;
 use tokio_atomic_write::{Durability, OpenOptions, DEFAULT_BUFFER_SIZE};
+
+use common::LoopMount;
 
 const CHUNK: usize = 8 << 10;
 const STREAM: u64 = 256 << 20;
@@ -175,10 +190,27 @@ async fn ours(target: PathBuf, len: u64, durability: Durability, buffer: usize) 
 /// This crate's one-hop `OpenOptions::write` (what `write()` does with the
 /// default options).
 async fn ours_write_fn(target: PathBuf, durability: Durability) -> io::Result<()> {
+    ours_write_fn_with(target, durability, true).await
+}
+
+/// `ours_write_fn` with or without an `O_TMPFILE` temp file: the probe
+/// `ours_write_fn_named` shows what the unnamed file costs.
+async fn ours_write_fn_with(
+    target: PathBuf,
+    durability: Durability,
+    unnamed: bool,
+) -> io::Result<()> {
     let data = &PATTERN[..SMALL as usize];
     let mut opts = OpenOptions::new();
-    opts.durability(durability);
+    opts.durability(durability).unnamed_temp(unnamed);
     Ok(opts.write(&target, data).await?)
+}
+
+/// One empty round trip to the blocking pool, awaited: the least any
+/// operation that goes through the pool costs, beyond its own work.
+async fn trip() -> io::Result<()> {
+    tokio::task::spawn_blocking(|| ()).await?;
+    Ok(())
 }
 
 struct Bench {
@@ -188,11 +220,10 @@ struct Bench {
 }
 
 impl Bench {
-    /// A runtime and a directory of its own: no blocking threads or files
-    /// left over from another workload.
-    fn new() -> Bench {
-        // On the same filesystem as the build: a disk, not a tmpfs.
-        let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    /// A runtime and a directory of its own in `base`: no blocking threads
+    /// or files left over from another workload.
+    fn new(base: &Path) -> Bench {
+        let scratch = tempfile::tempdir_in(base).unwrap();
         Bench {
             rt: Runtime::new().unwrap(),
             dir: scratch.path().to_path_buf(),
@@ -226,11 +257,12 @@ enum Workload {
     W2,
     W3,
     W4,
+    W6,
 }
 
 use Workload::*;
 
-const WORKLOADS: [Workload; 5] = [W1a, W1b, W2, W3, W4];
+const WORKLOADS: [Workload; 6] = [W1a, W1b, W2, W3, W4, W6];
 
 impl Workload {
     fn group(self) -> &'static str {
@@ -240,6 +272,7 @@ impl Workload {
             W2 => "w2_small_full",
             W3 => "w3_concurrent_full",
             W4 => "w4_small_none",
+            W6 => "w6_concurrent_none",
         }
     }
 
@@ -250,22 +283,36 @@ impl Workload {
             W2 => "W2 4 KiB commits, durable",
             W3 => "W3 256 tasks x 4 KiB, durable",
             W4 => "W4 4 KiB commits, none",
+            W6 => "W6 256 tasks x 4 KiB, none",
         }
     }
 
+    /// Issue #22's targets.
     fn target(self) -> &'static str {
         match self {
-            W1a => ">= 0.90x (a)",
-            W1b => ">= 0.85x (a), >= 3x (b)",
-            W2 => "<= 1.15x (a), <= best",
-            W3 => ">= 1x best, aim 1.5x",
-            W4 => "<= 1.2x (a)",
+            W1a => ">= 0.95x (a)",
+            W1b => ">= 0.90x (a)",
+            W2 => "ours, write() <= 1.10x limit; write() <= 1.0x best",
+            W3 => ">= 1.0x best; aim 1.3x on ext4, xfs",
+            W4 => "ours <= 1.15x limit; write() <= 1.0x (d)",
+            W6 => ">= 1.0x best",
         }
+    }
+
+    /// Whether the workload runs on the loop-mounted filesystems too.
+    fn on_every_filesystem(self) -> bool {
+        matches!(self, W2 | W3 | W4 | W6)
+    }
+
+    /// Whether it runs one commit at a time, so that its limit is `(a)`
+    /// plus its trips.
+    fn sequential(self) -> bool {
+        !matches!(self, W3 | W6)
     }
 
     fn durability(self) -> Durability {
         match self {
-            W1b | W4 => Durability::None,
+            W1b | W4 | W6 => Durability::None,
             _ => Durability::Full,
         }
     }
@@ -290,7 +337,7 @@ impl Workload {
     fn rounds(self) -> usize {
         match self {
             W1a | W1b => 9,
-            W3 => 15,
+            W3 | W6 => 15,
             W2 | W4 => 301,
         }
     }
@@ -298,12 +345,12 @@ impl Workload {
     /// Whether the ratios are of throughput (one big unit of work) or of
     /// time per commit.
     fn by_throughput(self) -> bool {
-        matches!(self, W1a | W1b | W3)
+        matches!(self, W1a | W1b | W3 | W6)
     }
 
     fn throughput(self) -> Throughput {
         match self {
-            W3 => Throughput::Elements(TASKS as u64),
+            W3 | W6 => Throughput::Elements(TASKS as u64),
             _ => Throughput::Bytes(self.len()),
         }
     }
@@ -369,18 +416,30 @@ fn peers(bench: &Bench, w: Workload) -> Vec<Peer<'_>> {
             );
         }
     }
-    if matches!(w, W2 | W4) {
+    if matches!(w, W2 | W3 | W4 | W6) {
         add(&mut peers, bench, w, "ours_write_fn", move |t| {
             ours_write_fn(t, durability)
         });
+        add(&mut peers, bench, w, "ours_write_fn_named", move |t| {
+            ours_write_fn_with(t, durability, false)
+        });
     }
-    if w == W3 {
+    if !w.sequential() {
         // The unit of work is 256 commits at once: tasks for the async
         // peers, threads for raw std.
         for peer in &mut peers {
-            peer.run = concurrently(bench, &peer.id, durable);
+            peer.run = concurrently(bench, &peer.id, durability);
         }
     }
+    // Measured in the same rounds as the peers, for the limit.
+    peers.push(Peer {
+        id: "trip".into(),
+        run: Box::new(move || {
+            let start = Instant::now();
+            bench.rt.block_on(trip()).unwrap();
+            start.elapsed()
+        }),
+    });
     peers
 }
 
@@ -389,8 +448,9 @@ fn peers(bench: &Bench, w: Workload) -> Vec<Peer<'_>> {
 fn concurrently<'a>(
     bench: &'a Bench,
     id: &str,
-    durable: bool,
+    durability: Durability,
 ) -> Box<dyn FnMut() -> Duration + 'a> {
+    let durable = durability == Durability::Full;
     let targets: Vec<PathBuf> = (0..TASKS)
         .map(|i| bench.target(&format!("w3-{id}-{i}.out")))
         .collect();
@@ -425,28 +485,34 @@ fn concurrently<'a>(
         "d_tempfile" => {
             Box::new(move || all(bench, &targets, |t| tempfile_persist(t, SMALL, durable)))
         }
+        "ours_write_fn" => Box::new(move || all(bench, &targets, |t| ours_write_fn(t, durability))),
+        "ours_write_fn_named" => Box::new(move || {
+            all(bench, &targets, |t| {
+                ours_write_fn_with(t, durability, false)
+            })
+        }),
         _ => Box::new(move || {
             all(bench, &targets, |t| {
-                ours(t, SMALL, Durability::Full, DEFAULT_BUFFER_SIZE)
+                ours(t, SMALL, durability, DEFAULT_BUFFER_SIZE)
             })
         }),
     }
 }
 
 /// The criterion pass: one group per workload, one peer after the other.
-fn criterion_pass(c: &mut Criterion, w: Workload) {
-    let bench = Bench::new();
+fn criterion_pass(c: &mut Criterion, w: Workload, base: &Path) {
+    let bench = Bench::new(base);
     let mut g = c.benchmark_group(w.group());
     g.throughput(w.throughput())
         .warm_up_time(Duration::from_millis(500));
-    if matches!(w, W2 | W4) {
+    if w.sequential() && !w.fresh() {
         g.sample_size(30).measurement_time(Duration::from_secs(3));
     } else {
         g.sample_size(10)
             .sampling_mode(SamplingMode::Flat)
             .measurement_time(Duration::from_secs(5));
     }
-    for mut peer in peers(&bench, w) {
+    for mut peer in peers(&bench, w).into_iter().filter(|p| p.id != "trip") {
         g.bench_function(&peer.id, |b| {
             b.iter_custom(|iters| (0..iters).map(|_| (peer.run)()).sum())
         });
@@ -456,8 +522,8 @@ fn criterion_pass(c: &mut Criterion, w: Workload) {
 
 /// The interleaved pass: `rounds` rounds, each running every peer once, the
 /// first one rotating; the median time per peer, in nanoseconds.
-fn interleaved(w: Workload) -> Vec<(String, f64)> {
-    let bench = Bench::new();
+fn interleaved(w: Workload, base: &Path) -> Vec<(String, f64)> {
+    let bench = Bench::new(base);
     let mut peers = peers(&bench, w);
     let n = peers.len();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -481,61 +547,86 @@ fn interleaved(w: Workload) -> Vec<(String, f64)> {
         .collect()
 }
 
-const PEERS: [&str; 5] = [
+const PEERS: [&str; 6] = [
     "a_raw_std",
     "b_tokio_fs",
     "c_atomic_write_file",
     "d_tempfile",
     "ours",
+    "ours_write_fn",
 ];
 
-/// The ratio table from the interleaved medians: per workload each peer's
-/// median for one unit of work, then ours against (a) and against the best
-/// of (b)-(d), as throughput ratios for the streams and W3 (higher is
-/// better) and as time ratios for the small commits (lower is better).
+/// The ratio table of one filesystem, from the interleaved medians: per
+/// workload each peer's median for one unit of work and one empty trip to
+/// the pool; then ours (`AsyncAtomicFile`) and `write()` against their
+/// limit, `(a) + trips x trip` (sequential workloads only), against the
+/// best of (b)-(d), and `write()` against (d). Throughput ratios for the
+/// streams, W3 and W6 (higher is better), time ratios for the small
+/// commits (lower is better).
 fn table(results: &[(Workload, Vec<(String, f64)>)], rss: Option<u64>) -> String {
     let mut out = String::from(
-        "| workload | (a) raw std | (b) tokio::fs | (c) atomic-write-file | (d) tempfile | ours | ours vs (a) | ours vs best of (b)-(d) | target |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| workload | (a) raw std | (b) tokio::fs | (c) atomic-write-file | (d) tempfile | ours | write() | trip | ours vs limit (a + 2 trips) | write() vs limit (a + 1 trip) | ours vs best of (b)-(d) | write() vs best | write() vs (d) | target |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let get = |m: &[(String, f64)], id: &str| m.iter().find(|(p, _)| p == id).map(|(_, ns)| *ns);
     let mut notes = Vec::new();
     for (w, m) in results {
         let cells: Vec<Option<f64>> = PEERS.iter().map(|p| get(m, p)).collect();
+        let trip = get(m, "trip");
         let best = cells[1..4]
             .iter()
             .flatten()
             .copied()
             .fold(f64::INFINITY, f64::min);
-        let ratio = |ours: f64, other: Option<f64>| match other {
-            Some(other) if other.is_finite() && w.by_throughput() => {
+        let ratio = |ours: Option<f64>, other: Option<f64>| match (ours, other) {
+            (Some(ours), Some(other)) if other.is_finite() && w.by_throughput() => {
                 format!("{:.2}x throughput", other / ours)
             }
-            Some(other) if other.is_finite() => format!("{:.2}x time", ours / other),
+            (Some(ours), Some(other)) if other.is_finite() => {
+                format!("{:.2}x time", ours / other)
+            }
             _ => "n/a".into(),
         };
-        let ours = cells[4].expect("ours always runs");
+        let limit = |trips: f64| match (w.sequential(), cells[0], trip) {
+            (true, Some(raw), Some(trip)) => Some(raw + trips * trip),
+            _ => None,
+        };
         let cell = |v: &Option<f64>| v.map_or("n/a".to_string(), fmt_ns);
+        let (ours, write_fn) = (cells[4], cells[5]);
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             w.label(),
             cell(&cells[0]),
             cell(&cells[1]),
             cell(&cells[2]),
             cell(&cells[3]),
-            cell(&cells[4]),
-            ratio(ours, cells[0]),
+            cell(&ours),
+            cell(&write_fn),
+            cell(&trip),
+            ratio(ours, limit(2.0)),
+            ratio(write_fn, limit(1.0)),
             ratio(ours, Some(best)),
+            ratio(write_fn, Some(best)),
+            ratio(write_fn, cells[3]),
             w.target(),
         );
+        if let (Some(named), Some(unnamed)) = (get(m, "ours_write_fn_named"), write_fn) {
+            notes.push(format!(
+                "{}: `write()` with a named temp file instead of `O_TMPFILE` (the default): {}, {} of the default, {} vs (d).",
+                &w.label()[..2],
+                fmt_ns(named),
+                ratio(Some(named), Some(unnamed)),
+                ratio(Some(named), cells[3]),
+            ));
+        }
         if *w == W1b {
-            if let Some(b) = cells[1] {
+            if let (Some(b), Some(ours)) = (cells[1], ours) {
                 notes.push(format!("W1b: ours is {:.1}x (b)'s throughput.", b / ours));
             }
             let mut sizes: Vec<(usize, f64)> = BUFFER_SIZES_KIB
                 .iter()
                 .filter_map(|kib| Some((*kib, get(m, &format!("ours_buffer_{kib}k"))?)))
-                .chain([(DEFAULT_BUFFER_SIZE >> 10, ours)])
+                .chain(ours.map(|ours| (DEFAULT_BUFFER_SIZE >> 10, ours)))
                 .collect();
             sizes.sort_by_key(|(kib, _)| *kib);
             let sizes: Vec<String> = sizes
@@ -550,15 +641,6 @@ fn table(results: &[(Workload, Vec<(String, f64)>)], rss: Option<u64>) -> String
                 })
                 .collect();
             notes.push(format!("W1b by buffer size: {}.", sizes.join(", ")));
-        }
-        if let Some(ns) = get(m, "ours_write_fn") {
-            notes.push(format!(
-                "{} with `OpenOptions::write` (one hop) instead of `AsyncAtomicFile` (two): {}, {} vs (a), {} vs best of (b)-(d).",
-                &w.label()[..2],
-                fmt_ns(ns),
-                ratio(ns, cells[0]),
-                ratio(ns, Some(best)),
-            ));
         }
     }
     if let Some(rss) = rss {
@@ -635,6 +717,46 @@ fn fmt_ns(ns: f64) -> String {
     }
 }
 
+/// A filesystem the workloads run on: its name in the table, the
+/// directory to run in, and the mount to undo after.
+struct Place {
+    name: &'static str,
+    base: PathBuf,
+    _mount: Option<LoopMount>,
+}
+
+/// The root filesystem (where the build is: a disk, not a tmpfs) and, as
+/// root, a loop-mounted ext4 with a journal and an xfs.
+fn places(wanted: impl Fn(&str) -> bool) -> Vec<Place> {
+    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let mut places = Vec::new();
+    if wanted("root") {
+        places.push(Place {
+            name: "root",
+            base: target_dir.clone(),
+            _mount: None,
+        });
+    }
+    // Made without lazy init: no background thread writing inode tables
+    // and committing the journal while the bench runs.
+    let lazy = ["-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"];
+    let loops: [(&str, &str, &[&str]); 2] = [("ext4", "ext4", &lazy), ("xfs", "xfs", &["-f"])];
+    for (name, fs, args) in loops {
+        if !wanted(name) {
+            continue;
+        }
+        let image = format!("peers-bench-{name}");
+        if let Some(mount) = LoopMount::make(&target_dir, &image, fs, "1G", args) {
+            places.push(Place {
+                name,
+                base: mount.mount.clone(),
+                _mount: Some(mount),
+            });
+        }
+    }
+    places
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os(RSS_CHILD) {
         rss_child(Path::new(&dir));
@@ -644,40 +766,67 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
     // then criterion runs each benchmark once as a test: skip the rest.
     let measuring = std::env::args().any(|a| a == "--bench");
-    // `cargo bench -- 'w2|w4'` runs only those workloads: criterion takes
-    // one filter, a regex; this reads its alternatives (the values of
-    // criterion's own options, which name no workload, do not count).
+    // `cargo bench -- 'w2|w4'` runs only those workloads, and
+    // `-- 'w2|xfs'` only on xfs: criterion takes one filter, a regex; this
+    // reads its alternatives (the values of criterion's own options, which
+    // name no workload, do not count).
     let filters: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| a.starts_with('w'))
+        .filter(|a| !a.starts_with('-'))
         .flat_map(|a| a.split('|').map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| {
+            ["w", "root", "ext4", "xfs"]
+                .iter()
+                .any(|p| f.starts_with(p))
+        })
         .collect();
-    let wanted =
-        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let workload_filters: Vec<&String> = filters.iter().filter(|f| f.starts_with('w')).collect();
+    let place_filters: Vec<&String> = filters.iter().filter(|f| !f.starts_with('w')).collect();
+    let wanted = |name: &str| {
+        workload_filters.is_empty() || workload_filters.iter().any(|f| name.contains(f.as_str()))
+    };
+    let wanted_place =
+        |name: &str| place_filters.is_empty() || place_filters.iter().any(|f| f.as_str() == name);
     let workloads: Vec<Workload> = WORKLOADS
         .into_iter()
         .filter(|w| wanted(w.group()))
         .collect();
+    let places = if measuring {
+        places(wanted_place)
+    } else {
+        places(|name| name == "root")
+    };
 
-    let mut c = Criterion::default().configure_from_args();
-    for w in &workloads {
-        criterion_pass(&mut c, *w);
+    let root = places.iter().find(|p| p.name == "root");
+    if let (Some(root), true) = (
+        root,
+        std::env::var("TAW_PEERS_CRITERION").as_deref() != Ok("0"),
+    ) {
+        let mut c = Criterion::default().configure_from_args();
+        for w in &workloads {
+            criterion_pass(&mut c, *w, &root.base);
+        }
+        c.final_summary();
     }
-    c.final_summary();
     if !measuring {
         return;
     }
-    let results: Vec<(Workload, Vec<(String, f64)>)> = workloads
-        .iter()
-        .map(|w| {
-            eprintln!("interleaved: {}", w.group());
-            (*w, interleaved(*w))
-        })
-        .collect();
-    let rss = wanted("w5_rss").then(|| rss_above_baseline(&Bench::new()));
-    let table = table(&results, rss);
+    let mut report = String::new();
+    for place in &places {
+        let results: Vec<(Workload, Vec<(String, f64)>)> = workloads
+            .iter()
+            .filter(|w| place.name == "root" || w.on_every_filesystem())
+            .map(|w| {
+                eprintln!("interleaved: {} on {}", w.group(), place.name);
+                (*w, interleaved(*w, &place.base))
+            })
+            .collect();
+        let rss = (place.name == "root" && wanted("w5_rss"))
+            .then(|| rss_above_baseline(&Bench::new(&place.base)));
+        report += &format!("### {}\n\n{}\n", place.name, table(&results, rss));
+    }
     println!(
-        "\nInterleaved medians:\n\n{table}\n(whole run: {:.0} s)",
+        "\nInterleaved medians:\n\n{report}\n(whole run: {:.0} s)",
         started.elapsed().as_secs_f64()
     );
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -685,6 +834,6 @@ fn main() {
         .unwrap()
         .join("criterion/peers.md");
     if std::fs::create_dir_all(out.parent().unwrap()).is_ok() {
-        let _ = std::fs::write(&out, &table);
+        let _ = std::fs::write(&out, &report);
     }
 }
