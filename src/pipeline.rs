@@ -2,7 +2,8 @@
 //! writes gather in memory; a full buffer goes to the pool while the next
 //! one fills. Pure state machine: generic over the sink (any `io::Write`)
 //! and the pool, so the tests drive it with a fake pool that they step by
-//! hand.
+//! hand, and a loom model (`loom_tests`) runs the job on a thread of its
+//! own, under every interleaving with the caller.
 //!
 //! A job on the pool writes one buffer, then any buffer queued behind it
 //! meanwhile, handing each written buffer back for the next fill: while
@@ -16,9 +17,21 @@
 use std::future::Future;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::PoisonError;
 use std::task::{ready, Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// The hand-off's primitives: std's, or loom's in the model check of the
+/// hand-off (`--cfg loom`, in tests only, as tokio does), so that loom sees
+/// every lock, wait and notify between the caller and the job.
+mod sync {
+    #[cfg(all(test, loom))]
+    pub(super) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+    #[cfg(not(all(test, loom)))]
+    pub(super) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+}
 
 /// How long a job that has written its buffer waits for the next one
 /// before it ends, once the caller has shown it keeps up (a buffer was
@@ -500,12 +513,8 @@ fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: D
         let result = sink.write_all(&buf);
         buf.clear();
         let mut handoff = lock(shared);
-        if keeping_up && result.is_ok() && handoff.accepting && handoff.queued.is_none() {
-            handoff = shared
-                .1
-                .wait_timeout_while(handoff, linger, |h| h.accepting && h.queued.is_none())
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        if keeping_up && result.is_ok() {
+            handoff = wait_for_next(shared, handoff, linger);
         }
         // A closed queue still has its last buffer written: closing only
         // ends the wait. (A dropped pipeline empties the queue first.)
@@ -527,7 +536,42 @@ fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: D
     }
 }
 
-#[cfg(test)]
+/// Waits, for `linger` at most, while the queue is open and empty: what
+/// `Condvar::wait_timeout_while` does, written out because loom's
+/// `Condvar` has only `wait_timeout`. A spurious wake-up waits again for
+/// the time left; only the deadline, a queued buffer or a closed queue
+/// ends the wait. A `linger` too long to add to the clock has no
+/// deadline.
+fn wait_for_next<'a>(
+    shared: &'a Shared,
+    mut handoff: MutexGuard<'a, Handoff>,
+    linger: Duration,
+) -> MutexGuard<'a, Handoff> {
+    let deadline = Instant::now().checked_add(linger);
+    while handoff.accepting && handoff.queued.is_none() {
+        let left = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => linger,
+        };
+        if left.is_zero() {
+            break;
+        }
+        handoff = shared
+            .1
+            .wait_timeout(handoff, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    handoff
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+// The fake pool runs jobs on the test's thread, and the thread pool on std
+// threads: neither works inside a loom model, so the loom build leaves
+// them out.
+#[cfg(all(test, not(loom)))]
 mod tests {
     //! The pipeline against a fake pool whose jobs run when the test says.
     use super::*;
