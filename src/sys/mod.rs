@@ -55,7 +55,8 @@ pub(crate) enum NewTemp {
     /// Locked and still named; its metadata when the check read it.
     Locked(Option<Meta>),
     /// A sweep got to it between its creation and the lock: it holds the
-    /// lock, or has removed the file.
+    /// lock, or has removed the file. (Windows has no such lock.)
+    #[cfg_attr(windows, allow(dead_code))]
     Swept,
 }
 
