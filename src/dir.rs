@@ -15,7 +15,7 @@ use tokio::io::AsyncWrite;
 
 use crate::blocking::{self, TokioPool};
 use crate::core::tree::{Tree, TreeFile};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, DEFAULT_SEGMENTS};
 use crate::{Durability, Error, Op, DEFAULT_BUFFER_SIZE};
 
 /// What [`commit`](crate::AsyncAtomicDir::commit) does when something is
@@ -378,7 +378,7 @@ impl AsyncAtomicDir {
         let sink = created.map_err(|e| Error::new(Op::CreateFile, &path, e))??;
         *self.files.state().open.entry(path.clone()).or_default() += 1;
         Ok(AsyncDirFile {
-            pipeline: Pipeline::new(sink, self.buffer_size),
+            pipeline: Pipeline::new(sink, self.buffer_size, DEFAULT_SEGMENTS),
             path,
             files: self.files.clone(),
             finished: false,

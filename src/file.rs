@@ -111,14 +111,15 @@ impl AsyncAtomicFile {
         opts: OpenOptions,
         target: PathBuf,
     ) -> Result<AsyncAtomicFile, Error> {
-        let (buffer_size, durability) = (opts.buffer_size, opts.durability);
+        let (buffer_size, segments) = (opts.buffer_size, opts.write_segments);
+        let durability = opts.durability;
         let path = target.clone();
         let span = trace::open(&target, opts.durability);
         let staged = blocking::run(move || span.in_scope(|| Staged::open(&opts, path)))
             .await
             .map_err(|e| Error::new(Op::Open, &target, e))??;
         Ok(AsyncAtomicFile {
-            pipeline: Pipeline::new(staged, buffer_size),
+            pipeline: Pipeline::new(staged, buffer_size, segments),
             target,
             durability,
             ended: false,

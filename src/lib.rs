@@ -344,6 +344,18 @@ pub mod __private {
         crate::blocking::hops_from_this_thread()
     }
 
+    /// Cuts the memory of the two write buffers of each file opened with
+    /// `opts` into `n` segments (at least 2, at most one per byte),
+    /// instead of the default number: for the benches that pick it.
+    pub fn set_write_segments(opts: &mut crate::OpenOptions, n: usize) {
+        opts.write_segments = n;
+    }
+
+    /// How many segments a file's write buffers are cut into by default.
+    pub fn default_write_segments() -> usize {
+        crate::pipeline::DEFAULT_SEGMENTS
+    }
+
     /// Whether `name` is shaped like one of this crate's temp file names.
     pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
         crate::core::name::is_temp_name(name)

@@ -73,6 +73,11 @@ pub struct OpenOptions {
     /// No setuid or setgid bits, from `new_file_mode` or a replaced file:
     /// `copy` of another user's file, `mode` unset. Not an option.
     pub(crate) no_setid: bool,
+    /// How many segments the memory of a file's two buffers is cut into
+    /// (`pipeline::DEFAULT_SEGMENTS`): set only by the hidden
+    /// `__private::set_write_segments`, for the benches that pick the
+    /// default. Not an option.
+    pub(crate) write_segments: usize,
 }
 
 impl Default for OpenOptions {
@@ -90,6 +95,7 @@ impl Default for OpenOptions {
             lock_file: true,
             new_file_mode: None,
             no_setid: false,
+            write_segments: crate::pipeline::DEFAULT_SEGMENTS,
         }
     }
 }

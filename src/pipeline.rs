@@ -1,19 +1,28 @@
-//! The double-buffered write pipeline behind [`AsyncAtomicFile`]: small
-//! writes gather in memory; a full buffer goes to the pool while the next
-//! one fills. Pure state machine: generic over the sink (any `io::Write`)
-//! and the pool, so the tests drive it with a fake pool that they step by
+//! The segmented write pipeline behind [`AsyncAtomicFile`]: small writes
+//! gather in memory; a full segment goes to the pool while the next one
+//! fills. Pure state machine: generic over the sink (any `io::Write`) and
+//! the pool, so the tests drive it with a fake pool that they step by
 //! hand, and a loom model (`loom_tests`) runs the job on a thread of its
 //! own, under every interleaving with the caller.
 //!
-//! A job on the pool writes one buffer, then any buffer queued behind it
-//! meanwhile, handing each written buffer back for the next fill: while
-//! the caller keeps up, one hop carries many buffers and the writing
-//! thread never waits for a wake-up between them. There are never more
-//! than two buffers: when both are out (one being written, one queued) the
-//! caller waits for the first to come back.
+//! The memory of two buffers (`2 x buffer_size`) is cut into `segments`
+//! buffers of `2 x buffer_size / segments` bytes each: two of
+//! `buffer_size` (double buffering), or more, smaller ones. A job on the
+//! pool writes one segment, then every segment queued behind it meanwhile,
+//! in order, handing each written one back for the next fill: while the
+//! caller keeps up, one hop carries many segments and the writing thread
+//! never waits for a wake-up between them. The caller fills segments while
+//! any is free and waits only when all are out (one being written, the
+//! others queued); it is woken when the first comes back, while the job
+//! still has the others to write. More segments keep more of the same
+//! memory queued for the job while the caller wakes up, but make each
+//! write call smaller, cost a hand-off (and, for a caller ahead of the
+//! disk, a wake-up) each, and shrink the largest file that the commit's
+//! hop writes alone from a buffer to a segment.
 //!
 //! [`AsyncAtomicFile`]: crate::AsyncAtomicFile
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::pin::Pin;
@@ -33,12 +42,20 @@ mod sync {
     pub(super) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 }
 
-/// How long a job that has written its buffer waits for the next one
-/// before it ends, once the caller has shown it keeps up (a buffer was
-/// queued while the job wrote). Such a caller refills a buffer far faster
+/// How many segments a file's two buffers are cut into, unless the hidden
+/// `__private::set_write_segments` says otherwise (for the benches that
+/// pick this default: issue #22's W1b in benches/peers.rs). Two, plain
+/// double buffering: in W1b (256 MiB into the page cache, 1 MiB buffers)
+/// 4 segments tied with 2, and 8 and 16 were slower (smaller write calls,
+/// a wake-up per segment); the job never ran dry waiting for the caller.
+pub(crate) const DEFAULT_SEGMENTS: usize = 2;
+
+/// How long a job that has written its segment waits for the next one
+/// before it ends, once the caller has shown it keeps up (a segment was
+/// queued while the job wrote). Such a caller refills a segment far faster
 /// than the disk or the page cache takes one, but only after a wake-up,
 /// which on a busy or virtual machine can take hundreds of microseconds:
-/// without the wait the chain of buffers breaks and each costs a hop
+/// without the wait the chain of segments breaks and each costs a hop
 /// again. A slower caller (fed by the network, say) gets no wait, so its
 /// jobs hold no pool thread idle. A caller that is done (flush, commit,
 /// drop) ends the wait at once.
@@ -46,7 +63,7 @@ const LINGER: Duration = Duration::from_millis(1);
 
 /// Somewhere to run blocking jobs: the Tokio blocking pool, or a test fake.
 pub(crate) trait Pool {
-    /// How long a write job waits for the next buffer; see [`LINGER`].
+    /// How long a write job waits for the next segment; see [`LINGER`].
     const LINGER: Duration = LINGER;
 
     /// Resolves to the job's result, or an error if the job panicked or
@@ -60,23 +77,23 @@ pub(crate) trait Pool {
         T: Send + 'static;
 }
 
-/// What a write job hands back: the sink, its last buffer emptied, the
+/// What a write job hands back: the sink, its last segment emptied, the
 /// outcome.
 type Job<W> = (W, Vec<u8>, io::Result<()>);
 
-/// Between the caller and a running job: one buffer queued for the job,
-/// one written buffer handed back.
+/// Between the caller and a running job: the segments queued for the job,
+/// and the written ones handed back.
 #[derive(Default)]
 struct Handoff {
-    /// A full buffer for the job to write after its current one.
-    queued: Option<Vec<u8>>,
-    /// A buffer the job has written, emptied, for the caller to fill.
-    free: Option<Vec<u8>>,
+    /// Full segments for the job to write after its current one, in order.
+    queued: VecDeque<Vec<u8>>,
+    /// Segments the job has written, emptied, for the caller to fill.
+    free: Vec<Vec<u8>>,
     /// False once the job is ending (nothing more to write, an error) or
     /// the caller has closed the queue: nothing may be queued any more, and
     /// the job does not wait for more.
     accepting: bool,
-    /// The caller, waiting for `free`.
+    /// The caller, waiting for a segment in `free`.
     waker: Option<Waker>,
 }
 
@@ -93,7 +110,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Handoff> {
 }
 
 /// Tells the job that nothing more will be queued, so that it ends as soon
-/// as its current buffer is written.
+/// as its current segment and those queued are written.
 fn close(shared: &Shared) {
     let mut handoff = lock(shared);
     handoff.accepting = false;
@@ -105,23 +122,31 @@ enum State<W: Send + 'static, P: Pool> {
     /// No job in flight. `None` once the sink is gone: taken, or lost with a
     /// job that panicked (its drop ran on the pool).
     Idle(Option<W>),
-    /// A job owns the sink and a buffer.
+    /// A job owns the sink and a segment.
     Busy(P::Handle<Job<W>>, Shared),
 }
 
-/// The pipeline. Two buffers at most, each in one of these places at a
-/// time: filling (unless `lent`), in the job, queued or handed back, or the
-/// spare.
+/// The pipeline. `segments` segments at most, each in one of these places
+/// at a time: filling (unless `lent`), a spare, in the job, queued or
+/// handed back; or not allocated yet.
 pub(crate) struct Pipeline<W: Send + 'static, P: Pool> {
     state: State<W, P>,
-    /// The buffer being filled.
+    /// The segment being filled.
     buf: Vec<u8>,
-    /// True when the filled buffer went to the queue and the caller waits
-    /// for the job to hand one back before writing more.
+    /// True when every segment is out (the filled one went to the queue)
+    /// and the caller waits for the job to hand one back before writing
+    /// more: `buf` is then no segment, just empty.
     lent: bool,
-    /// The buffer the last job returned, emptied, to fill next.
-    spare: Vec<u8>,
+    /// Emptied segments, handed back by jobs, to fill next.
+    spares: Vec<Vec<u8>>,
+    /// Segments not allocated yet: taken only when no spare is left, so
+    /// that a job that keeps up costs two segments' memory, not all of
+    /// them.
+    unallocated: usize,
+    /// The size of a segment.
     capacity: usize,
+    /// How many segments there are.
+    segments: usize,
     /// The first error, kept whole: every later call fails with its kind,
     /// and `take_parts` returns it.
     error: Option<io::Error>,
@@ -132,8 +157,8 @@ pub(crate) struct Pipeline<W: Send + 'static, P: Pool> {
     position: u64,
     len: u64,
     /// A seek accepted by `start_seek` and not yet sent to the pool, which
-    /// must happen before another byte is buffered: the buffer holds the
-    /// bytes that go before it.
+    /// must happen before another byte is buffered: the segment being
+    /// filled holds the bytes that go before it.
     seek_to: Option<(u64, SeekFn<W>)>,
     /// A seek job is in flight: `poll_complete` waits for it.
     seeking: bool,
@@ -146,13 +171,23 @@ where
     W: Write + Send + 'static,
     P: Pool,
 {
-    pub(crate) fn new(sink: W, capacity: usize) -> Self {
+    /// A pipeline with the memory of two buffers of `buffer_size` bytes
+    /// (0 counts as 1), cut into `segments` segments: at least two (one
+    /// filling while one is written), and at most one per byte.
+    pub(crate) fn new(sink: W, buffer_size: usize, segments: usize) -> Self {
+        let buffer_size = buffer_size.max(1);
+        let segments = segments.clamp(2, buffer_size.saturating_mul(2));
+        // 2 x buffer_size / segments, at least 1 (segments <= 2 x
+        // buffer_size) and at most buffer_size (segments >= 2): fits.
+        let capacity = (2 * buffer_size as u128 / segments as u128) as usize;
         Pipeline {
             state: State::Idle(Some(sink)),
             buf: Vec::new(),
             lent: false,
-            spare: Vec::new(),
-            capacity: capacity.max(1),
+            spares: Vec::new(),
+            unallocated: segments - 1,
+            capacity,
+            segments,
             error: None,
             position: 0,
             len: 0,
@@ -170,7 +205,21 @@ where
         self.error.get_or_insert(e);
     }
 
-    /// Accepts bytes into the buffer; waits only when both buffers are out.
+    /// A segment to fill: a spare (already allocated), else one not
+    /// allocated yet; `None` when every segment is out.
+    fn next_segment(&mut self) -> Option<Vec<u8>> {
+        if let Some(buf) = self.spares.pop() {
+            return Some(buf);
+        }
+        if self.unallocated > 0 {
+            self.unallocated -= 1;
+            return Some(Vec::new());
+        }
+        None
+    }
+
+    /// Accepts bytes into the segment being filled; waits only when every
+    /// segment is out.
     pub(crate) fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -211,16 +260,17 @@ where
         self.accepted += n as u64;
         self.len = self.len.max(self.position);
         if self.buf.len() == self.capacity {
-            // Hand the full buffer over now if that needs no waiting, so it
-            // is written while the caller produces the next one. Any error
-            // surfaces on the next call: these `n` bytes are accepted.
+            // Hand the full segment over now if that needs no waiting, so
+            // it is written while the caller produces the next one. Any
+            // error surfaces on the next call: these `n` bytes are accepted.
             let _ = self.poll_send(cx);
         }
         Poll::Ready(Ok(n))
     }
 
-    /// Hands the full buffer over: to a new job when idle, else queued
-    /// behind the running job. Waits only for a job that is ending.
+    /// Hands the full segment over: to a new job when idle, else queued
+    /// behind the running job, taking back the segments it has written
+    /// meanwhile. Waits only for a job that is ending.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if self.error.is_some() {
@@ -232,11 +282,15 @@ where
             };
             {
                 let mut handoff = lock(shared);
-                if handoff.accepting && handoff.queued.is_none() {
-                    handoff.queued = Some(std::mem::take(&mut self.buf));
-                    self.lent = true;
+                if handoff.accepting {
+                    handoff.queued.push_back(std::mem::take(&mut self.buf));
+                    self.spares.append(&mut handoff.free);
                     drop(handoff);
                     shared.1.notify_all();
+                    match self.next_segment() {
+                        Some(buf) => self.buf = buf,
+                        None => self.lent = true,
+                    }
                     return Poll::Ready(());
                 }
             }
@@ -244,25 +298,28 @@ where
         }
     }
 
-    /// After `poll_send` queued the buffer: waits for the job to hand one
-    /// back, or to end.
+    /// After `poll_send` queued the last free segment: waits for the job
+    /// to hand one back, or to end.
     fn poll_reclaim(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let State::Busy(_, shared) = &self.state {
             let mut handoff = lock(shared);
-            if let Some(free) = handoff.free.take() {
-                self.buf = free;
+            if !handoff.free.is_empty() {
+                self.spares.append(&mut handoff.free);
+                drop(handoff);
+                self.buf = self.next_segment().unwrap_or_default();
                 self.lent = false;
                 return Poll::Ready(());
             }
+            // The job wakes this on the next segment it hands back.
             handoff.waker = Some(cx.waker().clone());
         }
         // Ending, the job hands everything back (see `poll_job`).
         self.poll_job(cx)
     }
 
-    /// Writes out every full buffer and waits for the job in flight,
-    /// reporting the first error. A partial buffer stays for the next write
-    /// or for the commit, which writes it in the hop it needs anyway:
+    /// Writes out every full segment and waits for the job in flight,
+    /// reporting the first error. A partial segment stays for the next
+    /// write or for the commit, which writes it in the hop it needs anyway:
     /// flushing an atomic file publishes nothing, so it should not cost a
     /// hop of its own (`tokio::io::copy` flushes once at the end).
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -277,8 +334,9 @@ where
         })
     }
 
-    /// Waits for the job in flight, then sends the buffer and the pending
-    /// seek to the pool as one job, with nothing to be queued behind it.
+    /// Waits for the job in flight, then sends the segment being filled
+    /// and the pending seek to the pool as one job, with nothing to be
+    /// queued behind it.
     fn poll_send_seek(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         ready!(self.poll_idle(cx));
         let Some((to, seek)) = self.seek_to.take() else {
@@ -293,9 +351,9 @@ where
         let Some(mut sink) = sink.take() else {
             return Poll::Ready(());
         };
-        let next = std::mem::take(&mut self.spare);
+        let next = self.next_segment().unwrap_or_default();
         let mut buf = std::mem::replace(&mut self.buf, next);
-        // Closed from the start: a buffer filled meanwhile waits for this
+        // Closed from the start: a segment filled meanwhile waits for this
         // job to end and goes in a job of its own, after the seek.
         let shared = Arc::new((Mutex::new(Handoff::default()), Condvar::new()));
         let job = move || {
@@ -318,7 +376,9 @@ where
     }
 
     /// Waits until no job is in flight, telling a running one that nothing
-    /// more will come.
+    /// more will come. The job still writes every segment queued before it
+    /// ends (closing ends only its wait for more), so once idle the file
+    /// holds every byte accepted but those of the segment being filled.
     pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let State::Busy(_, shared) = &self.state {
             close(shared);
@@ -327,27 +387,26 @@ where
     }
 
     /// Waits for the running job to end, recording its outcome and taking
-    /// back every buffer.
+    /// back every segment.
     fn poll_job(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let State::Busy(handle, shared) = &mut self.state else {
             return Poll::Ready(());
         };
         let outcome = ready!(Pin::new(handle).poll(cx));
-        let (free, queued) = {
+        {
             let mut handoff = lock(shared);
-            (handoff.free.take(), handoff.queued.take())
-        };
-        if self.lent {
-            // An error left the queued buffer unwritten: the error is sticky
-            // and the bytes are lost either way.
-            self.buf = free.or(queued).unwrap_or_default();
-            self.buf.clear();
-            self.lent = false;
+            self.spares.append(&mut handoff.free);
+            // An error left these unwritten: the error is sticky and their
+            // bytes are lost either way.
+            for mut buf in handoff.queued.drain(..) {
+                buf.clear();
+                self.spares.push(buf);
+            }
         }
         self.seeking = false;
         match outcome {
             Ok((sink, buf, result)) => {
-                self.spare = buf;
+                self.spares.push(buf);
                 self.state = State::Idle(Some(sink));
                 if let Err(e) = result {
                     self.fail(e);
@@ -358,10 +417,22 @@ where
                 self.fail(e);
             }
         }
+        if self.lent {
+            self.buf = self.next_segment().unwrap_or_default();
+            self.lent = false;
+        }
+        // Every segment is back: filling, spare or not allocated yet. Only
+        // a job that panicked (and took the sink) loses one.
+        debug_assert!(
+            matches!(self.state, State::Idle(None))
+                || 1 + self.spares.len() + self.unallocated == self.segments,
+            "a segment went missing"
+        );
         Poll::Ready(())
     }
 
-    /// Sends the filled buffer to the pool. Only when idle and without error.
+    /// Sends the filled segment to the pool. Only when idle and without
+    /// error.
     fn submit(&mut self) {
         let State::Idle(sink) = &mut self.state else {
             unreachable!("submit while busy")
@@ -370,7 +441,7 @@ where
             // The sink was lost with a failed job, which set the error.
             return;
         };
-        let next = std::mem::take(&mut self.spare);
+        let next = self.next_segment().unwrap_or_default();
         let buf = std::mem::replace(&mut self.buf, next);
         let handoff = Handoff {
             accepting: true,
@@ -381,7 +452,6 @@ where
         let job = move || write_job(sink, buf, &job_shared, P::LINGER);
         self.state = State::Busy(P::spawn(job), shared);
     }
-
     /// Bytes accepted in all, seeks or not: what the file received.
     pub(crate) fn accepted(&self) -> u64 {
         self.accepted
@@ -493,20 +563,29 @@ where
 }
 
 impl<W: Send + 'static, P: Pool> Drop for Pipeline<W, P> {
-    /// A job still running stops after its current buffer: what is queued
-    /// would be thrown away with the file anyway.
+    /// A job still running stops after its current segment: what is
+    /// queued would be thrown away with the file anyway.
     fn drop(&mut self) {
         if let State::Busy(_, shared) = &self.state {
-            lock(shared).queued = None;
+            lock(shared).queued.clear();
             close(shared);
         }
     }
 }
 
-/// The job: writes `buf`, then each buffer queued meanwhile (or, once the
-/// caller keeps up, within [`LINGER`]), handing every written one back;
-/// ends when nothing comes, at the first error, or when the caller closes
-/// the queue.
+/// The job: writes `buf`, then each segment queued meanwhile (or, once
+/// the caller keeps up, within [`LINGER`]), in order, handing every
+/// written one back; ends when nothing comes, at the first error, or when
+/// the caller closes the queue and everything queued is written.
+///
+/// The caller is woken on the first segment handed back after it began to
+/// wait (it waits only when every segment is out, and registers its waker
+/// only then), not once several are back: at that point the job still has
+/// every other segment queued, the most it can have, to write while the
+/// wake-up takes its time, and a caller that wakes fills the segments
+/// handed back meanwhile without waiting again. Waking later (at half the
+/// segments, say) would save wake-ups only for a caller that is ahead of
+/// the disk anyway, and would leave the job less to write meanwhile.
 fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: Duration) -> Job<W> {
     let mut keeping_up = false;
     loop {
@@ -516,10 +595,10 @@ fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: D
         if keeping_up && result.is_ok() {
             handoff = wait_for_next(shared, handoff, linger);
         }
-        // A closed queue still has its last buffer written: closing only
+        // A closed queue still has what it holds written: closing only
         // ends the wait. (A dropped pipeline empties the queue first.)
         let next = match result {
-            Ok(()) => handoff.queued.take(),
+            Ok(()) => handoff.queued.pop_front(),
             Err(_) => None,
         };
         let Some(next) = next else {
@@ -527,7 +606,7 @@ fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: D
             return (sink, buf, result);
         };
         keeping_up = true;
-        handoff.free = Some(std::mem::replace(&mut buf, next));
+        handoff.free.push(std::mem::replace(&mut buf, next));
         let waker = handoff.waker.take();
         drop(handoff);
         if let Some(waker) = waker {
@@ -539,7 +618,7 @@ fn write_job<W: Write>(mut sink: W, mut buf: Vec<u8>, shared: &Shared, linger: D
 /// Waits, for `linger` at most, while the queue is open and empty: what
 /// `Condvar::wait_timeout_while` does, written out because loom's
 /// `Condvar` has only `wait_timeout`. A spurious wake-up waits again for
-/// the time left; only the deadline, a queued buffer or a closed queue
+/// the time left; only the deadline, a queued segment or a closed queue
 /// ends the wait. A `linger` too long to add to the clock has no
 /// deadline.
 fn wait_for_next<'a>(
@@ -548,7 +627,7 @@ fn wait_for_next<'a>(
     linger: Duration,
 ) -> MutexGuard<'a, Handoff> {
     let deadline = Instant::now().checked_add(linger);
-    while handoff.accepting && handoff.queued.is_none() {
+    while handoff.accepting && handoff.queued.is_empty() {
         let left = match deadline {
             Some(deadline) => deadline.saturating_duration_since(Instant::now()),
             None => linger,
@@ -694,7 +773,7 @@ mod tests {
     #[test]
     fn small_writes_cost_no_hop_until_the_buffer_fills() {
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 16);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 16, 2);
         let before = spawned();
         for _ in 0..3 {
             assert_eq!(drive(|cx| p.poll_write(cx, b"abcde")).unwrap(), 5);
@@ -722,7 +801,7 @@ mod tests {
     #[test]
     fn a_huge_capacity_allocates_only_what_is_written() {
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), usize::MAX);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), usize::MAX, 2);
         assert_eq!(drive(|cx| p.poll_write(cx, b"abc")).unwrap(), 3);
         assert!(p.buf.capacity() < 1024, "{}", p.buf.capacity());
         drive(|cx| p.poll_flush(cx)).unwrap();
@@ -732,7 +811,7 @@ mod tests {
     #[test]
     fn a_full_buffer_waits_for_the_job_in_flight() {
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4, 2);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
         assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
@@ -745,28 +824,49 @@ mod tests {
         assert_eq!(&*s.data.lock().unwrap(), b"abcdefghijkl");
     }
 
-    /// Buffers allocated and alive: the one filling, the spare, the one
-    /// the job holds, the one queued or handed back.
+    /// Segments allocated and alive: the one filling, the spares, the one
+    /// the job holds, those queued or handed back.
     fn buffers_held(p: &Pipeline<Sink, FakePool>) -> usize {
         buffers_held_by(p)
     }
 
     fn buffers_held_by<W: Write + Send + 'static>(p: &Pipeline<W, FakePool>) -> usize {
         let alloc = |b: &Vec<u8>| usize::from(b.capacity() > 0);
-        let mut n = alloc(&p.buf) + alloc(&p.spare);
+        let mut n = alloc(&p.buf) + p.spares.iter().map(alloc).sum::<usize>();
         if let State::Busy(_, shared) = &p.state {
             let handoff = lock(shared);
             n += 1
-                + handoff.queued.as_ref().map_or(0, alloc)
-                + handoff.free.as_ref().map_or(0, alloc);
+                + handoff.queued.iter().map(alloc).sum::<usize>()
+                + handoff.free.iter().map(alloc).sum::<usize>();
         }
         n
+    }
+
+    /// The largest allocation among the segments the pipeline holds or
+    /// has queued or handed back (the job's own is one of these before and
+    /// after it is written).
+    fn largest_segment<W: Write + Send + 'static>(p: &Pipeline<W, FakePool>) -> usize {
+        let mut largest = p.spares.iter().map(Vec::capacity).max().unwrap_or(0);
+        largest = largest.max(p.buf.capacity());
+        if let State::Busy(_, shared) = &p.state {
+            let handoff = lock(shared);
+            let out = handoff.queued.iter().chain(&handoff.free);
+            largest = largest.max(out.map(Vec::capacity).max().unwrap_or(0));
+        }
+        largest
+    }
+
+    /// Every segment is back in the pipeline, none lost with a job.
+    fn assert_segments_back<W: Write + Send + 'static>(p: &Pipeline<W, FakePool>) {
+        assert!(matches!(p.state, State::Idle(_)), "a job is in flight");
+        assert!(!p.lent, "a segment is still out");
+        assert_eq!(1 + p.spares.len() + p.unallocated, p.segments);
     }
 
     #[test]
     fn a_buffer_filled_during_a_job_queues_behind_it_without_a_hop() {
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4, 2);
         let mut cx = Context::from_waker(Waker::noop());
         let before = spawned();
         assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
@@ -800,18 +900,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stream_is_copied_once_into_two_buffers_used_over_and_over() {
-        // 40 buffers' worth, in writes larger than a buffer and in small
-        // ones: every buffer the sink sees is one of the same two
-        // allocations, so no byte is copied into a fresh buffer or moved
-        // between buffers on its way to the file.
+    /// Streams 40 segments' worth through a pipeline of two 64-byte
+    /// buffers' memory cut into `segments`, in writes larger than a segment
+    /// and in small ones, running the jobs when the caller waits (or, with
+    /// `RunJobs::AfterEveryWrite`, as soon as they start: a disk that keeps
+    /// up). Checks at every step that no more than `segments` segments are
+    /// allocated, none larger than a segment, and returns the distinct
+    /// addresses the sink saw.
+    fn stream_addresses(segments: usize, run: RunJobs) -> Vec<usize> {
         let s = Addresses::default();
-        let mut p: Pipeline<Addresses, FakePool> = Pipeline::new(s.clone(), 64);
+        let mut p: Pipeline<Addresses, FakePool> = Pipeline::new(s.clone(), 64, segments);
+        let size = 2 * 64 / segments;
+        assert_eq!(p.capacity, size);
         let big = [7u8; 1000];
         let mut cx = Context::from_waker(Waker::noop());
         let mut written = 0;
-        while written < 40 * 64 {
+        while written < 40 * size {
             let chunk = if written % 3 == 0 {
                 &big[..]
             } else {
@@ -823,15 +927,153 @@ mod tests {
                     run_jobs();
                 }
             }
-            assert!(buffers_held_by(&p) <= 2);
+            if run == RunJobs::AfterEveryWrite {
+                run_jobs();
+            }
+            assert!(buffers_held_by(&p) <= segments, "{}", buffers_held_by(&p));
+            assert!(largest_segment(&p) <= size, "{}", largest_segment(&p));
         }
         drive(|cx| p.poll_flush(cx)).unwrap();
+        assert_segments_back(&p);
         let seen = s.0.lock().unwrap().clone();
         assert!(seen.len() >= 39, "{} writes", seen.len());
-        let mut distinct = seen.clone();
+        let mut distinct = seen;
         distinct.sort_unstable();
         distinct.dedup();
-        assert_eq!(distinct.len(), 2, "two buffers, reused: {seen:x?}");
+        distinct
+    }
+
+    #[derive(PartialEq)]
+    enum RunJobs {
+        WhenTheCallerWaits,
+        AfterEveryWrite,
+    }
+
+    #[test]
+    fn a_stream_is_copied_once_into_two_buffers_used_over_and_over() {
+        // Every buffer the sink sees is one of the same two allocations,
+        // so no byte is copied into a fresh buffer or moved between
+        // buffers on its way to the file.
+        let seen = stream_addresses(2, RunJobs::WhenTheCallerWaits);
+        assert_eq!(seen.len(), 2, "two buffers, reused: {seen:x?}");
+    }
+
+    #[test]
+    fn a_stream_uses_every_segment_over_and_over_and_never_more() {
+        // A job that runs only once the caller waits has every segment
+        // queued: all four are allocated, reused, and no fifth.
+        let seen = stream_addresses(4, RunJobs::WhenTheCallerWaits);
+        assert_eq!(seen.len(), 4, "four segments, reused: {seen:x?}");
+    }
+
+    #[test]
+    fn a_job_that_keeps_up_costs_two_segments_of_memory_not_all() {
+        // A segment handed back is filled again before a fresh one is
+        // allocated.
+        let seen = stream_addresses(6, RunJobs::AfterEveryWrite);
+        assert_eq!(seen.len(), 2, "two segments, reused: {seen:x?}");
+    }
+
+    #[test]
+    fn the_segments_share_the_memory_of_two_buffers() {
+        let p: Pipeline<Sink, FakePool> = Pipeline::new(sink(usize::MAX, None), 1 << 20, 2);
+        assert_eq!((p.segments, p.capacity), (2, 1 << 20), "double buffering");
+        let p: Pipeline<Sink, FakePool> = Pipeline::new(sink(usize::MAX, None), 1 << 20, 16);
+        assert_eq!((p.segments, p.capacity), (16, 128 << 10));
+        let p: Pipeline<Sink, FakePool> = Pipeline::new(sink(usize::MAX, None), 100, 3);
+        assert_eq!((p.segments, p.capacity), (3, 66), "rounded down");
+        let p: Pipeline<Sink, FakePool> = Pipeline::new(sink(usize::MAX, None), 100, 0);
+        assert_eq!((p.segments, p.capacity), (2, 100), "at least two");
+        let p: Pipeline<Sink, FakePool> = Pipeline::new(sink(usize::MAX, None), 3, 100);
+        assert_eq!((p.segments, p.capacity), (6, 1), "at least a byte each");
+        let p: Pipeline<Sink, FakePool> = Pipeline::new(sink(usize::MAX, None), usize::MAX, 7);
+        assert_eq!(
+            p.capacity,
+            (2 * (usize::MAX as u128) / 7) as usize,
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn with_four_segments_a_third_fills_while_two_are_out() {
+        let s = sink(usize::MAX, None);
+        // Two buffers of 4 bytes, cut into four segments of 2.
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4, 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        let before = spawned();
+        assert!(matches!(p.poll_write(&mut cx, b"ab"), Poll::Ready(Ok(2))));
+        assert_eq!(spawned() - before, 1, "the first segment starts a job");
+        assert!(matches!(p.poll_write(&mut cx, b"cd"), Poll::Ready(Ok(2))));
+        assert!(!p.lent, "two out (one in the job, one queued), two free");
+        // The job has not run: nothing came back, and none is needed.
+        assert!(matches!(p.poll_write(&mut cx, b"e"), Poll::Ready(Ok(1))));
+        assert_eq!(p.buffered(), 1, "a third segment is filling");
+        assert!(matches!(p.poll_write(&mut cx, b"fgh"), Poll::Ready(Ok(1))));
+        assert!(matches!(p.poll_write(&mut cx, b"gh"), Poll::Ready(Ok(2))));
+        assert!(p.lent, "all four out: one in the job, three queued");
+        assert!(p.poll_write(&mut cx, b"ij").is_pending(), "a fifth waits");
+        assert_eq!(buffers_held(&p), 4);
+        assert!(s.data.lock().unwrap().is_empty(), "no job has run");
+        assert_eq!(spawned() - before, 1, "four segments, one job");
+        // The one job writes all four in order and hands three back.
+        assert_eq!(run_jobs(), 1);
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefgh");
+        assert!(matches!(p.poll_write(&mut cx, b"ij"), Poll::Ready(Ok(2))));
+        drive(|cx| p.poll_flush(cx)).unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefghij");
+        assert_eq!(spawned() - before, 2, "five segments, two hops");
+        assert_segments_back(&p);
+    }
+
+    #[test]
+    fn the_caller_waits_only_when_every_segment_is_out() {
+        for segments in 2..=6 {
+            let s = sink(usize::MAX, None);
+            // Segments of 2 bytes.
+            let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), segments, segments);
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut filled = 0;
+            while p.poll_write(&mut cx, b"xy").is_ready() {
+                filled += 1;
+                assert!(filled <= segments, "{segments} segments: never waited");
+            }
+            assert_eq!(filled, segments, "{segments} segments: waited early");
+            assert!(p.lent);
+            assert_eq!(buffers_held(&p), segments);
+            run_jobs();
+            assert!(p.poll_write(&mut cx, b"xy").is_ready(), "one came back");
+            drive(|cx| p.poll_flush(cx)).unwrap();
+            assert_eq!(s.data.lock().unwrap().len(), 2 * (segments + 1));
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_caller_is_woken_once_by_the_first_segment_handed_back() {
+        let s = sink(usize::MAX, None);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4, 4);
+        let wakes = Arc::new(CountWakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        for chunk in [b"ab", b"cd", b"ef", b"gh"] {
+            assert!(matches!(p.poll_write(&mut cx, chunk), Poll::Ready(Ok(2))));
+        }
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(p.poll_write(&mut cx, b"ij").is_pending());
+        // The job hands three back; the fake pool's handle wakes nobody.
+        run_jobs();
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(matches!(p.poll_write(&mut cx, b"ij"), Poll::Ready(Ok(2))));
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdefgh");
     }
 
     /// A pool of real threads with a long linger, to see the wait itself.
@@ -918,7 +1160,7 @@ mod tests {
     fn a_job_that_kept_up_waits_for_the_next_buffer_and_a_flush_ends_the_wait() {
         let _one = THREADED.lock().unwrap();
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Slow, ThreadPool> = Pipeline::new(Slow(s.clone()), 4);
+        let mut p: Pipeline<Slow, ThreadPool> = Pipeline::new(Slow(s.clone()), 4, 2);
         let jobs = THREAD_JOBS.load(std::sync::atomic::Ordering::SeqCst);
         let start = std::time::Instant::now();
         // The second buffer is queued while the job writes the first: the
@@ -945,7 +1187,7 @@ mod tests {
     fn a_job_for_a_caller_that_has_not_kept_up_does_not_wait() {
         let _one = THREADED.lock().unwrap();
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Sink, ThreadPool> = Pipeline::new(s.clone(), 4);
+        let mut p: Pipeline<Sink, ThreadPool> = Pipeline::new(s.clone(), 4, 2);
         let start = std::time::Instant::now();
         assert_eq!(block_on(|cx| p.poll_write(cx, b"abcd")).unwrap(), 4);
         // Nothing queued while it wrote: the job ends at once, queue open.
@@ -959,7 +1201,7 @@ mod tests {
         // Closing the queue (flush, commit) ends the job's wait for more,
         // not the writing of what is already queued.
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4, 2);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
         assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
@@ -969,25 +1211,53 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_pipeline_stops_its_job_after_the_current_buffer() {
+    fn a_commit_finds_every_queued_segment_written_and_the_partial_one_left() {
+        // What a commit does first (`poll_settle`), then `take_parts`: the
+        // sink it takes holds every queued segment, in order, and the rest
+        // comes with it.
         let s = sink(usize::MAX, None);
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4, 4);
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
-        assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
-        drop(p);
-        run_jobs();
-        assert_eq!(
-            &*s.data.lock().unwrap(),
-            b"abcd",
-            "the queued buffer is dropped"
-        );
+        assert!(matches!(
+            p.poll_write(&mut cx, b"abcdefg"),
+            Poll::Ready(Ok(2))
+        ));
+        for chunk in [&b"cdefg"[..], b"efg", b"g"] {
+            assert!(p.poll_write(&mut cx, chunk).is_ready());
+        }
+        assert_eq!(p.buffered(), 1);
+        assert!(s.data.lock().unwrap().is_empty(), "three segments queued");
+        drive(|cx| p.poll_settle(cx));
+        let (_, rest) = p.take_parts().unwrap();
+        assert_eq!(&*s.data.lock().unwrap(), b"abcdef");
+        assert_eq!(rest, b"g");
+    }
+
+    #[test]
+    fn a_dropped_pipeline_stops_its_job_after_the_current_buffer() {
+        for segments in [2, 4] {
+            let s = sink(usize::MAX, None);
+            // Segments of 2 bytes.
+            let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), segments, segments);
+            let mut cx = Context::from_waker(Waker::noop());
+            for chunk in [b"ab", b"cd", b"ef", b"gh"].iter().take(segments) {
+                assert!(matches!(p.poll_write(&mut cx, *chunk), Poll::Ready(Ok(2))));
+            }
+            assert!(p.lent, "every segment is out");
+            drop(p);
+            run_jobs();
+            assert_eq!(
+                &*s.data.lock().unwrap(),
+                b"ab",
+                "{segments} segments: the queued ones are dropped"
+            );
+        }
     }
 
     #[test]
     fn an_error_with_a_buffer_queued_is_sticky_and_gives_the_buffer_back() {
         let s = sink(usize::MAX, Some(0));
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s, 4);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s, 4, 2);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(p.poll_write(&mut cx, b"abcd"), Poll::Ready(Ok(4))));
         assert!(matches!(p.poll_write(&mut cx, b"efgh"), Poll::Ready(Ok(4))));
@@ -1000,9 +1270,32 @@ mod tests {
     }
 
     #[test]
+    fn an_error_with_segments_queued_gives_every_one_back() {
+        // The second segment fails, with two more queued behind it.
+        let s = sink(usize::MAX, Some(2));
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), 4, 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        for chunk in [b"ab", b"cd", b"ef", b"gh"] {
+            assert!(matches!(p.poll_write(&mut cx, chunk), Poll::Ready(Ok(2))));
+        }
+        assert!(p.lent);
+        run_jobs();
+        // (A write now might take the first segment, handed back before
+        // the error, and see the error only at its next call.)
+        let err = drive(|cx| p.poll_flush(cx)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_segments_back(&p);
+        assert_eq!(buffers_held(&p), 4, "all four came back");
+        assert_eq!(&*s.data.lock().unwrap(), b"ab");
+        let again = drive(|cx| p.poll_write(cx, b"ij")).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::StorageFull, "sticky");
+        assert_eq!(p.take_parts().err().unwrap().to_string(), "disk full");
+    }
+
+    #[test]
     fn errors_are_sticky_and_kept_whole() {
         let s = sink(usize::MAX, Some(0));
-        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s, 4);
+        let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s, 4, 2);
         assert_eq!(drive(|cx| p.poll_write(cx, b"abcd")).unwrap(), 4);
         let err = drive(|cx| p.poll_flush(cx)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
@@ -1035,7 +1328,7 @@ mod tests {
     /// just its kind and message.
     #[test]
     fn a_sticky_os_error_keeps_its_code_in_every_copy() {
-        let mut p: Pipeline<NoSpace, FakePool> = Pipeline::new(NoSpace, 4);
+        let mut p: Pipeline<NoSpace, FakePool> = Pipeline::new(NoSpace, 4, 2);
         assert_eq!(drive(|cx| p.poll_write(cx, b"abcd")).unwrap(), 4);
         let flushed = drive(|cx| p.poll_flush(cx)).unwrap_err();
         let written = drive(|cx| p.poll_write(cx, b"more")).unwrap_err();
@@ -1067,7 +1360,7 @@ mod tests {
                 Lost(std::marker::PhantomData)
             }
         }
-        let mut p: Pipeline<Sink, LostPool> = Pipeline::new(sink(usize::MAX, None), 2);
+        let mut p: Pipeline<Sink, LostPool> = Pipeline::new(sink(usize::MAX, None), 2, 2);
         assert_eq!(drive(|cx| p.poll_write(cx, b"ab")).unwrap(), 2);
         let err = drive(|cx| p.poll_flush(cx)).unwrap_err();
         assert_eq!(err.to_string(), "job panicked");
@@ -1076,20 +1369,24 @@ mod tests {
     }
 
     proptest! {
-        /// Random chunk and buffer sizes, short writes, Pending from the pool:
-        /// the sink and the rest left for the commit hold exactly the input,
-        /// with at most two buffers.
+        /// Random chunk and buffer sizes, segment counts, short writes,
+        /// Pending from the pool: the sink and the rest left for the commit
+        /// hold exactly the input, in at most `segments` segments that
+        /// together take no more than two buffers.
         #[test]
         fn content_equals_input(
             data in proptest::collection::vec(any::<u8>(), 0..5000),
             chunks in proptest::collection::vec(1usize..700, 1..40),
             capacity in 1usize..600,
+            segments in 2usize..=6,
             max_write in 1usize..300,
             pendings in proptest::collection::vec(0u8..4, 0..64),
         ) {
             PENDING.with(|p| *p.borrow_mut() = pendings);
             let s = sink(max_write, None);
-            let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), capacity);
+            let mut p: Pipeline<Sink, FakePool> = Pipeline::new(s.clone(), capacity, segments);
+            let size = p.capacity;
+            prop_assert!(p.segments <= segments && p.segments * size <= 2 * capacity);
             let mut rest = &data[..];
             let mut i = 0;
             while !rest.is_empty() {
@@ -1100,14 +1397,15 @@ mod tests {
                     let n = drive(|cx| p.poll_write(cx, chunk)).unwrap();
                     prop_assert!(n > 0 && n <= chunk.len());
                     chunk = &chunk[n..];
-                    prop_assert!(p.buf.capacity() <= capacity && p.spare.capacity() <= capacity);
-                    prop_assert!(buffers_held(&p) <= 2, "{} buffers", buffers_held(&p));
+                    prop_assert!(largest_segment(&p) <= size, "{}", largest_segment(&p));
+                    prop_assert!(buffers_held(&p) <= p.segments, "{} segments", buffers_held(&p));
                 }
                 rest = &rest[len..];
             }
             drive(|cx| p.poll_flush(cx)).unwrap();
             let (_, left) = p.take_parts().unwrap();
-            prop_assert!(left.len() < capacity, "a full buffer went out");
+            prop_assert!(left.len() < size, "a full segment went out");
+            assert_segments_back(&p);
             let mut got = s.data.lock().unwrap().clone();
             got.extend_from_slice(&left);
             prop_assert_eq!(got, data);

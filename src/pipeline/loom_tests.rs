@@ -41,9 +41,16 @@ type Seen = std::sync::Arc<AtomicBool>;
 /// keeps the whole run to seconds in release, 4 takes ten times as long.
 const PREEMPTION_BOUND: usize = 3;
 
-/// Every buffer here is two bytes, so that a few short writes make three
-/// buffers flow through a job or two.
+/// Every segment here is two bytes, so that a few short writes make three
+/// or four segments flow through a job or two.
 const CAPACITY: usize = 2;
+
+/// A pipeline of `segments` segments of [`CAPACITY`] bytes.
+fn pipeline<P: Pool>(disk: &Disk, segments: usize) -> Pipeline<Sink, P> {
+    let p = Pipeline::new(disk.sink(), CAPACITY * segments / 2, segments);
+    assert_eq!((p.segments, p.capacity), (segments, CAPACITY));
+    p
+}
 
 /// Checks `f` under every interleaving within the preemption bound, and
 /// prints how many there were (`--nocapture` shows it).
@@ -262,51 +269,71 @@ fn close<P: Pool>(p: &mut Pipeline<Sink, P>) {
     block_on(poll_fn(|cx| p.poll_idle(cx)));
 }
 
-/// Both buffers are back in the pipeline, none lost with a job.
+/// Every segment is back in the pipeline, none lost with a job: the one
+/// being filled, and the others spare (full-sized, as they went out) or
+/// never allocated.
 fn assert_buffers_back<P: Pool>(p: &Pipeline<Sink, P>) {
-    assert!(!p.lent, "a buffer is still out");
-    assert!(p.buf.capacity() >= CAPACITY, "the buffer being filled");
-    assert!(p.spare.capacity() >= CAPACITY, "the spare");
+    assert!(!p.lent, "a segment is still out");
+    assert_eq!(
+        1 + p.spares.len() + p.unallocated,
+        p.segments,
+        "a segment is lost"
+    );
+    for spare in &p.spares {
+        assert!(spare.capacity() >= CAPACITY, "a spare is not one sent out");
+    }
 }
 
-/// Three buffers through a job or two: the second is queued while the
-/// job writes the first (in the interleavings where the caller is
-/// quicker), the third waits for a buffer to come back. The file holds the
-/// input, both buffers come back, and at least one execution did queue.
-fn buffers_queued_while_the_job_writes<P: Pool>() {
+/// One more segment than there are through a job or two: the second is
+/// queued while the job writes the first (in the interleavings where the
+/// caller is quicker), and so on, until the last waits for a segment to
+/// come back. The file holds the input, every segment comes back, and at
+/// least one execution did queue them all.
+fn buffers_queued_while_the_job_writes<P: Pool>(segments: usize) {
     let queued = Seen::default();
     let seen = Seen::clone(&queued);
     model(move || {
         let disk = Disk::new(None, None);
-        let mut p: Pipeline<Sink, P> = Pipeline::new(disk.sink(), CAPACITY);
-        for chunk in [b"ab", b"cd", b"ef"] {
-            write(&mut p, chunk).unwrap();
+        let mut p = pipeline::<P>(&disk, segments);
+        let chunks = [b"ab", b"cd", b"ef", b"gh"];
+        for chunk in &chunks[..=segments] {
+            write(&mut p, *chunk).unwrap();
             if p.lent {
                 seen.store(true, Ordering::Relaxed);
             }
         }
         flush(&mut p).unwrap();
-        assert_eq!(disk.contents(), "abcdef");
+        assert_eq!(disk.contents(), &"abcdefgh"[..2 * (segments + 1)]);
         assert_buffers_back(&p);
         assert_eq!(p.describe(), "idle");
         assert!(p.take_parts().unwrap().1.is_empty(), "nothing left over");
         let hops = join_jobs();
-        assert!((1..=3).contains(&hops), "{hops} hops");
+        assert!((1..=segments + 1).contains(&hops), "{hops} hops");
     });
     assert!(
         queued.load(Ordering::Relaxed),
-        "no execution queued a buffer"
+        "no execution had every segment out"
     );
 }
 
 #[test]
 fn a_buffer_queued_while_the_job_writes_is_written_and_handed_back() {
-    buffers_queued_while_the_job_writes::<Lingers>();
+    buffers_queued_while_the_job_writes::<Lingers>(2);
 }
 
 #[test]
 fn a_buffer_queued_while_the_job_writes_is_written_when_the_linger_times_out() {
-    buffers_queued_while_the_job_writes::<NoLinger>();
+    buffers_queued_while_the_job_writes::<NoLinger>(2);
+}
+
+#[test]
+fn three_segments_queued_while_the_job_writes_are_written_and_handed_back() {
+    buffers_queued_while_the_job_writes::<Lingers>(3);
+}
+
+#[test]
+fn three_segments_queued_while_the_job_writes_are_written_when_the_linger_times_out() {
+    buffers_queued_while_the_job_writes::<NoLinger>(3);
 }
 
 /// Holds the job in its first write until the second buffer is queued
@@ -314,7 +341,7 @@ fn a_buffer_queued_while_the_job_writes_is_written_when_the_linger_times_out() {
 /// comes only after both are on disk, finds the job waiting for it.
 /// Returns the pipeline with the job still in flight.
 fn keep_up<P: Pool>(disk: &Disk) -> Pipeline<Sink, P> {
-    let mut p: Pipeline<Sink, P> = Pipeline::new(disk.sink(), CAPACITY);
+    let mut p = pipeline::<P>(disk, 2);
     write(&mut p, b"ab").unwrap();
     write(&mut p, b"cd").unwrap();
     assert!(p.lent, "the job is held in its write: the second is queued");
@@ -360,7 +387,7 @@ fn a_linger_that_times_out_loses_nothing() {
 fn a_close_while_the_job_runs_writes_what_was_queued_and_ends_the_job() {
     model(|| {
         let disk = Disk::new(None, None);
-        let mut p: Pipeline<Sink, Lingers> = Pipeline::new(disk.sink(), CAPACITY);
+        let mut p = pipeline::<Lingers>(&disk, 2);
         write(&mut p, b"abcde").unwrap();
         close(&mut p);
         // Every full buffer is on disk, the partial one stays, and the
@@ -378,49 +405,76 @@ fn a_close_while_the_job_runs_writes_what_was_queued_and_ends_the_job() {
     });
 }
 
-#[test]
-fn a_dropped_pipeline_with_a_buffer_queued_ends_the_job_after_its_buffer() {
-    model(|| {
+/// The job is held in its first write while every other segment is
+/// queued behind it; the pipeline is dropped.
+fn dropped_with_segments_queued(segments: usize) {
+    model(move || {
         let disk = Disk::new(Some(0), None);
-        let mut p: Pipeline<Sink, Lingers> = Pipeline::new(disk.sink(), CAPACITY);
-        write(&mut p, b"ab").unwrap();
-        write(&mut p, b"cd").unwrap();
-        assert!(p.lent, "the job is held in its write: the second is queued");
+        let mut p = pipeline::<Lingers>(&disk, segments);
+        for chunk in [b"ab", b"cd", b"ef"].iter().take(segments) {
+            write(&mut p, *chunk).unwrap();
+        }
+        assert!(p.lent, "the job is held in its write: the rest are queued");
         drop(p);
         disk.open_gate(None);
         assert_eq!(join_jobs(), 1);
-        assert_eq!(disk.contents(), "ab", "the queued buffer was dropped");
+        assert_eq!(disk.contents(), "ab", "the queued segments were dropped");
+    });
+}
+
+#[test]
+fn a_dropped_pipeline_with_a_buffer_queued_ends_the_job_after_its_buffer() {
+    dropped_with_segments_queued(2);
+}
+
+#[test]
+fn a_dropped_pipeline_with_two_segments_queued_ends_the_job_after_its_own() {
+    dropped_with_segments_queued(3);
+}
+
+/// `segments` full segments written, then the pipeline dropped wherever
+/// its job is.
+fn dropped_anywhere(segments: usize) {
+    model(move || {
+        let disk = Disk::new(None, None);
+        let mut p = pipeline::<Lingers>(&disk, segments);
+        let all = "abcdef";
+        write(&mut p, &all.as_bytes()[..2 * segments]).unwrap();
+        // The job may be writing, lingering, or holding segments in its
+        // queue; the last may even be still in the pipeline, waiting for
+        // the job to end. Whichever: the job ends after the segment it is
+        // writing, without starting another.
+        drop(p);
+        let hops = join_jobs();
+        assert!((1..=segments).contains(&hops), "{hops} hops");
+        let data = disk.contents();
+        assert!((1..=segments).any(|n| data == all[..2 * n]), "{data:?}");
     });
 }
 
 #[test]
 fn a_dropped_pipeline_ends_its_job_wherever_it_is() {
-    model(|| {
-        let disk = Disk::new(None, None);
-        let mut p: Pipeline<Sink, Lingers> = Pipeline::new(disk.sink(), CAPACITY);
-        write(&mut p, b"abcd").unwrap();
-        // The job may be writing, lingering, or holding "cd" in its queue;
-        // "cd" may even be still in the pipeline, waiting for the job to
-        // end. Whichever: the job ends, without writing anything new.
-        drop(p);
-        let hops = join_jobs();
-        assert!((1..=2).contains(&hops), "{hops} hops");
-        let data = disk.contents();
-        assert!(data == "ab" || data == "abcd", "{data:?}");
-    });
+    dropped_anywhere(2);
 }
 
 #[test]
-fn an_error_with_a_buffer_queued_is_sticky_and_gives_the_buffer_back() {
-    model(|| {
-        // The second buffer fails; the job is held before it until a third
-        // is queued behind it.
+fn a_dropped_pipeline_of_three_segments_ends_its_job_wherever_it_is() {
+    dropped_anywhere(3);
+}
+
+/// The second segment fails; the job is held in its first write until
+/// every other segment is queued, then before its second until one more
+/// is queued behind it.
+fn error_with_segments_queued(segments: usize) {
+    model(move || {
         let disk = Disk::new(Some(0), Some(2));
-        let mut p = Pipeline::<Sink, Lingers>::new(disk.sink(), CAPACITY);
-        write(&mut p, b"ab").unwrap();
-        write(&mut p, b"cd").unwrap();
+        let mut p = pipeline::<Lingers>(&disk, segments);
+        let chunks = [b"ab", b"cd", b"ef", b"gh"];
+        for chunk in &chunks[..segments] {
+            write(&mut p, *chunk).unwrap();
+        }
         disk.open_gate(Some(2));
-        write(&mut p, b"ef").unwrap();
+        write(&mut p, chunks[segments]).unwrap();
         assert!(p.lent, "the job is held before its second write: queued");
         disk.open_gate(None);
         let err = write(&mut p, b"gh").unwrap_err();
@@ -440,10 +494,20 @@ fn an_error_with_a_buffer_queued_is_sticky_and_gives_the_buffer_back() {
 }
 
 #[test]
+fn an_error_with_a_buffer_queued_is_sticky_and_gives_the_buffer_back() {
+    error_with_segments_queued(2);
+}
+
+#[test]
+fn an_error_with_segments_queued_is_sticky_and_gives_every_one_back() {
+    error_with_segments_queued(3);
+}
+
+#[test]
 fn a_seek_between_writes_puts_the_later_bytes_where_it_landed() {
     model(|| {
         let disk = Disk::new(None, None);
-        let mut p: Pipeline<Sink, Lingers> = Pipeline::new(disk.sink(), CAPACITY);
+        let mut p = pipeline::<Lingers>(&disk, 2);
         write(&mut p, b"abcd").unwrap();
         p.start_seek(SeekFrom::Start(1)).unwrap();
         let at = block_on(poll_fn(|cx| p.poll_complete(cx))).unwrap();
