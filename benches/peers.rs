@@ -187,6 +187,23 @@ async fn ours(target: PathBuf, len: u64, durability: Durability, buffer: usize) 
     Ok(())
 }
 
+/// `ours` with the memory of its two buffers cut into `segments` (the
+/// hidden knob that picks the default: issue #22, W1b).
+async fn ours_segments(
+    target: PathBuf,
+    len: u64,
+    durability: Durability,
+    segments: usize,
+) -> io::Result<()> {
+    let mut opts = OpenOptions::new();
+    opts.durability(durability);
+    tokio_atomic_write::__private::set_write_segments(&mut opts, segments);
+    let mut f = opts.open(&target).await?;
+    tokio::io::copy(&mut Chunks(len), &mut f).await?;
+    f.commit().await?;
+    Ok(())
+}
+
 /// This crate's one-hop `OpenOptions::write` (what `write()` does with the
 /// default options).
 async fn ours_write_fn(target: PathBuf, durability: Durability) -> io::Result<()> {
@@ -366,6 +383,10 @@ struct Peer<'a> {
 /// Buffer sizes tried besides the default, in W1b.
 const BUFFER_SIZES_KIB: [usize; 5] = [64, 256, 512, 2048, 8192];
 
+/// Segment counts tried in W1b, at the default buffer size: the default
+/// count is `ours`, the others `ours_segments_{k}`.
+const SEGMENTS: [usize; 4] = [2, 4, 8, 16];
+
 fn peers(bench: &Bench, w: Workload) -> Vec<Peer<'_>> {
     let (len, durable, durability, fresh) = (w.len(), w.durable(), w.durability(), w.fresh());
     let mut peers = Vec::new();
@@ -413,6 +434,18 @@ fn peers(bench: &Bench, w: Workload) -> Vec<Peer<'_>> {
                 w,
                 &format!("ours_buffer_{kib}k"),
                 move |t| ours(t, len, durability, kib << 10),
+            );
+        }
+        // The two buffers' memory cut into more, smaller segments: more of
+        // it is still queued for the job while the caller wakes up.
+        let default = tokio_atomic_write::__private::default_write_segments();
+        for k in SEGMENTS.into_iter().filter(|k| *k != default) {
+            add(
+                &mut peers,
+                bench,
+                w,
+                &format!("ours_segments_{k}"),
+                move |t| ours_segments(t, len, durability, k),
             );
         }
     }
@@ -641,6 +674,28 @@ fn table(results: &[(Workload, Vec<(String, f64)>)], rss: Option<u64>) -> String
                 })
                 .collect();
             notes.push(format!("W1b by buffer size: {}.", sizes.join(", ")));
+            let default = tokio_atomic_write::__private::default_write_segments();
+            let segments: Vec<String> = SEGMENTS
+                .iter()
+                .filter_map(|k| {
+                    let ns = if *k == default {
+                        ours?
+                    } else {
+                        get(m, &format!("ours_segments_{k}"))?
+                    };
+                    let default = if *k == default { " (default)" } else { "" };
+                    Some(format!(
+                        "{k}{default} {:.2} GB/s ({})",
+                        STREAM as f64 / ns,
+                        ratio(Some(ns), cells[0]),
+                    ))
+                })
+                .collect();
+            notes.push(format!(
+                "W1b by segment count, {} KiB buffers (GB/s, vs (a)): {}.",
+                DEFAULT_BUFFER_SIZE >> 10,
+                segments.join(", ")
+            ));
         }
     }
     if let Some(rss) = rss {
