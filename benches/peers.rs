@@ -177,14 +177,9 @@ async fn tempfile_persist(target: PathBuf, len: u64, durable: bool) -> io::Resul
 
 /// This crate: an `AsyncAtomicFile` fed by `tokio::io::copy`.
 async fn ours(target: PathBuf, len: u64, durability: Durability, buffer: usize) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .durability(durability)
-        .buffer_size(buffer)
-        .open(&target)
-        .await?;
-    tokio::io::copy(&mut Chunks(len), &mut f).await?;
-    f.commit().await?;
-    Ok(())
+    let mut opts = OpenOptions::new();
+    opts.durability(durability).buffer_size(buffer);
+    ours_with(target, len, &opts).await
 }
 
 /// `ours` with the memory of its two buffers cut into `segments` (the
@@ -198,6 +193,12 @@ async fn ours_segments(
     let mut opts = OpenOptions::new();
     opts.durability(durability);
     tokio_atomic_write::__private::set_write_segments(&mut opts, segments);
+    ours_with(target, len, &opts).await
+}
+
+/// `len` bytes through an `AsyncAtomicFile` opened with `opts`, then its
+/// commit.
+async fn ours_with(target: PathBuf, len: u64, opts: &OpenOptions) -> io::Result<()> {
     let mut f = opts.open(&target).await?;
     tokio::io::copy(&mut Chunks(len), &mut f).await?;
     f.commit().await?;

@@ -452,6 +452,7 @@ where
         let job = move || write_job(sink, buf, &job_shared, P::LINGER);
         self.state = State::Busy(P::spawn(job), shared);
     }
+
     /// Bytes accepted in all, seeks or not: what the file received.
     pub(crate) fn accepted(&self) -> u64 {
         self.accepted
