@@ -176,6 +176,7 @@ pub struct DirOptions {
     durability: Durability,
     mode: Option<u32>,
     buffer_size: usize,
+    create_parents: bool,
 }
 
 impl Default for DirOptions {
@@ -184,6 +185,7 @@ impl Default for DirOptions {
             durability: Durability::Full,
             mode: None,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            create_parents: false,
         }
     }
 }
@@ -221,6 +223,16 @@ impl DirOptions {
         self
     }
 
+    /// Whether missing directories above the tree are created (default
+    /// `false`), as [`OpenOptions::create_parents`](crate::OpenOptions::create_parents)
+    /// creates them: `0o777` less the umask, racing creators no error,
+    /// and with [`Durability::Full`] each one synced with the directory
+    /// that holds it before the tree is published.
+    pub fn create_parents(&mut self, create: bool) -> &mut Self {
+        self.create_parents = create;
+        self
+    }
+
     /// Creates the temp tree for `path` with these options.
     ///
     /// # Errors
@@ -233,9 +245,11 @@ impl DirOptions {
     pub async fn create(&self, path: impl AsRef<Path>) -> Result<AsyncAtomicDir, Error> {
         let target = path.as_ref().to_path_buf();
         let (opts, path) = (self.clone(), target.clone());
-        let tree = blocking::run(move || Tree::create(path, opts.mode, opts.durability))
-            .await
-            .map_err(|e| Error::new(Op::Open, &target, e))??;
+        let tree = blocking::run(move || {
+            Tree::create(path, opts.mode, opts.durability, opts.create_parents)
+        })
+        .await
+        .map_err(|e| Error::new(Op::Open, &target, e))??;
         Ok(AsyncAtomicDir {
             path: tree.path().to_path_buf(),
             tree: Some(tree),

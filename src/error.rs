@@ -16,9 +16,18 @@ pub enum Op {
     Open,
     /// Opening the directory that holds the target (or the `temp_dir`).
     OpenDir,
+    /// Creating a missing directory above the target, or syncing one just
+    /// created, with [`OpenOptions::create_parents`](crate::OpenOptions::create_parents)
+    /// (the path names that directory).
+    CreateDir,
     /// Creating the temp file (or an atomic directory's temp tree), or
     /// checking that `temp_dir` shares the target's filesystem.
     CreateTemp,
+    /// Copying the replaced file's extended attributes (ACLs, SELinux
+    /// labels, `user.*`) to the temp file, with
+    /// [`OpenOptions::preserve_xattrs`](crate::OpenOptions::preserve_xattrs):
+    /// the message names the attribute.
+    CopyXattrs,
     /// Creating a file inside an atomic directory's temp tree
     /// ([`AsyncAtomicDir::file`](crate::AsyncAtomicDir::file)).
     CreateFile,
@@ -122,7 +131,12 @@ impl Op {
         match self {
             Op::Open => write!(f, "failed to open `{p}` for atomic replacement"),
             Op::OpenDir => write!(f, "failed to open directory `{p}`"),
+            Op::CreateDir => write!(f, "failed to create directory `{p}`"),
             Op::CreateTemp => write!(f, "failed to create temp file in `{p}`"),
+            Op::CopyXattrs => write!(
+                f,
+                "failed to copy extended attributes to the temp file for `{p}`"
+            ),
             Op::CreateFile => write!(f, "failed to create `{p}` in the temp tree"),
             Op::Write => write!(f, "failed to write temp file for `{p}`"),
             Op::Seek => write!(f, "failed to seek in temp file for `{p}`"),
@@ -197,6 +211,9 @@ pub struct Error {
     /// A no-clobber publish lost to an entry already at the target: the
     /// message says so before the errno.
     target_exists: bool,
+    /// For a [`rename`](crate::rename): the file moved, which the message
+    /// names beside the path (`to`).
+    moved_from: Option<Box<PathBuf>>,
     source: io::Error,
 }
 
@@ -204,6 +221,28 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.op == Op::Other {
             return fmt::Display::fmt(&self.source, f);
+        }
+        if let Some(from) = &self.moved_from {
+            let (from, to) = (from.display(), self.path.display());
+            write!(f, "failed to rename `{from}` to `{to}`")?;
+            if self.target_exists {
+                return write!(f, ": the target already exists: {}", self.source);
+            }
+            let step = match self.op {
+                Op::Open => "checking the paths",
+                Op::OpenDir => "opening a directory",
+                Op::CreateDir => "creating a missing directory",
+                Op::SyncTemp => "syncing the source",
+                Op::Link => "linking",
+                Op::RemoveTemp => {
+                    "removing the source name after linking it; the new name is published"
+                }
+                Op::SyncDir => {
+                    "syncing the directories after publishing; new name visible, durability unknown"
+                }
+                _ => "renaming",
+            };
+            return write!(f, " ({step}): {}", self.source);
         }
         if self.target_exists {
             let p = self.path.display();
@@ -236,7 +275,17 @@ impl Error {
             path: path.into(),
             published: false,
             target_exists: false,
+            moved_from: None,
             source,
+        }
+    }
+
+    /// This error as one of a [`rename`](crate::rename) of `from`: the
+    /// message names it too; the path stays the target.
+    pub(crate) fn moving(self, from: &Path) -> Self {
+        Error {
+            moved_from: Some(Box::new(from.to_path_buf())),
+            ..self
         }
     }
 
@@ -269,6 +318,7 @@ impl Error {
         Error {
             source: copy_io_error(&self.source),
             path: self.path.clone(),
+            moved_from: self.moved_from.clone(),
             ..*self
         }
     }
@@ -446,7 +496,9 @@ mod tests {
         let ops = [
             Op::Open,
             Op::OpenDir,
+            Op::CreateDir,
             Op::CreateTemp,
+            Op::CopyXattrs,
             Op::CreateFile,
             Op::Write,
             Op::Seek,

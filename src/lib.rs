@@ -330,6 +330,79 @@ pub async fn copy(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<u64, E
     OpenOptions::new().copy(from, to).await
 }
 
+/// Writes `contents` to `path` unless it holds exactly these bytes
+/// already: then nothing is written and its modification time stays, and
+/// the answer is `Ok(false)`; else as [`write()`], and `Ok(true)`. See
+/// [`OpenOptions::write_if_changed`], which does the same with other
+/// options, for what "unchanged" compares.
+///
+/// # Errors
+///
+/// As [`OpenOptions::write_if_changed`].
+///
+/// # Cancel safety
+///
+/// Dropping the future before its first poll does nothing. After that the
+/// comparison and any write run to their end on the pool: the target ends
+/// up whole, old or new.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("config.toml");
+/// assert!(tokio_atomic_write::write_if_changed(&path, "port = 8080\n").await?);
+/// assert!(!tokio_atomic_write::write_if_changed(&path, "port = 8080\n").await?);
+/// assert!(tokio_atomic_write::write_if_changed(&path, "port = 8081\n").await?);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn write_if_changed(
+    path: impl AsRef<Path>,
+    contents: impl AsRef<[u8]>,
+) -> Result<bool, Error> {
+    OpenOptions::new().write_if_changed(path, contents).await
+}
+
+/// Renames the file `from` to `to`, replacing `to` atomically and durably:
+/// Python atomicwrites' `replace_atomic`. Readers of `to` see the old file
+/// or the new one; once `Ok` returns the new name survives a power cut
+/// (`from` is synced first, then both directories after the rename). See
+/// [`OpenOptions::rename`], which does the same with other options
+/// (`overwrite(false)` is `move_atomic`).
+///
+/// # Errors
+///
+/// As [`OpenOptions::rename`]: every error names `to` as its path and
+/// `from` in its message; `NotFound` when `from` is missing,
+/// `CrossesDevices` when the two are on different filesystems (nothing
+/// copied, nothing changed).
+///
+/// # Cancel safety
+///
+/// Dropping the future before its first poll does nothing. After that the
+/// rename runs to its end on the pool.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let (new, current) = (dir.path().join("db.new"), dir.path().join("db"));
+/// std::fs::write(&new, b"rebuilt")?; // written without a sync
+/// tokio_atomic_write::rename(&new, &current).await?;
+/// assert_eq!(std::fs::read(&current)?, b"rebuilt");
+/// assert!(!new.exists());
+/// # Ok(())
+/// # }
+/// ```
+pub async fn rename(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<(), Error> {
+    OpenOptions::new().rename(from, to).await
+}
+
 /// The README's code, compiled as a doctest so that it cannot rot.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

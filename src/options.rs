@@ -67,6 +67,8 @@ pub struct OpenOptions {
     pub(crate) buffer_size: usize,
     pub(crate) unnamed_temp: bool,
     pub(crate) lock_file: bool,
+    pub(crate) create_parents: bool,
+    pub(crate) preserve_xattrs: bool,
     /// The mode of a new file when [`mode`](Self::mode) is unset, umask not
     /// applied: [`copy`](Self::copy) gives the source's. Not an option.
     pub(crate) new_file_mode: Option<u32>,
@@ -93,6 +95,8 @@ impl Default for OpenOptions {
             buffer_size: DEFAULT_BUFFER_SIZE,
             unnamed_temp: true,
             lock_file: true,
+            create_parents: false,
+            preserve_xattrs: false,
             new_file_mode: None,
             no_setid: false,
             write_segments: crate::pipeline::DEFAULT_SEGMENTS,
@@ -259,6 +263,55 @@ impl OpenOptions {
         self
     }
 
+    /// Whether missing directories above the target are created (default
+    /// `false`, when a missing directory fails with
+    /// [`Op::OpenDir`](crate::Op::OpenDir), `NotFound`), as
+    /// [`std::fs::create_dir_all`] would create them, by [`open`](Self::open),
+    /// [`write`](Self::write), [`write_if_changed`](Self::write_if_changed),
+    /// [`update`](Self::update), [`copy`](Self::copy) (for `to`),
+    /// [`rename`](Self::rename) (for `to`) and the JSON helpers.
+    ///
+    /// Each missing directory is created with mode `0o777` less the umask
+    /// (or as the parent's default ACL says), owned by the caller, as
+    /// `mkdir -p` creates it; another process creating the same directory
+    /// at the same time is no error. With [`Durability::Full`] each
+    /// directory that was missing is synced, and so is the directory that
+    /// holds it, before anything is published inside: a power cut never
+    /// takes away a directory under a file whose commit returned `Ok`.
+    /// A directory created this way stays when the write fails later.
+    ///
+    /// Only the directories of the path as given are created, never those
+    /// a symlink points into; a symlink on the way is followed, as by
+    /// `mkdir -p`, and a missing directory is created without following a
+    /// link planted at its name meanwhile (that fails with
+    /// [`Op::CreateDir`](crate::Op::CreateDir)).
+    pub fn create_parents(&mut self, create: bool) -> &mut Self {
+        self.create_parents = create;
+        self
+    }
+
+    /// Whether a replaced file's extended attributes are copied to the new
+    /// file (default `false`): its POSIX ACL (`system.posix_acl_access`),
+    /// its `security.*` attributes (an SELinux label, say) and its
+    /// `user.*` attributes, so that a replaced config file keeps who may
+    /// read it and its label. Linux only; ignored elsewhere.
+    ///
+    /// They are copied to the temp file before its first byte; until then
+    /// it is open to its owner alone, so that at no moment can anyone read
+    /// it who may not read the file it replaces (a default ACL on the
+    /// directory included). `security.*` attributes are best effort, like
+    /// the owner: without the privilege to set one (an SELinux relabel),
+    /// the file goes without it. Any other attribute that cannot be copied
+    /// fails [`open`](Self::open) with [`Op::CopyXattrs`](crate::Op::CopyXattrs)
+    /// naming it, before anything is published. `trusted.*` attributes
+    /// (root's own) and any other namespace are not copied, and
+    /// `security.capability` is dropped by the kernel on the first write,
+    /// as it drops setuid bits (it is set again at commit).
+    pub fn preserve_xattrs(&mut self, preserve: bool) -> &mut Self {
+        self.preserve_xattrs = preserve;
+        self
+    }
+
     /// Opens an atomic file for `path` with these options.
     ///
     /// Resolves the target, checks it, and creates the temp file, all in one
@@ -406,6 +459,155 @@ impl OpenOptions {
         crate::blocking::run(move || span.in_scope(|| crate::core::copy(&opts, &from, to)))
             .await
             .map_err(|e| crate::blocking::lost_commit(crate::Op::Open, &target, e))?
+    }
+
+    /// Writes `contents` to `path` only if it does not hold them already,
+    /// under these options; [`write_if_changed`](crate::write_if_changed)
+    /// is this with the default options.
+    ///
+    /// `Ok(false)`: the target already held exactly these bytes, and
+    /// nothing was created, renamed or synced; its modification time is
+    /// unchanged, so file watchers and build tools stay quiet. The size is
+    /// compared first, then the bytes, in the same trip to the blocking
+    /// pool as the write. Otherwise this is [`write`](Self::write), and
+    /// `Ok(true)`.
+    ///
+    /// "Unchanged" is about the bytes: the owner, the group, the extended
+    /// attributes and the times are not compared, and neither is the mode,
+    /// unless [`mode`](Self::mode) is set: then a file with another mode
+    /// is written again (with that mode). A symlink at `path` is followed
+    /// as [`follow_symlinks`](Self::follow_symlinks) says: with `false`,
+    /// a link is never "unchanged" (it would be replaced by a file). A
+    /// write racing with this one ends with one of the two contents,
+    /// whole: `Ok(false)` means the target held these bytes when they were
+    /// compared. With [`overwrite(false)`](Self::overwrite), an existing
+    /// target holding these bytes is `Ok(false)`, one holding others
+    /// `AlreadyExists`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write); [`Op::Read`](crate::Op::Read) when the
+    /// target exists and cannot be read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before its first poll does nothing. After that
+    /// the comparison and any write run to their end on the pool: the
+    /// target ends up whole, old or new.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("generated.rs");
+    /// use tokio_atomic_write::OpenOptions;
+    ///
+    /// let opts = OpenOptions::new();
+    /// assert!(opts.write_if_changed(&path, "pub const N: u32 = 1;\n").await?);
+    /// // The same bytes again: nothing written, the mtime kept.
+    /// assert!(!opts.write_if_changed(&path, "pub const N: u32 = 1;\n").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_if_changed(
+        &self,
+        path: impl AsRef<Path>,
+        contents: impl AsRef<[u8]>,
+    ) -> Result<bool, Error> {
+        let (opts, target) = (self.clone(), path.as_ref().to_path_buf());
+        let contents = contents.as_ref().to_vec();
+        let span = crate::trace::commit(&target, self.durability, contents.len() as u64);
+        let path = target.clone();
+        crate::blocking::run(move || {
+            span.in_scope(|| crate::core::changed::write_if_changed(&opts, path, &contents))
+        })
+        .await
+        .map_err(|e| crate::blocking::lost_commit(crate::Op::Open, &target, e))?
+    }
+
+    /// Renames the file `from` to `to` under these options: `to` is
+    /// replaced by `from` in one step, and with [`Durability::Full`] the
+    /// new name survives a power cut once `Ok` returns. Python
+    /// atomicwrites' `replace_atomic`, or with
+    /// [`overwrite(false)`](Self::overwrite) its `move_atomic`;
+    /// [`rename`](crate::rename) is this with the default options.
+    ///
+    /// Readers of `to` see the old file or the new one, whole, at every
+    /// moment. With [`Durability::Full`], `from` is synced first (it may
+    /// have been written without a sync: a rename of unsynced data can
+    /// publish an empty file after a power cut), then the rename, then the
+    /// directory of `to`, and the directory of `from` when it is another.
+    ///
+    /// With `overwrite(false)` the rename happens only if nothing is at
+    /// `to`, atomically (`renameat2(RENAME_NOREPLACE)`, or where the
+    /// filesystem lacks it a `link` and an `unlink` of `from`): of moves
+    /// racing onto one name exactly one wins, the others fail with
+    /// `AlreadyExists` and keep their `from`.
+    ///
+    /// `from` is not followed if it is a symlink: the link itself moves,
+    /// as with `rename(2)` and `mv`. `to` is as for any target: a symlink
+    /// there is followed (the file it points to is replaced) unless
+    /// [`follow_symlinks(false)`](Self::follow_symlinks), under the
+    /// sticky-directory rules, and [`create_parents`](Self::create_parents)
+    /// creates its missing directories. A directory as `from` is renamed
+    /// the same way, onto a missing name or an empty directory (its own
+    /// entries synced, not the files inside: an
+    /// [`AsyncAtomicDir`](crate::AsyncAtomicDir) builds a tree durably).
+    /// `mode`, `preserve_*`, `temp_dir`, `unnamed_temp` and `lock_file` do
+    /// not apply: the file moves as it is, with its owner, mode and
+    /// attributes. When `from` and `to` are already one file (hard links
+    /// of it), nothing happens and both names stay, as with `rename(2)`.
+    ///
+    /// # Errors
+    ///
+    /// Every error's [`path`](Error::path) is `to`, and its message names
+    /// `from` too, and the step. [`Op::Open`](crate::Op::Open): `from`
+    /// missing (`NotFound`), either path naming no file, `to` a directory
+    /// where `from` is not (or the reverse), or `to` existing with
+    /// `overwrite(false)` (`AlreadyExists`); `CrossesDevices` when the two
+    /// are on different filesystems: nothing is copied, nothing changes.
+    /// [`Op::SyncTemp`](crate::Op::SyncTemp) when syncing `from` fails,
+    /// [`Op::Rename`](crate::Op::Rename) when the rename does, each with
+    /// nothing changed; [`Op::SyncDir`](crate::Op::SyncDir) after it, with
+    /// the new name published ([`Error::is_published`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before its first poll does nothing. After that
+    /// the rename runs to its end on the pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tokio_atomic_write::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let (part, done) = (dir.path().join("upload.part"), dir.path().join("upload.bin"));
+    /// # std::fs::write(&part, b"payload").unwrap();
+    /// use tokio_atomic_write::OpenOptions;
+    ///
+    /// // Publish a finished upload once, durably: a second move onto the
+    /// // same name fails and leaves its source where it was.
+    /// OpenOptions::new().overwrite(false).rename(&part, &done).await?;
+    /// assert_eq!(std::fs::read(&done).unwrap(), b"payload");
+    /// # std::fs::write(&part, b"again").unwrap();
+    /// let again = OpenOptions::new().overwrite(false).rename(&part, &done).await;
+    /// assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<(), Error> {
+        let (opts, from) = (self.clone(), from.as_ref().to_path_buf());
+        let to = to.as_ref().to_path_buf();
+        let (target, source) = (to.clone(), from.clone());
+        let span = crate::trace::commit(&to, self.durability, 0);
+        crate::blocking::run(move || {
+            span.in_scope(|| crate::core::rename::rename(&opts, &from, &to))
+        })
+        .await
+        .map_err(|e| crate::blocking::lost_commit(crate::Op::Open, &target, e).moving(&source))?
     }
 
     /// [`write`](Self::write) of bytes already owned: no copy.

@@ -7,8 +7,10 @@
 
 #[cfg(feature = "serde")]
 pub(crate) mod batch;
+pub(crate) mod changed;
 mod group;
 pub(crate) mod name;
+pub(crate) mod rename;
 pub(crate) mod resolve;
 #[cfg(feature = "serde")]
 pub(crate) mod state;
@@ -114,7 +116,7 @@ impl Staged {
     /// Resolves and checks the target, then creates the temp file: the whole
     /// of `open`, run on the blocking pool. Nothing on disk changes on error.
     pub(crate) fn open(opts: &OpenOptions, target: PathBuf) -> Result<Staged, Error> {
-        let found = resolve::find(&target, opts.follow_symlinks.into())?;
+        let found = resolve::find_target(&target, opts)?;
         Staged::open_found(opts, target, found)
     }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::split;
 use crate::sys::{self, Dir, Kind, Meta};
-use crate::{Error, Op};
+use crate::{Error, Op, OpenOptions};
 
 /// How many links a symlink chain may have, as Linux's own limit.
 const MAX_SYMLINKS: usize = 40;
@@ -125,6 +125,14 @@ impl Found {
 /// the directory's owner. Nothing on disk changes.
 pub(crate) fn find(target: &Path, follow: FollowSymlinks) -> Result<Found, Error> {
     find_entry(target, follow, true)
+}
+
+/// [`find`] for a target written under `opts`: its links followed as
+/// [`OpenOptions::follow_symlinks`] says, and, with
+/// [`OpenOptions::create_parents`], the missing directories of the path
+/// as given created first (see [`super::parents`]).
+pub(crate) fn find_target(target: &Path, opts: &OpenOptions) -> Result<Found, Error> {
+    find(target, opts.follow_symlinks.into())
 }
 
 /// [`find`], for an entry only to be read: its directory is held for

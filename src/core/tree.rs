@@ -89,6 +89,7 @@ impl Tree {
         target: PathBuf,
         mode: Option<u32>,
         durability: Durability,
+        _create_parents: bool,
     ) -> Result<Tree, Error> {
         let (parent_path, name) = split(&target).map_err(|e| Error::new(Op::Open, &target, e))?;
         let parent = Dir::open(parent_path).map_err(|e| Error::new(Op::OpenDir, parent_path, e))?;

@@ -30,7 +30,7 @@ impl Attempt {
     /// tries its lock and reads the target if it got it. Without a lock
     /// file nothing is read yet: the caller's turn is not taken.
     pub(crate) fn start(opts: &OpenOptions, target: &Path) -> Result<Attempt, Error> {
-        let found = resolve::find(target, opts.follow_symlinks.into())?;
+        let found = resolve::find_target(target, opts)?;
         found.check_replace(target)?;
         check_kind(&found, target)?;
         let attempt = Attempt {

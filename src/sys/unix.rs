@@ -385,6 +385,20 @@ impl Dir {
         Ok(Some((File::from(fd), meta)))
     }
 
+    /// `fsync` of the entry `name`, of kind `kind` (from an `lstat`): a
+    /// regular file (opened read-only, or write-only where it cannot be
+    /// read) or a directory, never following a link nor blocking on a
+    /// FIFO; a symlink or a special file has nothing to sync and is left
+    /// alone. `ENOENT` when the entry is gone, `InvalidInput` when it is
+    /// no longer of that kind.
+    pub(crate) fn sync_entry(&self, name: &OsStr, kind: Kind) -> io::Result<()> {
+        match kind {
+            Kind::File => sync_file(&self.open_to_sync(name)?),
+            Kind::Dir => self.open_dir(name)?.sync(),
+            Kind::Symlink | Kind::Other => Ok(()),
+        }
+    }
+
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd

@@ -137,6 +137,36 @@ impl Dir {
             .open(self.path.join(name))
     }
 
+    /// `CreateDirectoryW`: a new directory, `AlreadyExists` if anything is
+    /// at `name`. No modes here: `mode` is ignored.
+    pub(crate) fn create_dir(&self, name: &OsStr, _mode: u32) -> io::Result<()> {
+        std::fs::create_dir(self.path.join(name))
+    }
+
+    /// The directory at `name`, refused when a symlink (or a junction) is
+    /// there: it is not followed.
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        let path = self.path.join(name);
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() || !meta.is_dir() {
+            return Err(io::ErrorKind::NotADirectory.into());
+        }
+        Ok(Dir { path })
+    }
+
+    /// Flushes the regular file `name` (opened for writing: Windows flushes
+    /// only through a handle with write access); a directory, a link or
+    /// anything else has nothing to flush here.
+    pub(crate) fn sync_entry(&self, name: &OsStr, kind: Kind) -> io::Result<()> {
+        match kind {
+            Kind::File => std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.path.join(name))?
+                .sync_all(),
+            Kind::Dir | Kind::Symlink | Kind::Other => Ok(()),
+        }
+    }
+
     /// The lock file `name`, opened without sharing: while one process
     /// holds it, another's open fails with `ERROR_SHARING_VIOLATION`, which
     /// is `Ok(None)` here (the caller waits and tries again). `mode` has no
@@ -355,4 +385,14 @@ pub(crate) fn rename_noreplace(
 
 pub(crate) fn random_bytes(buf: &mut [u8]) {
     super::random_bytes_portable(buf)
+}
+/// A directory moved only if nothing is at `to`: `MoveFileExW` without
+/// `MOVEFILE_REPLACE_EXISTING` moves directories too, in one step.
+pub(crate) fn rename_dir_noreplace(
+    from_dir: &Dir,
+    from: &OsStr,
+    to_dir: &Dir,
+    to: &OsStr,
+) -> io::Result<()> {
+    rename_noreplace(from_dir, from, to_dir, to).map(|_| ())
 }
