@@ -132,7 +132,23 @@ pub(crate) fn find(target: &Path, follow: FollowSymlinks) -> Result<Found, Error
 /// [`OpenOptions::create_parents`], the missing directories of the path
 /// as given created first (see [`super::parents`]).
 pub(crate) fn find_target(target: &Path, opts: &OpenOptions) -> Result<Found, Error> {
-    find(target, opts.follow_symlinks.into())
+    let follow = opts.follow_symlinks.into();
+    match find(target, follow) {
+        Err(e) if opts.create_parents && is_missing_parent(&e, target) => {
+            let (parent, _) = split(target).map_err(|e| Error::new(Op::Open, target, e))?;
+            super::parents::create(parent, opts.durability)?;
+            find(target, follow)
+        }
+        other => other,
+    }
+}
+
+/// Whether `e`, from [`find`] of `target`, is the directory of the path
+/// as given missing (not one that a symlink points into).
+fn is_missing_parent(e: &Error, target: &Path) -> bool {
+    e.op() == Op::OpenDir
+        && e.kind() == io::ErrorKind::NotFound
+        && split(target).is_ok_and(|(parent, _)| e.path() == parent)
 }
 
 /// [`find`], for an entry only to be read: its directory is held for

@@ -89,10 +89,17 @@ impl Tree {
         target: PathBuf,
         mode: Option<u32>,
         durability: Durability,
-        _create_parents: bool,
+        create_parents: bool,
     ) -> Result<Tree, Error> {
         let (parent_path, name) = split(&target).map_err(|e| Error::new(Op::Open, &target, e))?;
-        let parent = Dir::open(parent_path).map_err(|e| Error::new(Op::OpenDir, parent_path, e))?;
+        let parent = match Dir::open(parent_path) {
+            Err(e) if create_parents && e.kind() == io::ErrorKind::NotFound => {
+                super::parents::create(parent_path, durability)?;
+                Dir::open(parent_path)
+            }
+            other => other,
+        }
+        .map_err(|e| Error::new(Op::OpenDir, parent_path, e))?;
         let existing = parent
             .stat(name)
             .map_err(|e| Error::new(Op::Open, &target, e))?;
