@@ -10,6 +10,7 @@ pub(crate) mod batch;
 pub(crate) mod changed;
 mod group;
 pub(crate) mod name;
+pub(crate) mod parents;
 pub(crate) mod rename;
 pub(crate) mod resolve;
 #[cfg(feature = "serde")]
