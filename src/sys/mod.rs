@@ -112,6 +112,8 @@ pub(crate) struct Meta {
     pub(crate) mode: u32,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+    /// Length in bytes (of a symlink: of the path it holds).
+    pub(crate) size: u64,
     /// Device and inode numbers, where the platform gives them.
     #[cfg_attr(windows, allow(dead_code))]
     pub(crate) id: Option<(u64, u64)>,

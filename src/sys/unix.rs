@@ -583,6 +583,7 @@ fn meta_of(st: &rustix::fs::Stat) -> Meta {
         mode: (st.st_mode as u32) & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
+        size: st.st_size as u64,
         id: Some((st.st_dev as u64, st.st_ino as u64)),
     }
 }

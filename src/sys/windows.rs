@@ -50,6 +50,7 @@ fn meta_of(m: &std::fs::Metadata) -> Meta {
         mode: 0,
         uid: 0,
         gid: 0,
+        size: m.len(),
         id: None,
     }
 }
