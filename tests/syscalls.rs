@@ -200,3 +200,157 @@ fn a_commit_makes_the_calls_of_the_table() {
     println!("{table}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The child of [`write_if_changed_unchanged_makes_no_change_calls`]: an
+/// unchanged answer, then a changed one, each between its markers, after
+/// a first unchanged answer that starts the blocking pool's thread.
+fn if_changed_child(dir: &Path) {
+    let target = dir.join(TARGET);
+    std::fs::write(&target, NEW).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let call = |contents: &[u8], window: &str| {
+        let _ = std::fs::metadata(dir.join(format!("MARK-{window}-start")));
+        let changed = rt.block_on(tokio_atomic_write::write_if_changed(&target, contents));
+        let _ = std::fs::metadata(dir.join(format!("MARK-{window}-end")));
+        changed.unwrap()
+    };
+    assert!(!call(NEW, "warm"));
+    assert!(!call(NEW, "unchanged"));
+    assert!(call(&[8; 4096], "changed"));
+    assert_eq!(std::fs::read(&target).unwrap(), [8; 4096]);
+}
+
+/// The calls between `MARK-{window}-start` and `MARK-{window}-end` in an
+/// strace log, every one (whatever its path, whichever thread), once each.
+fn window(log: &str, window: &str) -> Vec<String> {
+    let (start, end) = (format!("MARK-{window}-start"), format!("MARK-{window}-end"));
+    let mut calls = Vec::new();
+    let mut inside = false;
+    for line in log.lines() {
+        let call = line.split_once(' ').map_or(line, |(_, r)| r).trim_start();
+        if call.contains(&start) {
+            inside = true;
+        } else if call.contains(&end) {
+            return calls;
+        } else if inside && !call.starts_with("<...") {
+            calls.push(call.to_string());
+        }
+    }
+    panic!("no complete window {window} in the log:\n{log}");
+}
+
+/// Whether `call` changes anything on disk, or would: a name created,
+/// renamed, linked or removed; a sync; a mode, owner, time or attribute
+/// set; a lock taken; an open that could write or create; a write to a
+/// file in `dir` (writes elsewhere, to a pipe or the terminal, are not
+/// the target's).
+fn changes_something(call: &str, dir: &str) -> bool {
+    const CHANGING: [&str; 37] = [
+        "rename",
+        "renameat",
+        "renameat2",
+        "link",
+        "linkat",
+        "symlink",
+        "symlinkat",
+        "unlink",
+        "unlinkat",
+        "rmdir",
+        "mkdir",
+        "mkdirat",
+        "mknod",
+        "mknodat",
+        "fsync",
+        "fdatasync",
+        "syncfs",
+        "sync",
+        "sync_file_range",
+        "fchmod",
+        "fchmodat",
+        "fchmodat2",
+        "chmod",
+        "fchown",
+        "fchownat",
+        "chown",
+        "lchown",
+        "ftruncate",
+        "truncate",
+        "utimensat",
+        "futimesat",
+        "fsetxattr",
+        "setxattr",
+        "lsetxattr",
+        "flock",
+        "fallocate",
+        "copy_file_range",
+    ];
+    const WRITES: [&str; 5] = ["write", "pwrite64", "writev", "pwritev", "pwritev2"];
+    const OPENS: [&str; 4] = ["open", "openat", "openat2", "creat"];
+    let name = call.split('(').next().unwrap_or("");
+    let writes_in_dir = WRITES.contains(&name) && call.contains(dir);
+    let opens_to_write = OPENS.contains(&name)
+        && ["O_CREAT", "O_TMPFILE", "O_WRONLY", "O_RDWR", "O_TRUNC"]
+            .iter()
+            .any(|flag| call.contains(flag));
+    CHANGING.contains(&name) || writes_in_dir || opens_to_write || name == "creat"
+}
+
+/// Issue #23, item 3, seen from the kernel's side: an unchanged
+/// `write_if_changed` opens the target read-only, reads it, and changes
+/// nothing: not one call of [`changes_something`], in any thread; a
+/// changed one creates a temp file, syncs it, renames it.
+#[test]
+fn write_if_changed_unchanged_makes_no_change_calls() {
+    if is_child() {
+        return if_changed_child(Path::new(&std::env::var("TAW_DIR").unwrap()));
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let (dir, out) = (scratch(), scratch());
+    let log = out.path().join("strace.out");
+    let (log_s, dir_s) = (log.to_str().unwrap(), dir.path().to_str().unwrap());
+    run_child(
+        "write_if_changed_unchanged_makes_no_change_calls",
+        &["strace", "-f", "-y", "-qq", "-o", log_s],
+        &[("TAW_DIR", dir_s)],
+        None,
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let target = dir.path().join(TARGET);
+    let target_s = target.to_str().unwrap();
+
+    let unchanged = window(&text, "unchanged");
+    println!("unchanged:\n  {}", unchanged.join("\n  "));
+    let changing: Vec<&String> = unchanged
+        .iter()
+        .filter(|c| changes_something(c, dir_s))
+        .collect();
+    assert!(changing.is_empty(), "unchanged, yet: {changing:#?}");
+    // The window holds the comparison: the target opened read-only, not
+    // following a link, and read.
+    let opened = |c: &&String| {
+        c.starts_with("openat(")
+            && c.contains(&format!("\"{TARGET}\""))
+            && c.contains("O_RDONLY")
+            && c.contains("O_NOFOLLOW")
+    };
+    assert_eq!(unchanged.iter().filter(opened).count(), 1, "{unchanged:#?}");
+    let read = |c: &String| c.starts_with("read(") && c.contains(&format!("{target_s}>"));
+    assert!(unchanged.iter().any(read), "{unchanged:#?}");
+
+    let changed = window(&text, "changed");
+    let named = |prefixes: &[&str]| {
+        changed
+            .iter()
+            .filter(|c| prefixes.iter().any(|p| c.starts_with(p)))
+            .count()
+    };
+    assert_eq!(named(&["rename"]), 1, "{changed:#?}");
+    assert!(
+        named(&["fsync(", "fdatasync("]) >= 2,
+        "file and dir: {changed:#?}"
+    );
+}
