@@ -41,27 +41,16 @@ pub(crate) fn write_if_changed(
 }
 
 /// Whether the entry `found` is a regular file holding exactly `contents`,
-/// with the mode `opts` asks for if it asks for one. Checked first as a
-/// write would check it: an entry a write may not replace, a directory or
-/// a special file fails here as it fails `write` ([`Op::Open`]), and never
-/// reads as "unchanged". A symlink at the name (one not followed) is
-/// "changed": the write replaces it with a file.
+/// with the mode `opts` asks for if it asks for one. An entry a write may
+/// not replace fails here as it fails `write` ([`Op::Open`]), unchanged or
+/// not. Anything but a regular file is "changed": the write that follows
+/// refuses a directory or a special file as `write` does (before it
+/// creates anything), and replaces a symlink (one not followed) with a
+/// file.
 fn holds(opts: &OpenOptions, target: &Path, found: &Found, contents: &[u8]) -> Result<bool, Error> {
     found.check_replace(target)?;
-    match found.existing.map(|m| m.kind) {
-        None | Some(Kind::Symlink) => return Ok(false),
-        Some(Kind::Dir) => {
-            return Err(Error::new(
-                Op::Open,
-                target,
-                io::ErrorKind::IsADirectory.into(),
-            ))
-        }
-        Some(Kind::Other) => {
-            let err = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
-            return Err(Error::new(Op::Open, target, err));
-        }
-        Some(Kind::File) => {}
+    if found.existing.map(|m| m.kind) != Some(Kind::File) {
+        return Ok(false);
     }
     // Opened without following a link, in the directory already held: the
     // very entry found (or, if it was replaced since, its replacement,
