@@ -109,3 +109,57 @@ fn what_create_parents_made_survives_a_power_cut() {
         assert!(!Path::new(&work.join("source")).exists(), "{fs}");
     }
 }
+
+/// The lazy FUSE filesystem keeps exactly what was synced: a name whose
+/// directory was never synced is gone after its crash, a file whose data
+/// was never synced is empty. So each sync of a rename and of
+/// `create_parents` shows here, where ext4 and xfs, which commit a
+/// directory's creation with any later sync of the same journal, cannot
+/// tell. It refuses `renameat2` flags: a no-clobber rename is a link and
+/// an unlink here.
+#[test]
+fn on_a_filesystem_that_keeps_only_what_was_synced_nothing_acknowledged_is_lost() {
+    let fs = common::lazyfs::LazyFs::mount();
+    if !require(fs.is_some(), "root and /dev/fuse for a FUSE mount") {
+        return;
+    }
+    let mut fs = fs.unwrap();
+    let root = fs.path().to_path_buf();
+    let rt = runtime();
+    let mut opts = OpenOptions::new();
+    opts.create_parents(true);
+    std::fs::create_dir(root.join("incoming")).unwrap();
+    std::fs::File::open(&root).unwrap().sync_all().unwrap();
+    rt.block_on(async {
+        opts.write(root.join("w/a/b/file"), body(1)).await.unwrap();
+        // Written without a sync, in a directory that is.
+        std::fs::write(root.join("incoming/replace"), body(2)).unwrap();
+        std::fs::write(root.join("incoming/move"), body(3)).unwrap();
+        opts.rename(root.join("incoming/replace"), root.join("r/a/replaced"))
+            .await
+            .unwrap();
+        let mut no_clobber = opts.clone();
+        no_clobber.overwrite(false);
+        no_clobber
+            .rename(root.join("incoming/move"), root.join("m/a/moved"))
+            .await
+            .unwrap();
+    });
+    fs.crash();
+    let check = |path: &str, version: u32| {
+        let got = std::fs::read(root.join(path));
+        assert!(
+            got.as_ref().is_ok_and(|b| *b == body(version)),
+            "{path}: {:?}",
+            got.map(|b| b.len())
+        );
+    };
+    check("w/a/b/file", 1);
+    check("r/a/replaced", 2);
+    check("m/a/moved", 3);
+    let left: Vec<_> = std::fs::read_dir(root.join("incoming"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the sources' names came back: {left:?}");
+}
