@@ -132,9 +132,14 @@ fn on_a_filesystem_that_keeps_only_what_was_synced_nothing_acknowledged_is_lost(
     std::fs::File::open(&root).unwrap().sync_all().unwrap();
     rt.block_on(async {
         opts.write(root.join("w/a/b/file"), body(1)).await.unwrap();
-        // Written without a sync, in a directory that is.
+        // Written without a sync, their names synced: a rename that does
+        // not sync their directory after leaves them there.
         std::fs::write(root.join("incoming/replace"), body(2)).unwrap();
         std::fs::write(root.join("incoming/move"), body(3)).unwrap();
+        std::fs::File::open(root.join("incoming"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
         opts.rename(root.join("incoming/replace"), root.join("r/a/replaced"))
             .await
             .unwrap();
