@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 
@@ -229,6 +229,240 @@ pub(crate) fn copy_file(from: &File, to: &File) -> Result<u64, CopyError> {
 /// about 2 GiB per call anyway.
 const COPY_RANGE: usize = 1 << 30;
 
+// Extended attributes, for `OpenOptions::preserve_xattrs`.
+
+use super::unix::ACL_XATTR as ACL_ACCESS;
+
+/// The file capabilities of a program: [`Xattrs::capability`](super::Xattrs::capability).
+use super::unix::CAPABILITY_XATTR as CAPABILITY;
+
+/// The largest value, and the longest list of names, the kernel hands out
+/// (`XATTR_SIZE_MAX`, `XATTR_LIST_MAX`).
+const XATTR_MAX_BYTES: usize = 1 << 16;
+
+/// The first buffer for a value or a list of names: most fit.
+const XATTR_FIRST_BYTES: usize = 256;
+
+/// The replaced file, held open to read its attributes.
+enum XattrSource {
+    /// Opened for reading: the `f*xattr` calls.
+    Fd(OwnedFd),
+    /// Opened with `O_PATH` (it cannot be read), which the `f*xattr` calls
+    /// refuse: the path-based calls on its `/proc/self/fd` link, which
+    /// they follow to the very inode.
+    Path(OwnedFd, String),
+}
+
+impl XattrSource {
+    fn fd(&self) -> &OwnedFd {
+        match self {
+            XattrSource::Fd(fd) | XattrSource::Path(fd, _) => fd,
+        }
+    }
+
+    fn list(&self, buf: &mut [u8]) -> Result<usize, Errno> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+            XattrSource::Path(_, path) => rustix::fs::listxattr(path.as_str(), buf),
+        }
+    }
+
+    fn get(&self, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr(fd, name, buf),
+            XattrSource::Path(_, path) => rustix::fs::getxattr(path.as_str(), name, buf),
+        }
+    }
+}
+
+/// What `read` (a list or get call given a buffer) answers, in a buffer
+/// grown until it fits: `ERANGE` means the buffer was too small (the
+/// value may have grown since it was measured), up to the kernel's limit.
+fn read_sized(read: impl Fn(&mut [u8]) -> Result<usize, Errno>) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0; XATTR_FIRST_BYTES];
+    loop {
+        match read(&mut buf) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if buf.len() < XATTR_MAX_BYTES => {
+                // An empty buffer asks for the size.
+                let needed = read(&mut [])?;
+                buf.resize(needed.max(2 * buf.len()).min(XATTR_MAX_BYTES), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `e` says the filesystem has no extended attributes at all.
+fn no_xattrs(e: Errno) -> bool {
+    e == Errno::OPNOTSUPP || e == Errno::NOSYS
+}
+
+/// `e`, its message naming the attribute `name`; the kind kept.
+pub(crate) fn naming_xattr(name: &OsStr, e: impl Into<io::Error>) -> io::Error {
+    let e = e.into();
+    io::Error::new(e.kind(), format!("`{}`: {e}", name.to_string_lossy()))
+}
+
+/// Whether `e`, from setting an attribute, says this process may not set
+/// it (`EPERM`, `EACCES`: an SELinux relabel without the permission, a
+/// file capability without CAP_SETFCAP, any `security.*` attribute without
+/// CAP_SYS_ADMIN and without an LSM that allows it) or the filesystem
+/// cannot (`EOPNOTSUPP`): what a best-effort copy lets go.
+pub(crate) fn xattr_refused(e: &io::Error) -> bool {
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::PERM | Errno::ACCESS | Errno::OPNOTSUPP | Errno::NOSYS)
+    )
+}
+
+/// Reads the attributes of the entry `name` of `dir` that
+/// `preserve_xattrs` copies: the access ACL, `user.*` and `security.*`
+/// (never `trusted.*` nor any other namespace). The entry is opened
+/// read-only without following a link or blocking; where it cannot be
+/// read (`EACCES`: a write-only file can still be replaced; `EWOULDBLOCK`:
+/// another process's lease), with `O_PATH`, which needs no permission on
+/// it. It must still be the file `id` (device and inode) and a regular
+/// file, else the error says the target changed.
+///
+/// A filesystem without extended attributes has none to copy. A value
+/// gone since the list is left out; so is a `security.*` value that cannot
+/// be read, since setting it is best effort too. Any other failure is an
+/// error naming the attribute.
+pub(crate) fn read_xattrs(
+    dir: &Dir,
+    name: &OsStr,
+    id: Option<(u64, u64)>,
+) -> io::Result<super::Xattrs> {
+    let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let source = match rustix::fs::openat(dir.fd(), name, flags | OFlags::RDONLY, Mode::empty()) {
+        Ok(fd) => XattrSource::Fd(fd),
+        Err(Errno::ACCESS) | Err(Errno::WOULDBLOCK) => {
+            let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(dir.fd(), name, flags, Mode::empty())?;
+            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            XattrSource::Path(fd, path)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let st = rustix::fs::fstat(source.fd())?;
+    let regular =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+    #[allow(clippy::unnecessary_cast)] // the field widths differ by architecture
+    let found = (st.st_dev as u64, st.st_ino as u64);
+    if !regular || Some(found) != id {
+        let msg = "the target was replaced while it was opened";
+        return Err(io::Error::other(msg));
+    }
+    let mut xattrs = super::Xattrs::default();
+    let names = match read_sized(|buf| source.list(buf)) {
+        Ok(names) => names,
+        Err(e) if no_xattrs(e) => return Ok(xattrs),
+        Err(e) => return Err(e.into()),
+    };
+    for attr in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let attr = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(attr);
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(attr);
+        let best_effort = bytes.starts_with(b"security.");
+        if attr != ACL_ACCESS && !best_effort && !bytes.starts_with(b"user.") {
+            continue;
+        }
+        let value = match read_sized(|buf| source.get(attr, buf)) {
+            Ok(value) => value,
+            Err(Errno::NODATA) => continue,
+            Err(_) if best_effort => continue,
+            Err(e) => return Err(naming_xattr(attr, e)),
+        };
+        if attr == ACL_ACCESS {
+            xattrs.acl = Some(value);
+        } else if attr == CAPABILITY {
+            xattrs.capability = Some(value);
+        } else {
+            xattrs.attrs.push(super::Xattr {
+                name: attr.to_owned(),
+                value,
+            });
+        }
+    }
+    Ok(xattrs)
+}
+
+/// `fsetxattr`: sets the attribute `name` of `file` to `value`, creating
+/// or replacing it.
+pub(crate) fn set_xattr(file: &File, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    Ok(rustix::fs::fsetxattr(
+        file,
+        name,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
+}
+
+/// Gives `file` the access ACL `acl` (`system.posix_acl_access`, as read
+/// from another file), its owner, group (or mask) and other entries
+/// replaced by those of `mode`, as a `chmod` to `mode` would leave them:
+/// the file's mode is `mode` from that moment, so that at no moment is it
+/// open to more than `mode` allows (the named entries are capped by the
+/// mask). `InvalidData` when `acl` is not an ACL in the kernel's format.
+pub(crate) fn set_acl(file: &File, acl: &[u8], mode: u32) -> io::Result<()> {
+    let Some(acl) = acl_with_mode(acl, mode) else {
+        let msg = "not a POSIX ACL of version 2";
+        return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+    };
+    set_xattr(file, OsStr::new(ACL_ACCESS), &acl)
+}
+
+/// Removes the access ACL of `file` (one inherited from the directory's
+/// default ACL), leaving its mode as it is; none there, or a filesystem
+/// without ACLs, is no error.
+pub(crate) fn remove_acl(file: &File) -> io::Result<()> {
+    match rustix::fs::fremovexattr(file, ACL_ACCESS) {
+        Err(Errno::NODATA) => Ok(()),
+        Err(e) if no_xattrs(e) => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// The tags of a POSIX ACL's entries (`linux/posix_acl.h`).
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+/// The ACL `acl`, in the kernel's xattr format (a little-endian version 2
+/// header, then 8-byte entries: tag, permissions, id), its owner, mask
+/// (or owning group, without a mask) and other entries given the bits of
+/// `mode`, as `posix_acl_chmod` does; `None` when it is not one.
+fn acl_with_mode(acl: &[u8], mode: u32) -> Option<Vec<u8>> {
+    let (header, entries) = (acl.get(..4)?, &acl[4..]);
+    if u32::from_le_bytes(header.try_into().ok()?) != 2 || entries.len() % 8 != 0 {
+        return None;
+    }
+    let tags = || {
+        entries
+            .chunks_exact(8)
+            .map(|e| u16::from_le_bytes([e[0], e[1]]))
+    };
+    let group_class = match tags().any(|tag| tag == ACL_MASK) {
+        true => ACL_MASK,
+        false => ACL_GROUP_OBJ,
+    };
+    let mut out = acl.to_vec();
+    for entry in out[4..].chunks_exact_mut(8) {
+        let perm = match u16::from_le_bytes([entry[0], entry[1]]) {
+            ACL_USER_OBJ => (mode >> 6) & 7,
+            tag if tag == group_class => (mode >> 3) & 7,
+            ACL_OTHER => mode & 7,
+            _ => continue,
+        };
+        entry[2..4].copy_from_slice(&(perm as u16).to_le_bytes());
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +495,60 @@ mod tests {
                 "{magic:#x}"
             );
         }
+    }
+
+    /// A `chmod`'s effect on an ACL: the owner, mask and other entries
+    /// take the mode's bits; the named entries and the owning group (under
+    /// a mask) keep theirs.
+    #[test]
+    fn acl_with_mode_sets_what_chmod_sets() {
+        let entry = |tag: u16, perm: u16, id: u32| {
+            let mut e = tag.to_le_bytes().to_vec();
+            e.extend(perm.to_le_bytes());
+            e.extend(id.to_le_bytes());
+            e
+        };
+        let acl = |entries: &[(u16, u16, u32)]| {
+            let mut v = 2u32.to_le_bytes().to_vec();
+            for &(tag, perm, id) in entries {
+                v.extend(entry(tag, perm, id));
+            }
+            v
+        };
+        const NAMED: u16 = 0x02;
+        let any = u32::MAX;
+        let full = acl(&[
+            (ACL_USER_OBJ, 6, any),
+            (NAMED, 4, 65534),
+            (ACL_GROUP_OBJ, 4, any),
+            (ACL_MASK, 4, any),
+            (ACL_OTHER, 4, any),
+        ]);
+        let want = acl(&[
+            (ACL_USER_OBJ, 7, any),
+            (NAMED, 4, 65534),
+            (ACL_GROUP_OBJ, 4, any),
+            (ACL_MASK, 0, any),
+            (ACL_OTHER, 1, any),
+        ]);
+        assert_eq!(acl_with_mode(&full, 0o701), Some(want));
+        // Without a mask, the owning group's entry is the group class.
+        let bare = acl(&[
+            (ACL_USER_OBJ, 6, any),
+            (ACL_GROUP_OBJ, 4, any),
+            (ACL_OTHER, 4, any),
+        ]);
+        let want = acl(&[
+            (ACL_USER_OBJ, 6, any),
+            (ACL_GROUP_OBJ, 0, any),
+            (ACL_OTHER, 0, any),
+        ]);
+        assert_eq!(acl_with_mode(&bare, 0o600), Some(want));
+        // Not an ACL: another version, a torn entry, too short.
+        let mut v1 = full.clone();
+        v1[0] = 1;
+        assert_eq!(acl_with_mode(&v1, 0o600), None);
+        assert_eq!(acl_with_mode(&full[..full.len() - 1], 0o600), None);
+        assert_eq!(acl_with_mode(&[2, 0], 0o600), None);
     }
 }

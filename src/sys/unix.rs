@@ -1102,6 +1102,94 @@ pub(crate) fn rename_dir_noreplace(
     }
 }
 
+// Extended attributes, for `OpenOptions::preserve_xattrs`: read and set
+// on Linux (`linux.rs`); elsewhere nothing is copied.
+
+/// Whether this platform copies a replaced file's extended attributes
+/// ([`read_xattrs`] and the rest do something).
+pub(crate) const COPIES_XATTRS: bool = cfg!(target_os = "linux");
+
+/// An extended attribute to copy: `user.*`, or `security.*` (best effort).
+#[derive(Debug)]
+pub(crate) struct Xattr {
+    pub(crate) name: OsString,
+    pub(crate) value: Vec<u8>,
+}
+
+impl Xattr {
+    /// Whether copying it is best effort: a `security.*` attribute (an
+    /// SELinux label, say), which takes a privilege to set.
+    pub(crate) fn best_effort(&self) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.name.as_bytes().starts_with(b"security.")
+    }
+}
+
+/// The extended attributes of a replaced file that are copied.
+#[derive(Debug, Default)]
+pub(crate) struct Xattrs {
+    /// Its POSIX access ACL (`system.posix_acl_access`), if it has one.
+    pub(crate) acl: Option<Vec<u8>>,
+    /// `user.*` and `security.*`, but `security.capability`: set while
+    /// the new file is empty.
+    pub(crate) attrs: Vec<Xattr>,
+    /// `security.capability`, which the kernel drops on a write: set after
+    /// the last one.
+    pub(crate) capability: Option<Vec<u8>>,
+}
+
+/// The attribute that [`Xattrs::capability`] holds.
+pub(crate) const CAPABILITY_XATTR: &str = "security.capability";
+
+/// The attribute that [`Xattrs::acl`] holds: a file's POSIX access ACL.
+pub(crate) const ACL_XATTR: &str = "system.posix_acl_access";
+
+#[cfg(target_os = "linux")]
+pub(crate) use super::linux::{
+    naming_xattr, read_xattrs, remove_acl, set_acl, set_xattr, xattr_refused,
+};
+
+/// `e`, its message naming the attribute `name`; the kind kept.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn naming_xattr(name: &OsStr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("`{}`: {e}", name.to_string_lossy()))
+}
+
+/// Whether a failed attribute copy is one a best effort lets go; never
+/// asked outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn xattr_refused(_e: &io::Error) -> bool {
+    true
+}
+
+/// Nothing to copy outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn read_xattrs(
+    _dir: &Dir,
+    _name: &OsStr,
+    _id: Option<(u64, u64)>,
+) -> io::Result<Xattrs> {
+    Ok(Xattrs::default())
+}
+
+/// Never reached outside Linux: [`read_xattrs`] finds nothing to set.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_xattr(_file: &File, _name: &OsStr, _value: &[u8]) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Never reached outside Linux: [`read_xattrs`] finds no ACL.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_acl(_file: &File, _acl: &[u8], _mode: u32) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// No ACL inherited that the crate knows of outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn remove_acl(_file: &File) -> io::Result<()> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

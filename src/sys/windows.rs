@@ -397,3 +397,71 @@ pub(crate) fn rename_dir_noreplace(
 ) -> io::Result<()> {
     rename_noreplace(from_dir, from, to_dir, to).map(|_| ())
 }
+
+// Extended attributes (`OpenOptions::preserve_xattrs`): none copied here.
+
+/// Windows has no extended attributes that the crate copies.
+pub(crate) const COPIES_XATTRS: bool = false;
+
+/// An extended attribute to copy; never made here.
+#[derive(Debug)]
+pub(crate) struct Xattr {
+    pub(crate) name: std::ffi::OsString,
+    pub(crate) value: Vec<u8>,
+}
+
+impl Xattr {
+    /// Whether copying it is best effort; never asked here.
+    pub(crate) fn best_effort(&self) -> bool {
+        true
+    }
+}
+
+/// The extended attributes of a replaced file that are copied: none here.
+#[derive(Debug, Default)]
+pub(crate) struct Xattrs {
+    pub(crate) acl: Option<Vec<u8>>,
+    pub(crate) attrs: Vec<Xattr>,
+    pub(crate) capability: Option<Vec<u8>>,
+}
+
+/// The attribute that [`Xattrs::capability`] holds; never set here.
+pub(crate) const CAPABILITY_XATTR: &str = "security.capability";
+
+/// The attribute that [`Xattrs::acl`] holds; never set here.
+pub(crate) const ACL_XATTR: &str = "system.posix_acl_access";
+
+/// `e`, its message naming the attribute `name`; the kind kept.
+pub(crate) fn naming_xattr(name: &OsStr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("`{}`: {e}", name.to_string_lossy()))
+}
+
+/// Whether a failed attribute copy is one a best effort lets go; never
+/// asked here.
+pub(crate) fn xattr_refused(_e: &io::Error) -> bool {
+    true
+}
+
+/// Nothing to copy on Windows.
+pub(crate) fn read_xattrs(
+    _dir: &Dir,
+    _name: &OsStr,
+    _id: Option<(u64, u64)>,
+) -> io::Result<Xattrs> {
+    Ok(Xattrs::default())
+}
+
+/// Never reached: [`read_xattrs`] finds nothing to set.
+pub(crate) fn set_xattr(_file: &File, _name: &OsStr, _value: &[u8]) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Never reached: [`read_xattrs`] finds no ACL.
+pub(crate) fn set_acl(_file: &File, _acl: &[u8], _mode: u32) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// No ACL inherited that the crate knows of.
+pub(crate) fn remove_acl(_file: &File) -> io::Result<()> {
+    Ok(())
+}
