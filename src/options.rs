@@ -303,10 +303,27 @@ impl OpenOptions {
     /// the owner: without the privilege to set one (an SELinux relabel),
     /// the file goes without it. Any other attribute that cannot be copied
     /// fails [`open`](Self::open) with [`Op::CopyXattrs`](crate::Op::CopyXattrs)
-    /// naming it, before anything is published. `trusted.*` attributes
-    /// (root's own) and any other namespace are not copied, and
-    /// `security.capability` is dropped by the kernel on the first write,
-    /// as it drops setuid bits (it is set again at commit).
+    /// naming it, before anything is published (a `user.*` attribute of a
+    /// file this process may not read, say: reading one takes read
+    /// permission; or a target replaced by another process while this
+    /// one opened it, whose attributes would be another file's).
+    /// `trusted.*` attributes (root's own) and any other namespace are
+    /// not copied. `security.capability` would be dropped by the kernel
+    /// on the first write, as it drops setuid bits: it is set at commit,
+    /// after the last write, best effort too.
+    ///
+    /// The ACL's owner, mask and other entries are those of the mode used
+    /// while writing, so its named entries never get more than that
+    /// mode's group bits; the final mode sets them at commit, as a
+    /// `chmod` does. A replaced file without an ACL gives a new file
+    /// without one, whatever the directory's default ACL.
+    ///
+    /// With `false`, the new file gets none of these: it has the
+    /// directory's default ACL, if any, as any new file there, except
+    /// where that ACL could let in users the replaced file kept out (a
+    /// mode whose group bits exceed the others', such as `0o640`: the
+    /// mask would give its named entries the group's bits), where it gets
+    /// no ACL at all.
     pub fn preserve_xattrs(&mut self, preserve: bool) -> &mut Self {
         self.preserve_xattrs = preserve;
         self

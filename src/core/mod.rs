@@ -56,6 +56,9 @@ struct Plan {
     /// Mode to apply at commit: the setuid/setgid/sticky bits, which a
     /// write by an unprivileged process would clear if set earlier.
     mode_at_commit: Option<u32>,
+    /// The replaced file's `security.capability`, with `preserve_xattrs`:
+    /// set at commit, after the last write, which would drop it.
+    capability_at_commit: Option<Vec<u8>>,
     durability: Durability,
     overwrite: bool,
 }
@@ -204,6 +207,25 @@ impl Staged {
         };
         let create_mode = final_mode.map_or(0o666, |m| m & 0o777) & existing_perm;
 
+        // With `preserve_xattrs`, the replaced file's attributes, read
+        // before anything is created. The temp file is then created open
+        // to its owner alone: under a default ACL on the directory, a mode
+        // without group bits gives a mask of 0, so the ACL's named entries
+        // get nothing until the replaced file's ACL (or none) takes its
+        // place. Its owner may write it (`u+w`), which setting `user.*`
+        // attributes takes; the owner may `chmod` its own file anyway.
+        let xattrs = match existing {
+            Some(meta) if opts.preserve_xattrs && sys::COPIES_XATTRS => Some(
+                sys::read_xattrs(&dir, &name, meta.id)
+                    .map_err(|e| Error::new(Op::CopyXattrs, &target, e))?,
+            ),
+            _ => None,
+        };
+        let create_mode = match xattrs {
+            Some(_) => create_mode & 0o700 | 0o200,
+            None => create_mode,
+        };
+
         let (file, temp, created) = create_temp(make_in, &name, create_mode, opts.unnamed_temp)
             .map_err(|e| Error::new(Op::CreateTemp, &temp_dir_path, e))?;
         let mut staged = Staged {
@@ -216,6 +238,7 @@ impl Staged {
                 dir,
                 name,
                 mode_at_commit: None,
+                capability_at_commit: None,
                 durability: opts.durability,
                 overwrite: opts.overwrite,
             },
@@ -223,7 +246,12 @@ impl Staged {
         };
 
         if let (true, Some(meta)) = (sys::HAS_MODES, existing) {
-            staged.match_replaced_file(opts, meta, final_mode, created)?;
+            let made = TempFile {
+                created,
+                create_mode,
+                xattrs,
+            };
+            staged.match_replaced_file(opts, meta, final_mode, made)?;
         } else if let (true, Some(mode)) = (sys::HAS_MODES, final_mode) {
             // A new file: its mode depends on the umask, unknown here.
             staged.set_modes(mode, mode & 0o777, None)?;
@@ -232,23 +260,34 @@ impl Staged {
     }
 
     /// For a temp file replacing an existing one: copies the owner (best
-    /// effort) and sets the mode to use while writing, never readable wider
-    /// than the replaced file nor than the final one. If the group could not
-    /// be copied, the group bits stay off until commit: they would apply to
-    /// another group. `created`: the temp file's metadata, when its
-    /// creation read it already.
+    /// effort), the extended attributes (with `preserve_xattrs`) and sets
+    /// the mode to use while writing, never readable wider than the
+    /// replaced file nor than the final one. If the group could not be
+    /// copied, the group bits stay off until commit: they would apply to
+    /// another group.
     fn match_replaced_file(
         &mut self,
         opts: &OpenOptions,
         replaced: sys::Meta,
         final_mode: Option<u32>,
-        created: Option<sys::Meta>,
+        temp: TempFile,
     ) -> Result<(), Error> {
-        let now = match created {
+        let now = match temp.created {
             Some(meta) => meta,
             None => sys::file_meta(self.file())
                 .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?,
         };
+        if temp.xattrs.is_none() && inherited_acl_may_widen(temp.create_mode) {
+            // Without `preserve_xattrs`: an access ACL the temp file got
+            // from a default ACL on the directory has its named entries
+            // capped by a mask of the group bits, which here exceed the
+            // others' bits. Those users could read the new file when they
+            // could not read the replaced one (std's in-place write keeps
+            // the replaced inode's ACL): removed before the first byte. One
+            // call, for such modes only (not for 0644, 0600).
+            sys::remove_acl(self.file())
+                .map_err(|e| Error::new(Op::SetPermissions, &self.plan.target, e))?;
+        }
         let gid = if opts.preserve_owner {
             self.copy_owner(now, replaced.uid, replaced.gid)
         } else {
@@ -277,7 +316,46 @@ impl Staged {
         }
         // A chown clears only setuid/setgid, which are never in `writing`,
         // so `now.mode` still tells whether the chmod is needed.
-        self.set_modes(final_mode, writing, Some(now.mode))
+        let current = match temp.xattrs {
+            Some(xattrs) => self.copy_xattrs(xattrs, writing, now.mode)?,
+            None => now.mode,
+        };
+        self.set_modes(final_mode, writing, Some(current))
+    }
+
+    /// Gives the temp file, still empty and open to its owner alone, the
+    /// replaced file's extended attributes: `user.*` and `security.*`
+    /// first, while the owner may still write it; then its ACL, with the
+    /// base entries of `writing` (so the file's mode is `writing` from
+    /// that call on, its named entries capped by that mask), or, where the
+    /// replaced file has none, no ACL at all (none inherited from the
+    /// directory's default ACL). `security.capability` waits for the
+    /// commit. Returns the file's mode now (`mode`: before).
+    fn copy_xattrs(&mut self, xattrs: sys::Xattrs, writing: u32, mode: u32) -> Result<u32, Error> {
+        let target = &self.plan.target;
+        let err = |name: &OsStr, e| Error::new(Op::CopyXattrs, target, sys::naming_xattr(name, e));
+        let file = self.file.as_ref().expect("open until commit");
+        for attr in &xattrs.attrs {
+            match sys::set_xattr(file, &attr.name, &attr.value) {
+                Err(e) if !(attr.best_effort() && sys::xattr_refused(&e)) => {
+                    return Err(err(&attr.name, e));
+                }
+                _ => {}
+            }
+        }
+        let acl = OsStr::new(sys::ACL_XATTR);
+        let mode = match &xattrs.acl {
+            Some(value) => {
+                sys::set_acl(file, value, writing).map_err(|e| err(acl, e))?;
+                writing
+            }
+            None => {
+                sys::remove_acl(file).map_err(|e| err(acl, e))?;
+                mode
+            }
+        };
+        self.plan.capability_at_commit = xattrs.capability;
+        Ok(mode)
     }
 
     /// Sets `writing` now, while the file is empty (undoing the umask's
@@ -376,6 +454,19 @@ impl Staged {
         }
         if let Some(mode) = self.plan.mode_at_commit {
             sys::set_mode(self.file(), mode).map_err(err(Op::SetPermissions))?;
+        }
+        if let Some(value) = self.plan.capability_at_commit.take() {
+            // After the last write, which drops file capabilities (as it
+            // drops setuid bits), and after the chmod (which keeps them);
+            // no chown comes after it, which would drop them too. Best
+            // effort, as at open: it takes CAP_SETFCAP.
+            let name = OsStr::new(sys::CAPABILITY_XATTR);
+            match sys::set_xattr(self.file(), name, &value) {
+                Err(e) if !sys::xattr_refused(&e) => {
+                    return Err(err(Op::CopyXattrs)(sys::naming_xattr(name, e)))
+                }
+                _ => {}
+            }
         }
         let durable = self.plan.durability == Durability::Full;
         // What the filesystem needs after linking an O_TMPFILE file, asked
@@ -538,6 +629,25 @@ impl Staged {
         }
         Ok(())
     }
+}
+
+/// The temp file as created, for [`Staged::match_replaced_file`].
+struct TempFile {
+    /// Its metadata, when its creation read it already.
+    created: Option<sys::Meta>,
+    /// The mode it was created with (before the umask).
+    create_mode: u32,
+    /// With `preserve_xattrs`, the replaced file's attributes to copy.
+    xattrs: Option<sys::Xattrs>,
+}
+
+/// Whether an access ACL inherited from a directory's default ACL by a
+/// file created with `create_mode` may let someone read it who may not
+/// read a file of that mode without an ACL: when the group may read (or
+/// write, or run) more than others, the mask lets the named entries do
+/// as much.
+fn inherited_acl_may_widen(create_mode: u32) -> bool {
+    sys::COPIES_XATTRS && (create_mode >> 3) & 7 & !(create_mode & 7) != 0
 }
 
 /// `mode` with the group's permission bits cut to those others have.
