@@ -269,7 +269,8 @@ impl OpenOptions {
     /// [`std::fs::create_dir_all`] would create them, by [`open`](Self::open),
     /// [`write`](Self::write), [`write_if_changed`](Self::write_if_changed),
     /// [`update`](Self::update), [`copy`](Self::copy) (for `to`),
-    /// [`rename`](Self::rename) (for `to`) and the JSON helpers.
+    /// [`rename`](Self::rename) (for `to`), the JSON helpers and
+    /// `StateFile::open_with`.
     ///
     /// Each missing directory is created with mode `0o777` less the umask
     /// (or as the parent's default ACL says), owned by the caller, as

@@ -50,7 +50,7 @@ async fn each_missing_directory_is_made_with_0777_less_the_umask() {
 }
 
 /// open, write, write_if_changed, update, copy (to), rename (to), the
-/// JSON helpers, and an `AsyncAtomicDir`.
+/// JSON helpers, a `StateFile`, and an `AsyncAtomicDir`.
 #[tokio::test]
 async fn every_way_of_writing_honours_it() {
     let dir = scratch();
@@ -99,6 +99,12 @@ async fn every_way_of_writing_honours_it() {
         std::fs::read_to_string(at("update_json/x/f")).unwrap(),
         r#"{"n":2}"#
     );
+
+    let state = tokio_atomic_write::StateFile::open_with(&parents(), at("state/x/f"), || 7u32)
+        .await
+        .unwrap();
+    state.update(|n| *n += 1).await.unwrap();
+    assert_eq!(std::fs::read_to_string(at("state/x/f")).unwrap(), "8");
 
     let tree = DirOptions::new()
         .create_parents(true)
