@@ -295,3 +295,27 @@ async fn a_file_dropped_with_bytes_and_no_commit_warns() {
     file.finish().await.unwrap();
     assert!(events(&finished).is_empty());
 }
+
+/// A `rename` is traced as a commit of `to`: its syncs and its rename
+/// timed, and its error recorded when it fails.
+#[tokio::test]
+async fn a_rename_is_traced_as_a_commit_of_its_target() {
+    install();
+    let dir = scratch();
+    let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+    std::fs::write(&from, b"moved").unwrap();
+    tokio_atomic_write::rename(&from, &to).await.unwrap();
+    let commits = spans("commit", &to);
+    assert_eq!(commits.len(), 1, "{commits:?}");
+    assert_eq!(commits[0].fields["durability"], "Full");
+    assert!(!commits[0].fields.contains_key("error"), "{commits:?}");
+    if !on_tmpfs(&to) {
+        assert!(micros(&commits[0], "fsync_us") > 0, "{commits:?}");
+    }
+    micros(&commits[0], "rename_us");
+
+    let err = tokio_atomic_write::rename(&from, &to).await.unwrap_err();
+    let commits = spans("commit", &to);
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!(commits[1].fields["error"], err.to_string());
+}

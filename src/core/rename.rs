@@ -4,18 +4,29 @@
 
 use std::io;
 use std::path::Path;
+use std::time::Instant;
 
-use super::{dir_failures, resolve, split, sync_dir};
+use super::{dir_failures, resolve, split, sync_dir, Clock};
 use crate::sys::{self, Dir, Kind, NoReplace};
 use crate::{Durability, Error, Op, OpenOptions};
 
 /// Moves `from` to `to` under `opts`: every error names `to` as its path
 /// and `from` in its message.
+/// The time spent in syncs and in the rename goes to the `commit` span
+/// (feature `tracing`), as a commit's does.
 pub(crate) fn rename(opts: &OpenOptions, from: &Path, to: &Path) -> Result<(), Error> {
-    rename_steps(opts, from, to).map_err(|e| e.moving(from))
+    let mut clock = Clock::default();
+    let result = rename_steps(opts, from, to, &mut clock).map_err(|e| e.moving(from));
+    crate::trace::committed(&clock, result.as_ref().err());
+    result
 }
 
-fn rename_steps(opts: &OpenOptions, from: &Path, to: &Path) -> Result<(), Error> {
+fn rename_steps(
+    opts: &OpenOptions,
+    from: &Path,
+    to: &Path,
+    clock: &mut Clock,
+) -> Result<(), Error> {
     let err = |op| move |e| Error::new(op, to, e);
     // `from` itself, never followed: a link moves as a link.
     let (from_parent, from_name) = split(from).map_err(err(Op::Open))?;
@@ -62,9 +73,11 @@ fn rename_steps(opts: &OpenOptions, from: &Path, to: &Path) -> Result<(), Error>
         // the caller may have written `from` without a sync, and a rename
         // of unsynced data can show an empty or torn file after a power
         // cut (xfs, ext4 without auto_da_alloc, btrfs).
+        let start = Instant::now();
         from_dir
             .sync_entry(from_name, source.kind)
             .map_err(err(Op::SyncTemp))?;
+        clock.sync += start.elapsed();
     }
     let same_dir = from_dir.id().is_some() && from_dir.id() == found.dir.id();
     let (seen, seen_from) = match durable {
@@ -73,6 +86,7 @@ fn rename_steps(opts: &OpenOptions, from: &Path, to: &Path) -> Result<(), Error>
     };
 
     let (to_dir, to_name) = (&found.dir, &found.name);
+    let start = Instant::now();
     let how = match (opts.overwrite, is_dir) {
         (true, _) => {
             sys::rename(&from_dir, from_name, to_dir, to_name).map(|()| NoReplace::Renamed)
@@ -92,7 +106,9 @@ fn rename_steps(opts: &OpenOptions, from: &Path, to: &Path) -> Result<(), Error>
             .remove(from_name)
             .map_err(|e| Error::after_publish(Op::RemoveTemp, to, e))?;
     }
+    clock.publish += start.elapsed();
     if durable {
+        let start = Instant::now();
         let after = |e| Error::after_publish(Op::SyncDir, to, e);
         sync_dir(to_dir, seen).map_err(after)?;
         // The name left `from`'s directory too: synced, so that it does
@@ -100,6 +116,7 @@ fn rename_steps(opts: &OpenOptions, from: &Path, to: &Path) -> Result<(), Error>
         if !same_dir {
             sync_dir(&from_dir, seen_from).map_err(after)?;
         }
+        clock.sync += start.elapsed();
     }
     Ok(())
 }
