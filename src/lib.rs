@@ -8,7 +8,12 @@
 //! cleans up after itself when dropped.
 //!
 //! [`write()`] replaces a file in one call and [`copy()`] copies one, each in
-//! one trip to the blocking pool; [`update`] is a read-modify-write that
+//! one trip to the blocking pool; [`write_if_changed()`] writes only when
+//! the bytes differ (an unchanged file keeps its mtime); [`rename()`] moves
+//! an existing file over another, durably (python atomicwrites'
+//! `replace_atomic`, and `move_atomic` with `overwrite(false)`);
+//! [`OpenOptions::create_parents`] creates missing directories, durably;
+//! [`update`] is a read-modify-write that
 //! loses no change to a concurrent update, from a task or another process;
 //! with the `serde` feature, `write_json`, `read_json` and `update_json`
 //! keep a value in a JSON file, and `StateFile` keeps a web server's state
@@ -86,6 +91,20 @@
 //!          read(target, O_NOFOLLOW)
 //! f        on the caller's task
 //! write    as `write` above, one hop; then close(lock)
+//! ```
+//!
+//! A [`rename()`], and the missing directories of `create_parents`:
+//!
+//! ```text
+//! find     open(dir of from, O_DIRECTORY); lstat(from)      never followed
+//!          to: as `open` above; a missing directory, with create_parents:
+//!          mkdirat(parent, name, 0777), openat(name, O_NOFOLLOW), then
+//!          fsync(new directory), fsync(parent), for each, top down
+//! sync     fsync(from) (a directory: its own entries; a link: nothing)
+//! publish  renameat(from -> to)
+//!          no-clobber: renameat2(RENAME_NOREPLACE), or where the
+//!          filesystem lacks it linkat(from -> to), unlinkat(from)
+//!          fsync(dir of to); fsync(dir of from) when another
 //! ```
 //!
 //! An [`AsyncAtomicDir`] (unix):
@@ -214,7 +233,8 @@
 //!   `StateFile`, through `serde_json`.
 //! - `tracing`: a `DEBUG` span named `open` or `commit`, target
 //!   `tokio_atomic_write`, around each open and each commit (those of
-//!   [`write()`] and [`update`] included), entered on the blocking-pool
+//!   [`write()`], [`update`] and [`rename()`] included, a rename's
+//!   `path` being its `to`), entered on the blocking-pool
 //!   thread that does the work. Fields: `path`, `durability`; for a
 //!   commit `bytes` (accepted in all), then `fsync_us` and `rename_us`
 //!   (microseconds spent in `fsync`s, and in linking and renaming) and
