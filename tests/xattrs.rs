@@ -561,6 +561,68 @@ fn security_attributes_are_best_effort() {
     }
 }
 
+/// The never-wider rule where the group cannot be copied: `nobody`
+/// replaces root's 0640 file, whose ACL lets `daemon` read it, in a
+/// directory where it may write. The new file's group is nobody's, so
+/// while it is written its ACL's mask is 0 (its mode 0600: neither the
+/// named entries nor that group may read it), and after the commit the
+/// group class gets no more than others have; the named entry is kept.
+#[test]
+fn another_group_gets_no_more_than_others() {
+    const NAME: &str = "another_group_gets_no_more_than_others";
+    if is_child() {
+        let target = PathBuf::from(std::env::var("TAW_TARGET").unwrap());
+        let dir = target.parent().unwrap();
+        rt().block_on(async {
+            let mut file = OpenOptions::new()
+                .preserve_xattrs(true)
+                .unnamed_temp(false)
+                .open(&target)
+                .await
+                .unwrap();
+            file.write_all(b"nobody's").await.unwrap();
+            file.flush().await.unwrap();
+            let [temp] = &temp_files(dir)[..] else {
+                panic!("one temp file")
+            };
+            let temp = dir.join(temp);
+            assert_eq!(mode_of(&temp), 0o600, "the mask is 0 while writing");
+            assert!(xattr(&temp, ACL).is_some(), "the ACL, while writing");
+            file.commit().await.unwrap();
+        });
+        return;
+    }
+    if !tools() {
+        return;
+    }
+    for (fs, _mount, work) in filesystems() {
+        set_mode(&work, 0o777);
+        let target = work.join("conf");
+        std::fs::write(&target, b"old").unwrap();
+        run("setfacl", &["-m", "u:daemon:r--"], &target);
+        set_mode(&target, 0o640);
+        let setpriv = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ];
+        run_child(
+            NAME,
+            &setpriv,
+            &[("TAW_TARGET", target.to_str().unwrap())],
+            None,
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"nobody's", "{fs}");
+        assert_eq!(mode_of(&target), 0o600, "{fs}");
+        let entries = acl_text(&target);
+        for entry in ["user:daemon:r--", "mask::---"] {
+            assert!(entries.iter().any(|e| e == entry), "{fs}: {entries:?}");
+        }
+    }
+}
+
 /// Item 3: a filesystem without extended attributes (the tests' lazy FUSE
 /// filesystem, which answers none of the xattr calls): nothing to copy,
 /// and no error.
