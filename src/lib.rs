@@ -171,7 +171,8 @@
 //! - Read-only files: a rename needs write permission on the directory, not
 //!   on the file, so a `0444` target is replaced like any other (and keeps
 //!   its mode), as with GLib and renameio. A read-only directory stops it.
-//! - Extended attributes, ACLs, SELinux labels and file flags are not copied.
+//! - Extended attributes, ACLs and SELinux labels are copied only with
+//!   [`OpenOptions::preserve_xattrs`] (Linux); file flags never.
 //! - A symlink swapped while a write is open: the file it pointed to at
 //!   `open` is the one replaced.
 //!
