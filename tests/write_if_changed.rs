@@ -334,6 +334,11 @@ fn assert_error(err: &tokio_atomic_write::Error, op: Op, kind: std::io::ErrorKin
     );
 }
 
+/// A bound on a call that must not block on a FIFO: a watchdog that turns
+/// a hang into a failure, never a timing assertion (the call makes a few
+/// system calls).
+const FIFO_WATCHDOG: Duration = Duration::from_secs(60);
+
 /// Point 7: what `write` refuses, this refuses the same way, never with
 /// `Ok(false)`, and nothing changes: a directory, a FIFO (without
 /// blocking on it), a missing directory, a path naming no file.
@@ -351,7 +356,19 @@ async fn bad_input_fails_as_write_fails_and_changes_nothing() {
 
     let err = opts.write_if_changed(&sub, b"").await.unwrap_err();
     assert_error(&err, Op::Open, ErrorKind::IsADirectory, &sub);
-    let err = opts.write_if_changed(&fifo, b"").await.unwrap_err();
+    let err = match tokio::time::timeout(FIFO_WATCHDOG, opts.write_if_changed(&fifo, b"")).await {
+        Ok(result) => result.unwrap_err(),
+        Err(_) => {
+            // Lets the open blocked on the pool end, so that the runtime
+            // can shut down and the test fail instead of hang.
+            use std::os::unix::fs::OpenOptionsExt;
+            let writer = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&fifo);
+            panic!("blocked opening the FIFO (unblocked: {writer:?})");
+        }
+    };
     assert_error(&err, Op::Open, ErrorKind::InvalidInput, &fifo);
     let err = opts.write_if_changed(&missing, b"x").await.unwrap_err();
     assert_error(
