@@ -485,7 +485,8 @@ impl OpenOptions {
     ///
     /// `Ok(false)`: the target already held exactly these bytes, and
     /// nothing was created, renamed or synced; its modification time is
-    /// unchanged, so file watchers and build tools stay quiet. The size is
+    /// unchanged (the read may move its access time, as any read does), so
+    /// file watchers and build tools stay quiet. The size is
     /// compared first, then the bytes, in the same trip to the blocking
     /// pool as the write. Otherwise this is [`write`](Self::write), and
     /// `Ok(true)`.
@@ -493,7 +494,8 @@ impl OpenOptions {
     /// "Unchanged" is about the bytes: the owner, the group, the extended
     /// attributes and the times are not compared, and neither is the mode,
     /// unless [`mode`](Self::mode) is set: then a file with another mode
-    /// is written again (with that mode). A symlink at `path` is followed
+    /// (any of its `0o7777` bits: setuid, setgid and sticky too) is
+    /// written again, with that mode. A symlink at `path` is followed
     /// as [`follow_symlinks`](Self::follow_symlinks) says: with `false`,
     /// a link is never "unchanged" (it would be replaced by a file). A
     /// write racing with this one ends with one of the two contents,
