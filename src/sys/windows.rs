@@ -387,6 +387,7 @@ pub(crate) fn rename_noreplace(
 pub(crate) fn random_bytes(buf: &mut [u8]) {
     super::random_bytes_portable(buf)
 }
+
 /// A directory moved only if nothing is at `to`: `MoveFileExW` without
 /// `MOVEFILE_REPLACE_EXISTING` moves directories too, in one step.
 pub(crate) fn rename_dir_noreplace(
