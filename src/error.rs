@@ -280,12 +280,33 @@ impl Error {
         }
     }
 
-    /// This error as one of a [`rename`](crate::rename) of `from`: the
-    /// message names it too; the path stays the target.
-    pub(crate) fn moving(self, from: &Path) -> Self {
+    /// This error as one of a [`rename`](crate::rename) of `from` to `to`:
+    /// the message names `from` too, and the path is `to`; a step that
+    /// worked on another path (a directory of either) names it in the
+    /// cause, whose kind stays.
+    pub(crate) fn moving(self, from: &Path, to: &Path) -> Self {
+        let Error {
+            op,
+            path,
+            published,
+            target_exists,
+            source,
+            ..
+        } = self;
+        let source = match path == to {
+            true => source,
+            false => io::Error::new(
+                source.kind(),
+                format!("`{}`: {source}", path.display()),
+            ),
+        };
         Error {
+            op,
+            path: to.to_path_buf(),
+            published,
+            target_exists,
             moved_from: Some(Box::new(from.to_path_buf())),
-            ..self
+            source,
         }
     }
 

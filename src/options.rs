@@ -276,16 +276,20 @@ impl OpenOptions {
     /// (or as the parent's default ACL says), owned by the caller, as
     /// `mkdir -p` creates it; another process creating the same directory
     /// at the same time is no error. With [`Durability::Full`] each
-    /// directory that was missing is synced, and so is the directory that
-    /// holds it, before anything is published inside: a power cut never
-    /// takes away a directory under a file whose commit returned `Ok`.
-    /// A directory created this way stays when the write fails later.
+    /// directory that this call found missing is synced, and so is the
+    /// directory that holds it, before anything is published inside,
+    /// whoever made it (a racing process may not have synced it yet): a
+    /// power cut never takes away a directory under a file whose commit
+    /// returned `Ok`. (A directory above those, made by another process
+    /// between this call's looks, is that process's to sync.) A directory
+    /// created this way stays when the write fails later.
     ///
     /// Only the directories of the path as given are created, never those
     /// a symlink points into; a symlink on the way is followed, as by
-    /// `mkdir -p`, and a missing directory is created without following a
-    /// link planted at its name meanwhile (that fails with
-    /// [`Op::CreateDir`](crate::Op::CreateDir)).
+    /// `mkdir -p`. Each missing directory is made and opened through its
+    /// parent's descriptor, a link planted at its name meanwhile not
+    /// followed (that fails with [`Op::CreateDir`](crate::Op::CreateDir));
+    /// the target is then found by its path again, as any open finds it.
     pub fn create_parents(&mut self, create: bool) -> &mut Self {
         self.create_parents = create;
         self
@@ -564,34 +568,60 @@ impl OpenOptions {
     /// `to`, atomically (`renameat2(RENAME_NOREPLACE)`, or where the
     /// filesystem lacks it a `link` and an `unlink` of `from`): of moves
     /// racing onto one name exactly one wins, the others fail with
-    /// `AlreadyExists` and keep their `from`.
+    /// `AlreadyExists` and keep their `from`. After such a link, `from` is
+    /// unlinked only while it still names the file moved (a new file put
+    /// there meanwhile stays). A directory cannot be linked: where the
+    /// filesystem lacks the flag (FUSE, older NFS, unixes other than Linux
+    /// and macOS) a directory is moved by a plain rename, which the kernel
+    /// refuses onto anything but an **empty** directory, and that one it
+    /// replaces, as for [`AsyncAtomicDir`](crate::AsyncAtomicDir)'s
+    /// `Exists::Fail` there.
     ///
-    /// `from` is not followed if it is a symlink: the link itself moves,
-    /// as with `rename(2)` and `mv`. `to` is as for any target: a symlink
-    /// there is followed (the file it points to is replaced) unless
-    /// [`follow_symlinks(false)`](Self::follow_symlinks), under the
-    /// sticky-directory rules, and [`create_parents`](Self::create_parents)
-    /// creates its missing directories. A directory as `from` is renamed
-    /// the same way, onto a missing name or an empty directory (its own
-    /// entries synced, not the files inside: an
+    /// Neither path is followed if it is a symlink, as with `rename(2)`,
+    /// `mv -T` and `os.replace`: a link at `from` moves as a link, and a
+    /// link at `to` is replaced, never the file it points to (so a symlink
+    /// is swapped atomically by renaming a new link over it), whatever
+    /// [`follow_symlinks`](Self::follow_symlinks) says. The sticky-directory
+    /// rules apply to an entry at `to`, and
+    /// [`create_parents`](Self::create_parents) creates its missing
+    /// directories (which stay if the rename then fails). A directory as
+    /// `from` is renamed the same way, onto a missing name or an empty
+    /// directory (its own entries synced, not the files inside: an
     /// [`AsyncAtomicDir`](crate::AsyncAtomicDir) builds a tree durably).
     /// `mode`, `preserve_*`, `temp_dir`, `unnamed_temp` and `lock_file` do
     /// not apply: the file moves as it is, with its owner, mode and
     /// attributes. When `from` and `to` are already one file (hard links
-    /// of it), nothing happens and both names stay, as with `rename(2)`.
+    /// of it, or the same path), nothing happens and both names stay, as
+    /// with `rename(2)`. A `from` this process may not open (another
+    /// user's `0600` file: a rename needs no permission on it) cannot be
+    /// synced alone: on Linux its whole filesystem is synced (`syncfs`).
     ///
     /// # Errors
     ///
     /// Every error's [`path`](Error::path) is `to`, and its message names
-    /// `from` too, and the step. [`Op::Open`](crate::Op::Open): `from`
-    /// missing (`NotFound`), either path naming no file, `to` a directory
-    /// where `from` is not (or the reverse), or `to` existing with
+    /// `from` too, and the step (and the directory, when a step on one of
+    /// them failed). [`Op::Open`](crate::Op::Open): `from` missing
+    /// (`NotFound`), either path naming no file, `to` a directory where
+    /// `from` is not (or the reverse), or `to` existing with
     /// `overwrite(false)` (`AlreadyExists`); `CrossesDevices` when the two
-    /// are on different filesystems: nothing is copied, nothing changes.
-    /// [`Op::SyncTemp`](crate::Op::SyncTemp) when syncing `from` fails,
-    /// [`Op::Rename`](crate::Op::Rename) when the rename does, each with
-    /// nothing changed; [`Op::SyncDir`](crate::Op::SyncDir) after it, with
-    /// the new name published ([`Error::is_published`]).
+    /// are on different filesystems (checked before any directory is made
+    /// for `to`): nothing is copied, nothing changes.
+    /// [`Op::OpenDir`](crate::Op::OpenDir) when a directory of either
+    /// cannot be opened, [`Op::CreateDir`](crate::Op::CreateDir) when one
+    /// cannot be made; [`Op::SyncTemp`](crate::Op::SyncTemp) when syncing
+    /// `from` fails, [`Op::Rename`](crate::Op::Rename) when the rename does
+    /// (a directory onto one that is not empty: `DirectoryNotEmpty`; into
+    /// itself: `InvalidInput`), each with nothing changed;
+    /// [`Op::SyncDir`](crate::Op::SyncDir) after it, with the new name
+    /// published ([`Error::is_published`]).
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Windows (not built here): `MoveFileExW` with
+    /// `MOVEFILE_WRITE_THROUGH`; a directory never replaces another, even
+    /// an empty one; filesystems are not compared first, so a move across
+    /// volumes fails at [`Op::Rename`](crate::Op::Rename); a `from` that
+    /// cannot be opened for writing is not flushed before the move.
     ///
     /// # Cancel safety
     ///
@@ -627,7 +657,9 @@ impl OpenOptions {
             span.in_scope(|| crate::core::rename::rename(&opts, &from, &to))
         })
         .await
-        .map_err(|e| crate::blocking::lost_commit(crate::Op::Open, &target, e).moving(&source))?
+        .map_err(|e| {
+                crate::blocking::lost_commit(crate::Op::Open, &target, e).moving(&source, &target)
+            })?
     }
 
     /// [`write`](Self::write) of bytes already owned: no copy.

@@ -286,38 +286,115 @@ async fn a_symlink_as_source_moves_as_a_link() {
     );
 }
 
+/// A link at `to` is replaced, never followed, as rename(2) replaces it:
+/// the atomic swap of a symlink (`ln -s v2 current.new; mv -T current.new
+/// current`), whatever `follow_symlinks` says; the file the old link
+/// pointed to is untouched.
 #[tokio::test]
-async fn a_symlink_at_the_target_is_followed_unless_told_not_to() {
+async fn a_symlink_at_the_target_is_replaced_never_followed() {
     let dir = scratch();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let real = data.join("config");
-    std::fs::write(&real, b"old").unwrap();
-    let link = dir.path().join("config");
-    std::os::unix::fs::symlink("data/config", &link).unwrap();
+    let releases = dir.path().join("releases");
+    std::fs::create_dir(&releases).unwrap();
+    std::fs::write(releases.join("v1"), b"version 1").unwrap();
+    std::fs::write(releases.join("v2"), b"version 2").unwrap();
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink("releases/v1", &current).unwrap();
+    for follow in [true, false] {
+        let next = dir.path().join("current.new");
+        std::os::unix::fs::symlink("releases/v2", &next).unwrap();
+        OpenOptions::new()
+            .follow_symlinks(follow)
+            .rename(&next, &current)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_link(&current).unwrap(),
+            Path::new("releases/v2")
+        );
+        assert_eq!(std::fs::read(&current).unwrap(), b"version 2");
+        assert_eq!(std::fs::read(releases.join("v1")).unwrap(), b"version 1");
+        assert!(!next.exists());
+        std::fs::remove_file(&current).unwrap();
+        std::os::unix::fs::symlink("releases/v1", &current).unwrap();
+    }
 
-    let from = dir.path().join("config.new");
-    std::fs::write(&from, b"followed").unwrap();
-    tokio_atomic_write::rename(&from, &link).await.unwrap();
-    assert_eq!(
-        std::fs::read_link(&link).unwrap(),
-        Path::new("data/config"),
-        "the link stays"
-    );
-    assert_eq!(std::fs::read(&real).unwrap(), b"followed");
-
-    std::fs::write(&from, b"replaces the link").unwrap();
-    OpenOptions::new()
-        .follow_symlinks(false)
-        .rename(&from, &link)
-        .await
-        .unwrap();
-    assert!(!std::fs::symlink_metadata(&link)
+    // A file over a link: the link is replaced, its target kept.
+    let from = dir.path().join("plain");
+    std::fs::write(&from, b"plain").unwrap();
+    tokio_atomic_write::rename(&from, &current).await.unwrap();
+    assert!(!std::fs::symlink_metadata(&current)
         .unwrap()
         .file_type()
         .is_symlink());
-    assert_eq!(std::fs::read(&link).unwrap(), b"replaces the link");
-    assert_eq!(std::fs::read(&real).unwrap(), b"followed");
+    assert_eq!(std::fs::read(&current).unwrap(), b"plain");
+    assert_eq!(std::fs::read(releases.join("v1")).unwrap(), b"version 1");
+}
+
+/// A link renamed onto itself: nothing happens, the file it points to
+/// keeps its data (following `to` would have made that file a link to
+/// itself).
+#[tokio::test]
+async fn a_symlink_renamed_onto_itself_changes_nothing() {
+    let dir = scratch();
+    let real = dir.path().join("real");
+    std::fs::write(&real, b"precious").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink("real", &link).unwrap();
+    tokio_atomic_write::rename(&link, &link).await.unwrap();
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real"));
+    assert_eq!(std::fs::read(&real).unwrap(), b"precious");
+}
+
+/// An error on `to`'s side names `to` as its path, and the directory that
+/// failed in its message.
+#[tokio::test]
+async fn errors_on_the_side_of_to_name_to_and_the_directory() {
+    let dir = scratch();
+    let from = dir.path().join("from");
+    std::fs::write(&from, b"x").unwrap();
+    let to = dir.path().join("missing/to");
+    let err = tokio_atomic_write::rename(&from, &to).await.unwrap_err();
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::OpenDir, std::io::ErrorKind::NotFound),
+        "{err}"
+    );
+    assert_names_both(&err, &from, &to);
+    assert!(
+        err.to_string()
+            .contains(&format!("`{}`", dir.path().join("missing").display())),
+        "{err}"
+    );
+    // A link planted where create_parents would make a directory.
+    std::os::unix::fs::symlink("nowhere", dir.path().join("planted")).unwrap();
+    let to = dir.path().join("planted/x/to");
+    let err = OpenOptions::new()
+        .create_parents(true)
+        .rename(&from, &to)
+        .await
+        .unwrap_err();
+    assert_eq!(err.op(), Op::CreateDir, "{err}");
+    assert_names_both(&err, &from, &to);
+    assert!(err.to_string().contains("planted`"), "{err}");
+    assert!(from.exists());
+}
+
+/// A directory moved into itself: the kernel's `EINVAL`, explained.
+#[tokio::test]
+async fn a_directory_moved_into_itself_is_explained() {
+    let dir = scratch();
+    let d = dir.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    let err = tokio_atomic_write::rename(&d, d.join("inside"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.op(), err.kind()),
+        (Op::Rename, std::io::ErrorKind::InvalidInput),
+        "{err}"
+    );
+    assert!(err.to_string().contains("inside `from`"), "{err}");
+    assert!(d.is_dir() && !d.join("inside").exists());
 }
 
 #[tokio::test]
@@ -335,9 +412,11 @@ async fn hard_links_of_one_file_stay_as_with_rename_2() {
 #[tokio::test]
 async fn across_filesystems_nothing_is_copied_nor_changed() {
     let dir = scratch();
-    let Some(other) = other_fs(dir.path()) else {
+    let other = other_fs(dir.path());
+    if !require(other.is_some(), "root (a tmpfs mount) or /dev/shm") {
         return;
-    };
+    }
+    let other = other.unwrap();
     let from = dir.path().join("here");
     std::fs::write(&from, b"here").unwrap();
     let to = other.dir.path().join("there");
@@ -354,6 +433,15 @@ async fn across_filesystems_nothing_is_copied_nor_changed() {
         assert_eq!(err.op(), Op::Open);
         assert_names_both(&err, &from, &to);
     }
+    // With create_parents, refused before a directory is made there.
+    let deep = other.dir.path().join("a/b/to");
+    let err = OpenOptions::new()
+        .create_parents(true)
+        .rename(&from, &deep)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::CrossesDevices, "{err}");
+    assert!(!other.dir.path().join("a").exists(), "no directory made");
     let new = other.dir.path().join("new");
     let err = tokio_atomic_write::rename(&from, &new).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::CrossesDevices, "{err}");
@@ -393,6 +481,9 @@ fn another_users_file_in_a_sticky_directory_is_not_replaced() {
 fn child_rename() {
     let dir = PathBuf::from(std::env::var("TAW_DIR").unwrap());
     let case = std::env::var("TAW_CASE").unwrap();
+    if case.starts_with("own:") {
+        return child_own_case(&dir, &case);
+    }
     let from = match case.contains("other_dir") {
         true => dir.join("incoming/source"),
         false => dir.join("source"),
@@ -561,4 +652,183 @@ fn without_durability_a_rename_syncs_nothing() {
         calls.join("\n")
     );
     index_of(&calls, "rename", |c| c.starts_with("rename"));
+}
+
+/// The child half of the tests that make their own checks.
+fn child_own_case(dir: &Path, case: &str) {
+    let rt = runtime();
+    let mut no_clobber = OpenOptions::new();
+    no_clobber.overwrite(false);
+    match case {
+        "own:unreadable" => {
+            // Root's 0600 file and 0700 directory, in a directory of ours.
+            rt.block_on(tokio_atomic_write::rename(
+                dir.join("secret"),
+                dir.join("moved"),
+            ))
+            .unwrap();
+            rt.block_on(tokio_atomic_write::rename(
+                dir.join("private"),
+                dir.join("moved_dir"),
+            ))
+            .unwrap();
+        }
+        "own:dirs" => {
+            // RENAME_NOREPLACE refused (strace): a directory cannot be
+            // linked, so a plain rename moves it onto a free name. An
+            // existing directory is refused before (Op::Open); one made
+            // in the race after that check would be replaced if empty,
+            // refused if not (the kernel's rule, documented).
+            let err = rt
+                .block_on(no_clobber.rename(dir.join("moving"), dir.join("empty")))
+                .unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+            rt.block_on(no_clobber.rename(dir.join("moving"), dir.join("free")))
+                .unwrap();
+        }
+        "own:swapped" => {
+            // The link fallback, delayed after the link (strace) while the
+            // parent puts a new file at `from`.
+            rt.block_on(no_clobber.rename(dir.join("upload.part"), dir.join("done")))
+                .unwrap();
+        }
+        other => panic!("no case {other}"),
+    }
+}
+
+/// A source this process may not open (another user's 0600 file, 0700
+/// directory) moves as `mv` moves it: the rename needs no permission on
+/// it, and its filesystem is synced instead.
+#[test]
+fn a_source_this_user_may_not_open_still_moves() {
+    const TEST: &str = "a_source_this_user_may_not_open_still_moves";
+    if is_child() {
+        return child_rename();
+    }
+    if !require(is_root(), "root (a child as nobody)") {
+        return;
+    }
+    let dir = scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let own = dir.path().join("nobody's");
+    std::fs::create_dir(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(65534), Some(65534)).unwrap();
+    std::fs::write(own.join("secret"), b"root's").unwrap();
+    std::fs::set_permissions(own.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir(own.join("private")).unwrap();
+    std::fs::set_permissions(own.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    run_child(
+        TEST,
+        &[],
+        &[
+            ("TAW_DIR", own.to_str().unwrap()),
+            ("TAW_CASE", "own:unreadable"),
+        ],
+        Some(65534),
+    );
+    assert_eq!(std::fs::read(own.join("moved")).unwrap(), b"root's");
+    assert!(own.join("moved_dir").is_dir() && !own.join("secret").exists());
+}
+
+/// Without `RENAME_NOREPLACE`, a directory's no-clobber move is a plain
+/// rename onto a free name; an existing directory, even an empty one, is
+/// refused by the check before it.
+#[test]
+fn a_directory_moves_without_rename_noreplace() {
+    const TEST: &str = "a_directory_moves_without_rename_noreplace";
+    if is_child() {
+        return child_rename();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let dir = scratch();
+    let at = |p: &str| dir.path().join(p);
+    for d in ["moving", "empty"] {
+        std::fs::create_dir(at(d)).unwrap();
+    }
+    std::fs::write(at("moving/file"), b"moved").unwrap();
+    let out = scratch();
+    let log = out.path().join("strace.out");
+    run_child(
+        TEST,
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=renameat,renameat2",
+            "-e",
+            "inject=renameat2:error=EINVAL",
+            "-o",
+            log.to_str().unwrap(),
+        ],
+        &[
+            ("TAW_DIR", dir.path().to_str().unwrap()),
+            ("TAW_CASE", "own:dirs"),
+        ],
+        None,
+    );
+    assert!(at("empty").is_dir() && !at("empty/file").exists());
+    assert_eq!(std::fs::read(at("free/file")).unwrap(), b"moved");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls
+            .lines()
+            .any(|l| l.contains("renameat(") && l.contains("\"free\"")),
+        "the fallback's plain rename:\n{calls}"
+    );
+}
+
+/// After a no-clobber link (no `RENAME_NOREPLACE`), `from` is unlinked only
+/// while it names the file moved: a new file put there between the link
+/// and the unlink stays. strace holds the child for 3 s after the link;
+/// the parent puts the new file at `from` as soon as the link shows.
+#[test]
+fn a_new_file_at_from_after_the_link_is_not_deleted() {
+    const TEST: &str = "a_new_file_at_from_after_the_link_is_not_deleted";
+    if is_child() {
+        return child_rename();
+    }
+    if !require(have("strace"), "strace") {
+        return;
+    }
+    let dir = scratch();
+    let at = |p: &str| dir.path().join(p);
+    std::fs::write(at("upload.part"), b"first").unwrap();
+    let mut child = child_command(
+        TEST,
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "inject=renameat2:error=EINVAL",
+            "-e",
+            "inject=linkat:delay_exit=3000000",
+        ],
+    );
+    child
+        .env("TAW_DIR", dir.path())
+        .env("TAW_CASE", "own:swapped");
+    let mut child = child.spawn().unwrap();
+    // The link shows while the child is held in it; a liveness bound
+    // only, against a child that never gets there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !at("done").exists() {
+        assert!(std::time::Instant::now() < deadline, "the link never came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::fs::write(at("next.tmp"), b"second").unwrap();
+    std::fs::rename(at("next.tmp"), at("upload.part")).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(std::fs::read(at("done")).unwrap(), b"first");
+    assert_eq!(
+        std::fs::read(at("upload.part")).unwrap(),
+        b"second",
+        "the new file at `from` was deleted"
+    );
 }

@@ -89,3 +89,17 @@ pub(crate) fn create(path: &Path, durability: Durability) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// The nearest directory at or above `path` that exists, opened: where
+/// [`create`] would make the first missing one (so its filesystem is the
+/// one they would be on). `None` when none can be opened.
+pub(crate) fn nearest_existing(path: &Path) -> Option<Dir> {
+    let mut at = path;
+    loop {
+        match Dir::open(at) {
+            Ok(dir) => return Some(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => at = split(at).ok()?.0,
+            Err(_) => return None,
+        }
+    }
+}

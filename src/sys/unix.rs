@@ -386,16 +386,41 @@ impl Dir {
     }
 
     /// `fsync` of the entry `name`, of kind `kind` (from an `lstat`): a
-    /// regular file (opened read-only, or write-only where it cannot be
+    /// regular file (opened read-only, or write-only when it cannot be
     /// read) or a directory, never following a link nor blocking on a
     /// FIFO; a symlink or a special file has nothing to sync and is left
     /// alone. `ENOENT` when the entry is gone, `InvalidInput` when it is
     /// no longer of that kind.
+    ///
+    /// An entry this process may not open at all (another user's `0600`
+    /// file, which a rename needs no permission on): on Linux the whole
+    /// filesystem is synced instead (`syncfs`), which covers it; elsewhere
+    /// the error.
     pub(crate) fn sync_entry(&self, name: &OsStr, kind: Kind) -> io::Result<()> {
+        let opened = match kind {
+            Kind::File => self.open_existing(name, true),
+            Kind::Dir => rustix::fs::openat(
+                &self.fd,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+            Kind::Symlink | Kind::Other => return Ok(()),
+        };
+        let fd = match opened {
+            #[cfg(target_os = "linux")]
+            Err(Errno::ACCESS) | Err(Errno::PERM) => return Ok(rustix::fs::syncfs(&self.fd)?),
+            other => other?,
+        };
+        if meta_of(&rustix::fs::fstat(&fd)?).kind != kind {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "replaced by another kind of file meanwhile",
+            ));
+        }
         match kind {
-            Kind::File => sync_file(&self.open_to_sync(name)?),
-            Kind::Dir => self.open_dir(name)?.sync(),
-            Kind::Symlink | Kind::Other => Ok(()),
+            Kind::Dir => Dir::from_fd(fd, false)?.sync(),
+            _ => sync_fd(&fd),
         }
     }
 

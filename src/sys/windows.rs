@@ -157,14 +157,20 @@ impl Dir {
 
     /// Flushes the regular file `name` (opened for writing: Windows flushes
     /// only through a handle with write access); a directory, a link or
-    /// anything else has nothing to flush here.
+    /// anything else has nothing to flush here. A file that cannot be
+    /// opened for writing (read-only, or shared without write) is not
+    /// flushed: the move is still made with `MOVEFILE_WRITE_THROUGH`.
     pub(crate) fn sync_entry(&self, name: &OsStr, kind: Kind) -> io::Result<()> {
-        match kind {
-            Kind::File => std::fs::OpenOptions::new()
-                .write(true)
-                .open(self.path.join(name))?
-                .sync_all(),
-            Kind::Dir | Kind::Symlink | Kind::Other => Ok(()),
+        if kind != Kind::File {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join(name))
+        {
+            Ok(file) => file.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
