@@ -295,10 +295,7 @@ impl Error {
         } = self;
         let source = match path == to {
             true => source,
-            false => io::Error::new(
-                source.kind(),
-                format!("`{}`: {source}", path.display()),
-            ),
+            false => io::Error::new(source.kind(), format!("`{}`: {source}", path.display())),
         };
         Error {
             op,

@@ -658,8 +658,8 @@ impl OpenOptions {
         })
         .await
         .map_err(|e| {
-                crate::blocking::lost_commit(crate::Op::Open, &target, e).moving(&source, &target)
-            })?
+            crate::blocking::lost_commit(crate::Op::Open, &target, e).moving(&source, &target)
+        })?
     }
 
     /// [`write`](Self::write) of bytes already owned: no copy.
