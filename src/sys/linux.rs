@@ -231,10 +231,10 @@ const COPY_RANGE: usize = 1 << 30;
 
 // Extended attributes, for `OpenOptions::preserve_xattrs`.
 
-use super::unix::ACL_XATTR as ACL_ACCESS;
+use super::ACL_XATTR as ACL_ACCESS;
 
 /// The file capabilities of a program: [`Xattrs::capability`](super::Xattrs::capability).
-use super::unix::CAPABILITY_XATTR as CAPABILITY;
+use super::CAPABILITY_XATTR as CAPABILITY;
 
 /// The largest value, and the longest list of names, the kernel hands out
 /// (`XATTR_SIZE_MAX`, `XATTR_LIST_MAX`).

@@ -118,6 +118,43 @@ pub(crate) struct Meta {
     #[cfg_attr(windows, allow(dead_code))]
     pub(crate) id: Option<(u64, u64)>,
 }
+// Extended attributes, for `OpenOptions::preserve_xattrs`: read and set
+// on Linux (`linux.rs`); elsewhere nothing is copied.
+
+/// An extended attribute to copy: `user.*`, or `security.*` (best effort).
+#[derive(Debug)]
+pub(crate) struct Xattr {
+    pub(crate) name: std::ffi::OsString,
+    pub(crate) value: Vec<u8>,
+}
+
+impl Xattr {
+    /// Whether copying it is best effort: a `security.*` attribute (an
+    /// SELinux label, say), which takes a privilege to set.
+    pub(crate) fn best_effort(&self) -> bool {
+        self.name.as_encoded_bytes().starts_with(b"security.")
+    }
+}
+
+/// The extended attributes of a replaced file that are copied.
+#[derive(Debug, Default)]
+pub(crate) struct Xattrs {
+    /// Its POSIX access ACL (`system.posix_acl_access`), if it has one.
+    pub(crate) acl: Option<Vec<u8>>,
+    /// `user.*` and `security.*`, but `security.capability`: set while
+    /// the new file is empty.
+    pub(crate) attrs: Vec<Xattr>,
+    /// `security.capability`, which the kernel drops on a write: set after
+    /// the last one.
+    pub(crate) capability: Option<Vec<u8>>,
+}
+
+/// The attribute that [`Xattrs::capability`] holds.
+pub(crate) const CAPABILITY_XATTR: &str = "security.capability";
+
+/// The attribute that [`Xattrs::acl`] holds: a file's POSIX access ACL.
+pub(crate) const ACL_XATTR: &str = "system.posix_acl_access";
+
 #[cfg(windows)]
 pub(crate) use windows::*;
 

@@ -1134,41 +1134,6 @@ pub(crate) fn rename_dir_noreplace(
 /// ([`read_xattrs`] and the rest do something).
 pub(crate) const COPIES_XATTRS: bool = cfg!(target_os = "linux");
 
-/// An extended attribute to copy: `user.*`, or `security.*` (best effort).
-#[derive(Debug)]
-pub(crate) struct Xattr {
-    pub(crate) name: OsString,
-    pub(crate) value: Vec<u8>,
-}
-
-impl Xattr {
-    /// Whether copying it is best effort: a `security.*` attribute (an
-    /// SELinux label, say), which takes a privilege to set.
-    pub(crate) fn best_effort(&self) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        self.name.as_bytes().starts_with(b"security.")
-    }
-}
-
-/// The extended attributes of a replaced file that are copied.
-#[derive(Debug, Default)]
-pub(crate) struct Xattrs {
-    /// Its POSIX access ACL (`system.posix_acl_access`), if it has one.
-    pub(crate) acl: Option<Vec<u8>>,
-    /// `user.*` and `security.*`, but `security.capability`: set while
-    /// the new file is empty.
-    pub(crate) attrs: Vec<Xattr>,
-    /// `security.capability`, which the kernel drops on a write: set after
-    /// the last one.
-    pub(crate) capability: Option<Vec<u8>>,
-}
-
-/// The attribute that [`Xattrs::capability`] holds.
-pub(crate) const CAPABILITY_XATTR: &str = "security.capability";
-
-/// The attribute that [`Xattrs::acl`] holds: a file's POSIX access ACL.
-pub(crate) const ACL_XATTR: &str = "system.posix_acl_access";
-
 #[cfg(target_os = "linux")]
 pub(crate) use super::linux::{
     naming_xattr, read_xattrs, remove_acl, set_acl, set_xattr, xattr_refused,
@@ -1193,8 +1158,8 @@ pub(crate) fn read_xattrs(
     _dir: &Dir,
     _name: &OsStr,
     _id: Option<(u64, u64)>,
-) -> io::Result<Xattrs> {
-    Ok(Xattrs::default())
+) -> io::Result<super::Xattrs> {
+    Ok(super::Xattrs::default())
 }
 
 /// Never reached outside Linux: [`read_xattrs`] finds nothing to set.

@@ -13,7 +13,7 @@ use std::io;
 use std::os::windows::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{Kind, Leftover, Meta, NewTemp, NoReplace};
+use super::{Kind, Leftover, Meta, NewTemp, NoReplace, Xattrs};
 use windows_sys::Win32::Storage::FileSystem::{
     MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
 };
@@ -409,34 +409,6 @@ pub(crate) fn rename_dir_noreplace(
 
 /// Windows has no extended attributes that the crate copies.
 pub(crate) const COPIES_XATTRS: bool = false;
-
-/// An extended attribute to copy; never made here.
-#[derive(Debug)]
-pub(crate) struct Xattr {
-    pub(crate) name: std::ffi::OsString,
-    pub(crate) value: Vec<u8>,
-}
-
-impl Xattr {
-    /// Whether copying it is best effort; never asked here.
-    pub(crate) fn best_effort(&self) -> bool {
-        true
-    }
-}
-
-/// The extended attributes of a replaced file that are copied: none here.
-#[derive(Debug, Default)]
-pub(crate) struct Xattrs {
-    pub(crate) acl: Option<Vec<u8>>,
-    pub(crate) attrs: Vec<Xattr>,
-    pub(crate) capability: Option<Vec<u8>>,
-}
-
-/// The attribute that [`Xattrs::capability`] holds; never set here.
-pub(crate) const CAPABILITY_XATTR: &str = "security.capability";
-
-/// The attribute that [`Xattrs::acl`] holds; never set here.
-pub(crate) const ACL_XATTR: &str = "system.posix_acl_access";
 
 /// `e`, its message naming the attribute `name`; the kind kept.
 pub(crate) fn naming_xattr(name: &OsStr, e: io::Error) -> io::Error {
