@@ -238,18 +238,7 @@ fn trace(test: &str, case: &str, dir: &Path) -> Vec<String> {
         &[("TAW_DIR", dir.to_str().unwrap()), ("TAW_CASE", case)],
         None,
     );
-    let dir_str = dir.to_str().unwrap().to_string();
-    std::fs::read_to_string(&out_file)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&dir_str))
-        .map(|l| {
-            l.split_once(' ')
-                .map_or(l, |(_, r)| r)
-                .trim_start()
-                .to_string()
-        })
-        .collect()
+    traced_calls_in(&out_file, dir)
 }
 
 /// With full durability, each new directory is synced and then the one

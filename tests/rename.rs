@@ -544,18 +544,7 @@ fn trace_rename(test: &str, case: &str) -> Vec<String> {
     );
     assert_eq!(std::fs::read(dir.path().join("target")).unwrap(), b"new");
     assert!(!from.exists());
-    let dir_str = dir.path().to_str().unwrap().to_string();
-    std::fs::read_to_string(&out_file)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&dir_str))
-        .map(|l| {
-            l.split_once(' ')
-                .map_or(l, |(_, r)| r)
-                .trim_start()
-                .to_string()
-        })
-        .collect()
+    traced_calls_in(&out_file, dir.path())
 }
 
 fn index_of(calls: &[String], what: &str, pred: impl Fn(&str) -> bool) -> usize {

@@ -609,3 +609,20 @@ pub fn on_disk(path: &Path) -> Option<Vec<u32>> {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The calls of an strace log (`-o log`, run with `-y`) that name a path
+/// under `dir`, in order, each without its thread id.
+pub fn traced_calls_in(log: &Path, dir: &Path) -> Vec<String> {
+    let dir = dir.to_str().expect("a UTF-8 test directory").to_string();
+    std::fs::read_to_string(log)
+        .expect("the strace log")
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(|l| {
+            l.split_once(' ')
+                .map_or(l, |(_, r)| r)
+                .trim_start()
+                .to_string()
+        })
+        .collect()
+}
