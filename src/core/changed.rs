@@ -66,12 +66,7 @@ fn holds(opts: &OpenOptions, target: &Path, found: &Found, contents: &[u8]) -> R
         return Ok(false);
     }
     if let (true, Some(mode)) = (sys::HAS_MODES, opts.mode) {
-        // The mode a write would give it (see `Staged::open_found`).
-        let want = match opts.no_setid {
-            true => mode & 0o7777 & !0o6000,
-            false => mode & 0o7777,
-        };
-        if meta.mode != want {
+        if meta.mode != super::exact_mode(opts, mode) {
             return Ok(false);
         }
     }

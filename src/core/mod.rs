@@ -182,14 +182,11 @@ impl Staged {
         // The published file's mode: exact (`Some`), or the new-file default
         // that the kernel derives from 0o666 and the umask (`None`).
         let final_mode = match (opts.mode, existing) {
-            (Some(mode), _) => Some(mode & 0o7777),
+            (Some(mode), _) => Some(mode),
             (None, Some(meta)) if opts.preserve_permissions => Some(meta.mode),
-            _ => opts.new_file_mode.map(|mode| mode & 0o7777),
+            _ => opts.new_file_mode,
         }
-        .map(|mode| match opts.no_setid {
-            true => mode & !0o6000,
-            false => mode,
-        });
+        .map(|mode| exact_mode(opts, mode));
         // Created with at most the final bits and at most the replaced
         // file's (the kernel also applies the umask), so the temp file is
         // never readable wider than either from its first byte, whatever
@@ -334,7 +331,7 @@ impl Staged {
     fn copy_xattrs(&mut self, xattrs: sys::Xattrs, writing: u32, mode: u32) -> Result<u32, Error> {
         let target = &self.plan.target;
         let err = |name: &OsStr, e| Error::new(Op::CopyXattrs, target, sys::naming_xattr(name, e));
-        let file = self.file.as_ref().expect("open until commit");
+        let file = self.file();
         for attr in &xattrs.attrs {
             match sys::set_xattr(file, &attr.name, &attr.value) {
                 Err(e) if !(attr.best_effort() && sys::xattr_refused(&e)) => {
@@ -648,6 +645,16 @@ struct TempFile {
 /// as much.
 fn inherited_acl_may_widen(create_mode: u32) -> bool {
     sys::COPIES_XATTRS && (create_mode >> 3) & 7 & !(create_mode & 7) != 0
+}
+
+/// The mode a file written under `opts` is given for `mode`: its
+/// permission and special bits, less setuid and setgid where `opts` says
+/// (a `copy` of another user's file).
+fn exact_mode(opts: &OpenOptions, mode: u32) -> u32 {
+    match opts.no_setid {
+        true => mode & 0o7777 & !0o6000,
+        false => mode & 0o7777,
+    }
 }
 
 /// `mode` with the group's permission bits cut to those others have.

@@ -33,23 +33,7 @@ use crate::{Durability, Error, Op};
 /// created, opened or synced. A directory created before the error stays.
 pub(crate) fn create(path: &Path, durability: Durability) -> Result<(), Error> {
     let durable = durability == Durability::Full;
-    // Up from `path` to the first directory that can be opened, noting
-    // the names that are missing on the way (the deepest first).
-    let mut missing: Vec<&OsStr> = Vec::new();
-    let mut at = path;
-    let mut dir = loop {
-        match Dir::open(at) {
-            Ok(dir) => break dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match split(at) {
-                Ok((parent, name)) => {
-                    missing.push(name);
-                    at = parent;
-                }
-                Err(_) => return Err(Error::new(Op::OpenDir, at, e)),
-            },
-            Err(e) => return Err(Error::new(Op::OpenDir, at, e)),
-        }
-    };
+    let (mut dir, at, missing) = walk_up(path)?;
     if missing.is_empty() {
         // The caller found `path` missing, and another process has made
         // it since: synced here all the same, as it may not have yet.
@@ -94,12 +78,26 @@ pub(crate) fn create(path: &Path, durability: Durability) -> Result<(), Error> {
 /// [`create`] would make the first missing one (so its filesystem is the
 /// one they would be on). `None` when none can be opened.
 pub(crate) fn nearest_existing(path: &Path) -> Option<Dir> {
+    walk_up(path).ok().map(|(dir, _, _)| dir)
+}
+
+/// Up from `path` to the first directory that can be opened: that
+/// directory, its path, and the names missing below it on the way to
+/// `path` (the deepest first).
+fn walk_up(path: &Path) -> Result<(Dir, &Path, Vec<&OsStr>), Error> {
+    let mut missing = Vec::new();
     let mut at = path;
     loop {
         match Dir::open(at) {
-            Ok(dir) => return Some(dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => at = split(at).ok()?.0,
-            Err(_) => return None,
+            Ok(dir) => return Ok((dir, at, missing)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match split(at) {
+                Ok((parent, name)) => {
+                    missing.push(name);
+                    at = parent;
+                }
+                Err(_) => return Err(Error::new(Op::OpenDir, at, e)),
+            },
+            Err(e) => return Err(Error::new(Op::OpenDir, at, e)),
         }
     }
 }

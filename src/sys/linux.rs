@@ -231,7 +231,8 @@ const COPY_RANGE: usize = 1 << 30;
 
 // Extended attributes, for `OpenOptions::preserve_xattrs`.
 
-use super::ACL_XATTR as ACL_ACCESS;
+use super::unix::{meta_of, no_xattrs};
+use super::{naming_xattr, Kind, ACL_XATTR as ACL_ACCESS};
 
 /// The file capabilities of a program: [`Xattrs::capability`](super::Xattrs::capability).
 use super::CAPABILITY_XATTR as CAPABILITY;
@@ -296,17 +297,6 @@ fn read_sized(read: impl Fn(&mut [u8]) -> Result<usize, Errno>) -> Result<Vec<u8
     }
 }
 
-/// Whether `e` says the filesystem has no extended attributes at all.
-fn no_xattrs(e: Errno) -> bool {
-    e == Errno::OPNOTSUPP || e == Errno::NOSYS
-}
-
-/// `e`, its message naming the attribute `name`; the kind kept.
-pub(crate) fn naming_xattr(name: &OsStr, e: impl Into<io::Error>) -> io::Error {
-    let e = e.into();
-    io::Error::new(e.kind(), format!("`{}`: {e}", name.to_string_lossy()))
-}
-
 /// Whether `e`, from setting an attribute, says this process may not set
 /// it (`EPERM`, `EACCES`: an SELinux relabel without the permission, a
 /// file capability without CAP_SETFCAP, any `security.*` attribute without
@@ -348,12 +338,8 @@ pub(crate) fn read_xattrs(
         }
         Err(e) => return Err(e.into()),
     };
-    let st = rustix::fs::fstat(source.fd())?;
-    let regular =
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
-    #[allow(clippy::unnecessary_cast)] // the field widths differ by architecture
-    let found = (st.st_dev as u64, st.st_ino as u64);
-    if !regular || Some(found) != id {
+    let found = meta_of(&rustix::fs::fstat(source.fd())?);
+    if found.kind != Kind::File || found.id != id {
         let msg = "the target was replaced while it was opened";
         return Err(io::Error::other(msg));
     }

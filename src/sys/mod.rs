@@ -155,6 +155,12 @@ pub(crate) const CAPABILITY_XATTR: &str = "security.capability";
 /// The attribute that [`Xattrs::acl`] holds: a file's POSIX access ACL.
 pub(crate) const ACL_XATTR: &str = "system.posix_acl_access";
 
+/// `e`, its message naming the attribute `name`; the kind kept.
+pub(crate) fn naming_xattr(name: &std::ffi::OsStr, e: impl Into<std::io::Error>) -> std::io::Error {
+    let e = e.into();
+    std::io::Error::new(e.kind(), format!("`{}`: {e}", name.to_string_lossy()))
+}
+
 #[cfg(windows)]
 pub(crate) use windows::*;
 

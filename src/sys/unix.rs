@@ -389,39 +389,33 @@ impl Dir {
     /// regular file (opened read-only, or write-only when it cannot be
     /// read) or a directory, never following a link nor blocking on a
     /// FIFO; a symlink or a special file has nothing to sync and is left
-    /// alone. `ENOENT` when the entry is gone, `InvalidInput` when it is
-    /// no longer of that kind.
+    /// alone. `ENOENT` when the entry is gone; `EISDIR`, `ENOTDIR`,
+    /// `ELOOP` or `InvalidInput` when it is no longer of that kind.
     ///
     /// An entry this process may not open at all (another user's `0600`
     /// file, which a rename needs no permission on): on Linux the whole
     /// filesystem is synced instead (`syncfs`), which covers it; elsewhere
     /// the error.
     pub(crate) fn sync_entry(&self, name: &OsStr, kind: Kind) -> io::Result<()> {
-        let opened = match kind {
-            Kind::File => self.open_existing(name, true),
-            Kind::Dir => rustix::fs::openat(
-                &self.fd,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ),
+        let not_opened: io::Error = match kind {
+            Kind::File => match self.open_existing(name, true) {
+                Ok(fd) => return regular(&fd).and_then(|_| sync_fd(&fd)),
+                Err(e) => e.into(),
+            },
+            Kind::Dir => match self.open_dir(name) {
+                Ok(dir) => return dir.sync(),
+                Err(e) => e,
+            },
             Kind::Symlink | Kind::Other => return Ok(()),
         };
-        let fd = match opened {
-            #[cfg(target_os = "linux")]
-            Err(Errno::ACCESS) | Err(Errno::PERM) => return Ok(rustix::fs::syncfs(&self.fd)?),
-            other => other?,
-        };
-        if meta_of(&rustix::fs::fstat(&fd)?).kind != kind {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "replaced by another kind of file meanwhile",
-            ));
+        #[cfg(target_os = "linux")]
+        if matches!(
+            Errno::from_io_error(&not_opened),
+            Some(Errno::ACCESS | Errno::PERM)
+        ) {
+            return Ok(rustix::fs::syncfs(&self.fd)?);
         }
-        match kind {
-            Kind::Dir => Dir::from_fd(fd, false)?.sync(),
-            _ => sync_fd(&fd),
-        }
+        Err(not_opened)
     }
 
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -464,7 +458,7 @@ fn has_mark(fd: &OwnedFd, name: &OsStr) -> Option<bool> {
 }
 
 /// Whether `e` says the filesystem has no extended attributes at all.
-fn no_xattrs(e: Errno) -> bool {
+pub(super) fn no_xattrs(e: Errno) -> bool {
     // ENOTSUP and EOPNOTSUPP are one number on Linux, two on macOS.
     e == Errno::OPNOTSUPP || e == Errno::NOTSUP || e == Errno::NOSYS
 }
@@ -596,7 +590,7 @@ pub(crate) fn umask() -> Option<u32> {
 
 // The stat field widths differ between platforms (st_mode is u16 on macOS).
 #[allow(clippy::unnecessary_cast)]
-fn meta_of(st: &rustix::fs::Stat) -> Meta {
+pub(super) fn meta_of(st: &rustix::fs::Stat) -> Meta {
     let kind = match FileType::from_raw_mode(st.st_mode as _) {
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,
@@ -1135,15 +1129,7 @@ pub(crate) fn rename_dir_noreplace(
 pub(crate) const COPIES_XATTRS: bool = cfg!(target_os = "linux");
 
 #[cfg(target_os = "linux")]
-pub(crate) use super::linux::{
-    naming_xattr, read_xattrs, remove_acl, set_acl, set_xattr, xattr_refused,
-};
-
-/// `e`, its message naming the attribute `name`; the kind kept.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn naming_xattr(name: &OsStr, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("`{}`: {e}", name.to_string_lossy()))
-}
+pub(crate) use super::linux::{read_xattrs, remove_acl, set_acl, set_xattr, xattr_refused};
 
 /// Whether a failed attribute copy is one a best effort lets go; never
 /// asked outside Linux.

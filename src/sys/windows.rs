@@ -410,11 +410,6 @@ pub(crate) fn rename_dir_noreplace(
 /// Windows has no extended attributes that the crate copies.
 pub(crate) const COPIES_XATTRS: bool = false;
 
-/// `e`, its message naming the attribute `name`; the kind kept.
-pub(crate) fn naming_xattr(name: &OsStr, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("`{}`: {e}", name.to_string_lossy()))
-}
-
 /// Whether a failed attribute copy is one a best effort lets go; never
 /// asked here.
 pub(crate) fn xattr_refused(_e: &io::Error) -> bool {
