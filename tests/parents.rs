@@ -7,7 +7,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use common::*;
 use tokio::io::AsyncWriteExt;
@@ -130,26 +129,11 @@ fn racing_creators_of_the_same_directories_all_succeed() {
         .unwrap();
     for round in 0..20 {
         let dir = scratch();
-        let base = Arc::new(dir.path().join("x/y/z"));
+        let base = dir.path().join("x/y/z");
         const N: usize = 8;
-        let results = rt.block_on(async {
-            let barrier = Arc::new(tokio::sync::Barrier::new(N));
-            let tasks: Vec<_> = (0..N)
-                .map(|i| {
-                    let (base, barrier) = (base.clone(), barrier.clone());
-                    tokio::spawn(async move {
-                        barrier.wait().await;
-                        parents()
-                            .write(base.join(format!("f{i}")), format!("{i}"))
-                            .await
-                    })
-                })
-                .collect();
-            let mut results = Vec::new();
-            for t in tasks {
-                results.push(t.await.unwrap());
-            }
-            results
+        let results = race(&rt, N, |i| {
+            let path = base.join(format!("f{i}"));
+            async move { parents().write(path, format!("{i}")).await }
         });
         for (i, r) in results.iter().enumerate() {
             assert!(r.is_ok(), "round {round}, writer {i}: {r:?}");

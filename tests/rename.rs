@@ -116,26 +116,13 @@ fn of_racing_no_clobber_moves_exactly_one_wins() {
                 from
             })
             .collect();
-        let results = rt.block_on(async {
-            let barrier = Arc::new(tokio::sync::Barrier::new(N));
-            let tasks: Vec<_> = sources
-                .iter()
-                .cloned()
-                .map(|from| {
-                    let (to, barrier) = (to.clone(), barrier.clone());
-                    tokio::spawn(async move {
-                        barrier.wait().await;
-                        let mut opts = OpenOptions::new();
-                        opts.overwrite(false).durability(Durability::None);
-                        opts.rename(&from, &*to).await
-                    })
-                })
-                .collect();
-            let mut results = Vec::new();
-            for t in tasks {
-                results.push(t.await.unwrap());
+        let results = race(&rt, N, |i| {
+            let (from, to) = (sources[i].clone(), to.clone());
+            async move {
+                let mut opts = OpenOptions::new();
+                opts.overwrite(false).durability(Durability::None);
+                opts.rename(&from, &*to).await
             }
-            results
         });
         let winners: Vec<usize> = (0..N).filter(|i| results[*i].is_ok()).collect();
         assert_eq!(winners.len(), 1, "round {round}: {results:?}");

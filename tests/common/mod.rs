@@ -626,3 +626,30 @@ pub fn traced_calls_in(log: &Path, dir: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Runs `task(i)` for `i` in `0..n` as tasks of `rt` released together
+/// (a barrier), and returns their results in order of `i`.
+pub fn race<T, F, Fut>(rt: &tokio::runtime::Runtime, n: usize, task: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    rt.block_on(async {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, run) = (barrier.clone(), task(i));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    run.await
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(n);
+        for t in tasks {
+            results.push(t.await.expect("a racing task panicked"));
+        }
+        results
+    })
+}
